@@ -1,0 +1,27 @@
+"""One error family for the whole project, so callers can catch ``LPIPSSatError`` once.
+
+Every subclass also derives from the matching built-in (``ValueError``, ``FileNotFoundError``) so
+code written against the standard exceptions keeps working.
+"""
+
+from __future__ import annotations
+
+
+class LPIPSSatError(Exception):
+    """Base class of every error raised by ``lpips_sat`` and ``gapeval``."""
+
+
+class InputError(LPIPSSatError, ValueError):
+    """An image, tensor or file has the wrong shape, range, bands or values."""
+
+
+class WeightsError(LPIPSSatError, ValueError):
+    """A weights file or checkpoint is missing keys, has unexpected keys, or fails its sha256 check."""
+
+
+class MissingFileError(LPIPSSatError, FileNotFoundError):
+    """A file or folder that was asked for does not exist."""
+
+
+class OfflineError(LPIPSSatError, RuntimeError):
+    """A Hugging Face hub id was given but the hub cannot be reached; pass a local path instead."""

@@ -1,0 +1,281 @@
+"""LPIPS-Sat: a perceptual distance on self-supervised Sentinel-2 ResNet features.
+
+Data flow of :meth:`LPIPSSat.forward` (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep
+Features as a Perceptual Metric", eq. 1, on a Sentinel-2 backbone):
+
+    validate -> scale (DN/10000) -> reorder bands -> normalise -> ResNet taps (one pass for both images)
+    -> unit-normalise channels -> squared difference -> non-negative 1x1 head -> spatial mean -> sum over taps
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
+from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
+from lpips_sat.errors import InputError, WeightsError
+from lpips_sat.registry import DEFAULT_NAME, WeightsEntry, get_entry, load_weights, weights_dir
+
+#: Smallest accepted image side: the deepest tap has stride 32.
+MIN_SIZE = 32
+#: Reflectance above this is implausible (bright cloud/snow TOA reflectance stays below ~1.6).
+MAX_REFLECTANCE = 2.0
+#: DN images whose maximum is at most this almost surely hold reflectance instead.
+MIN_DN_MAX = 2.0
+INPUT_RANGES = ("reflectance", "dn")
+
+
+@dataclass
+class _Parts:
+    """Everything a metric instance is built from (weights already loaded)."""
+
+    backbone: ResNetTaps
+    heads: list[torch.Tensor] | None
+    model_bands: tuple[str, ...]
+    mean: Sequence[float]
+    std: Sequence[float]
+    name: str
+    sha256: str | None
+    metadata: dict
+
+
+def normalize_channels(feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Unit-normalise each spatial feature vector over channels, in float32.
+
+    ``eps`` sits *inside* the square root so the gradient stays finite where a feature vector is all zero
+    (the NaN-gradient bug of LPIPS implementations that add eps after the sqrt).
+    """
+    feat = feat.float()
+    return feat * torch.rsqrt(feat.pow(2).sum(dim=1, keepdim=True) + eps)
+
+
+class LPIPSSat(nn.Module):
+    """Learned perceptual distance between two multispectral images (Sentinel-2 reflectance).
+
+    Args:
+        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), or a path to a ``.safetensors``
+            file written by ``lpips-sat calibrate``.
+        bands: band order of the tensors you pass (preset such as ``"planetscope-4b"``, or band names);
+            default: the model's own order (R, G, B, NIR = B04, B03, B02, B08).
+        input_range: ``"reflectance"`` (DN / 10000, about 0..1.5) or ``"dn"`` (divided by 10000 here).
+        spatial: return an (N, 1, H, W) distance map instead of (N,) distances.
+
+    Example:
+        >>> import torch
+        >>> from lpips_sat import LPIPSSat
+        >>> metric = LPIPSSat()
+        >>> hr = torch.rand(2, 4, 64, 64) * 0.3
+        >>> metric(hr, hr).tolist()
+        [0.0, 0.0]
+    """
+
+    def __init__(self, weights: str | Path | _Parts = DEFAULT_NAME, *, bands: str | Sequence[str] | None = None,
+                 input_range: str = "reflectance", spatial: bool = False, eps: float = 1e-10) -> None:
+        super().__init__()
+        parts = weights if isinstance(weights, _Parts) else _parts_from_weights(weights)
+        if input_range not in INPUT_RANGES:
+            raise InputError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
+        self.backbone = parts.backbone
+        channels = self.backbone.channels
+        heads = parts.heads if parts.heads is not None else [torch.ones(1, c, 1, 1) for c in channels]
+        self.heads = nn.ParameterList([nn.Parameter(h.reshape(1, c, 1, 1).float(), requires_grad=False) for h, c in zip(heads, channels)])
+        if any(bool((h < 0).any()) for h in self.heads):
+            raise WeightsError(f"{parts.name}: calibration heads must be non-negative")
+        self.model_bands = tuple(parts.model_bands)
+        self.bands = resolve(bands) if bands is not None else self.model_bands
+        self._order = band_indices(self.bands, self.model_bands)
+        self.register_buffer("mean", torch.tensor(list(parts.mean), dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(parts.std), dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+        self.input_range, self.spatial, self.eps = input_range, spatial, eps
+        self.name, self.sha256, self.metadata = parts.name, parts.sha256, parts.metadata
+        self.requires_grad_(False)
+        self.eval()
+
+    # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def from_backbone(cls, checkpoint: str | Path, *, arch: str | None = None, checkpoint_bands: str | Sequence[str] | None = None,
+                      model_bands: str | Sequence[str] = DEFAULT_BANDS, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None, heads: str | Path | None = None, **kwargs) -> "LPIPSSat":
+        """Build an (uncalibrated, all-ones heads) metric on a public ResNet checkpoint.
+
+        Args:
+            checkpoint: registry name of an external backbone (e.g. ``ssl4eo-s12-rn18-moco-13b``) whose file is
+                fetched from the hub, a local ``.safetensors``/``.pth``/``.ckpt`` file, or a hub id ``owner/name``.
+            arch, checkpoint_bands: architecture and input bands of the checkpoint (taken from the registry
+                entry, else ``arch`` is inferred from the keys; bands must then be given).
+            model_bands: bands the metric feeds the backbone; checkpoint bands missing from them are filled from
+                the spectrally nearest band (see :func:`lpips_sat.backbones.adapt_input_bands`).
+            mean, std: normalisation applied to reflectance (default: the entry's, else identity as for SSL4EO-S12).
+            heads: optional safetensors file of calibrated heads (``heads.{i}.weight``) for this backbone.
+        """
+        entry: WeightsEntry | None = None
+        text = str(checkpoint)
+        try:
+            entry = get_entry(text)
+        except WeightsError:
+            entry = None
+        if entry is not None:
+            source = entry.hub_id if not Path(text).exists() else text
+            if not source:
+                raise WeightsError(f"{entry.name} has no hub location; download {entry.hub_filename} yourself and pass its path")
+            state = read_checkpoint(source, entry.hub_filename)
+            arch, checkpoint_bands = arch or entry.arch, checkpoint_bands or entry.bands
+        else:
+            state = read_checkpoint(checkpoint)
+        state = to_torchvision_keys(state)
+        guessed_arch, in_chans = infer_arch(state)
+        arch = arch or guessed_arch
+        if checkpoint_bands is None:
+            if in_chans == 13:
+                checkpoint_bands = "s2-l1c-13"
+            elif in_chans == 3:
+                checkpoint_bands = "s2-rgb"
+            elif in_chans == 4:
+                checkpoint_bands = DEFAULT_BANDS
+            else:
+                raise WeightsError(f"{checkpoint}: first convolution takes {in_chans} bands; pass checkpoint_bands=[...] naming them")
+        ck_bands = [b for b in resolve(checkpoint_bands) if b is not None]
+        if len(ck_bands) != in_chans:
+            raise WeightsError(f"{checkpoint}: first convolution takes {in_chans} bands but checkpoint_bands has {len(ck_bands)}")
+        model_bands = tuple(b for b in resolve(model_bands) if b is not None)
+        state["conv1.weight"] = adapt_input_bands(state["conv1.weight"], ck_bands, model_bands)
+        backbone = ResNetTaps(arch, in_chans=len(model_bands))
+        load_strict(backbone, fill_bn_counters(state, backbone), str(checkpoint))
+        head_tensors = None
+        if heads is not None:
+            tensors, _ = load_weights(heads)
+            head_tensors = [tensors[f"heads.{i}.weight"] for i in range(len(TAPS))]
+        n = len(model_bands)
+        parts = _Parts(backbone, head_tensors, model_bands, list(mean) if mean else [0.0] * n, list(std) if std else [1.0] * n,
+                       name=entry.name if entry else Path(text).name, sha256=None,
+                       metadata={"arch": arch, "checkpoint": text, "checkpoint_bands": json.dumps(ck_bands)})
+        return cls(parts, **kwargs)
+
+    @classmethod
+    def random(cls, arch: str = "resnet18", *, width_div: int = 8, model_bands: Sequence[str] = DEFAULT_BANDS, seed: int = 0, **kwargs) -> "LPIPSSat":
+        """A random-weight metric (tiny by default) for tests and benchmarks; nothing is loaded from disk."""
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            backbone = ResNetTaps(arch, in_chans=len(model_bands), width_div=width_div)
+        heads = [torch.rand(1, c, 1, 1, generator=gen) for c in backbone.channels]
+        n = len(model_bands)
+        parts = _Parts(backbone, heads, tuple(model_bands), [0.1] * n, [0.1] * n, name=f"random-{arch}-div{width_div}-seed{seed}", sha256=None, metadata={"arch": arch})
+        return cls(parts, **kwargs)
+
+    def train(self, mode: bool = True) -> "LPIPSSat":
+        """The metric is always in eval mode (frozen BatchNorm statistics), also inside a training model."""
+        return super().train(False)
+
+    # ---------------------------------------------------------------- the metric
+    def prepare(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
+        """Validate ``x`` and turn it into normalised backbone input (float32, model band order)."""
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"Expected `{name}` to be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            hint = " (add a batch dimension: x[None])" if x.ndim == 3 else ""
+            raise InputError(f"Expected `{name}` to have (N, C, H, W) shape, got {tuple(x.shape)}{hint}")
+        if x.shape[1] != len(self.bands):
+            raise InputError(f"`{name}` has {x.shape[1]} bands but the metric expects {len(self.bands)} ({', '.join(map(str, self.bands))}); select those bands or pass bands=... with your band order")
+        if min(x.shape[-2:]) < MIN_SIZE:
+            raise InputError(f"`{name}` is {x.shape[-2]}x{x.shape[-1]} px; LPIPS-Sat needs at least {MIN_SIZE}x{MIN_SIZE} (the deepest tap has stride 32)")
+        if not x.is_floating_point():
+            if self.input_range != "dn":
+                raise InputError(f"`{name}` is an integer tensor ({x.dtype}); pass float reflectance (DN / 10000) or input_range='dn'")
+        x = x.float()
+        stats = torch.stack([(~torch.isfinite(x)).sum().float(), torch.nan_to_num(x, 0.0, 0.0, 0.0).amax(), torch.nan_to_num(x, 0.0, 0.0, 0.0).amin()]).tolist()
+        bad, hi, lo = stats
+        if bad:
+            raise InputError(f"`{name}` contains {int(bad)} NaN/inf values; mask or fill nodata before calling the metric")
+        if self.input_range == "reflectance":
+            if hi > MAX_REFLECTANCE:
+                raise InputError(f"`{name}` looks like digital numbers (max {hi:g} > {MAX_REFLECTANCE}); divide by 10000 (Sentinel-2 L1C/L2A) or pass input_range='dn'")
+            if lo < -0.5:
+                raise InputError(f"`{name}` has reflectance down to {lo:g}; expected roughly 0..1.5 (was an offset such as -1000 DN applied twice?)")
+        else:
+            if hi <= MIN_DN_MAX:
+                raise InputError(f"`{name}` was declared input_range='dn' but its maximum is {hi:g}: it looks like reflectance already; use input_range='reflectance'")
+            x = x / 10000.0
+        if self._order != list(range(len(self._order))):
+            x = x[:, self._order]
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor, name: str = "input", prepared: bool = False) -> list[torch.Tensor]:
+        """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
+        if not prepared:
+            x = self.prepare(x, name)
+        return [normalize_channels(f, self.eps) for f in self.backbone(x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x)]
+
+    def distance(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor], *, spatial: bool = False,
+                 size: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Weighted squared feature difference summed over taps: returns ``(total, per_tap)``.
+
+        Per tap ``l``: ``d_l = mean_hw sum_c w_lc (f_a - f_b)^2``; with ``spatial=True`` each tap's map is
+        bilinearly upsampled to ``size`` and the result has shape (N, 1, H, W).
+        """
+        parts = []
+        for fa, fb, head in zip(feats_a, feats_b, self.heads):
+            per_pixel = F.conv2d((fa - fb).pow(2), head.float())
+            if spatial:
+                if size is None:
+                    raise InputError("distance(spatial=True) needs size=(H, W)")
+                parts.append(F.interpolate(per_pixel, size=size, mode="bilinear", align_corners=False))
+            else:
+                parts.append(per_pixel.mean(dim=(2, 3)).squeeze(1))
+        return torch.stack(parts).sum(0), parts
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, spatial: bool | None = None, per_layer: bool = False):
+        """Distance between ``sr`` and ``hr`` (same shape, (N, C, H, W)).
+
+        Returns:
+            (N,) distances, or (N, 1, H, W) maps when ``spatial``; with ``per_layer=True`` a tuple
+            ``(total, [stem, layer1, layer2, layer3, layer4] contributions)``.
+        Raises:
+            InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
+        """
+        spatial = self.spatial if spatial is None else spatial
+        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
+        if a.shape != b.shape:
+            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        feats = self.features(torch.cat([a, b]), prepared=True)
+        n = a.shape[0]
+        total, parts = self.distance([f[:n] for f in feats], [f[n:] for f in feats], spatial=spatial, size=tuple(sr.shape[-2:]))
+        return (total, parts) if per_layer else total
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, bands={list(self.bands)}, input_range={self.input_range!r}, spatial={self.spatial}"
+
+
+def _parts_from_weights(weights: str | Path) -> _Parts:
+    """Load a registry name or a safetensors path into :class:`_Parts`, verifying sha256 for shipped files."""
+    text = str(weights)
+    if text.endswith(".safetensors") or Path(text).is_file():
+        tensors, meta = load_weights(text)
+        name, sha = Path(text).name, None
+    else:
+        entry = get_entry(text)
+        if entry.file is None:
+            raise WeightsError(f"{entry.name} is an external backbone without shipped heads; use LPIPSSat.from_backbone({entry.name!r}) with a local checkpoint path or online hub access")
+        tensors, meta = load_weights(weights_dir() / entry.file, sha256=entry.sha256)
+        name, sha = entry.name, entry.sha256
+    for key in ("arch", "bands", "mean", "std"):
+        if key not in meta:
+            raise WeightsError(f"{text}: metadata lacks {key!r}; not an lpips-sat weights file")
+    bands = tuple(json.loads(meta["bands"]))
+    backbone = ResNetTaps(meta["arch"], in_chans=len(bands), width_div=int(meta.get("width_div", "1")))
+    state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    load_strict(backbone, state, text)
+    head_keys = [f"heads.{i}.weight" for i in range(len(TAPS))]
+    extra = sorted(set(tensors) - set(head_keys) - {f"backbone.{k}" for k in state})
+    missing = [k for k in head_keys if k not in tensors]
+    if missing or extra:
+        raise WeightsError(f"{text}: missing head tensors {missing} / unexpected tensors {extra}")
+    heads = [tensors[k] for k in head_keys]
+    return _Parts(backbone, heads, bands, json.loads(meta["mean"]), json.loads(meta["std"]), name, sha, meta)
