@@ -1,0 +1,1 @@
+"""Training of LPIPS-Sat: self-supervised backbone pretraining and 2AFC calibration of the heads."""

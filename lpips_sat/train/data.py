@@ -1,0 +1,141 @@
+"""Imagery for training and validation: GeoTIFF folders -> 4-band reflectance arrays -> random crops.
+
+A source is ``FOLDER[:BANDS[:SCALE]]``: ``BANDS`` a preset of :mod:`lpips_sat.bands` (default ``s2-l1c-13``),
+``SCALE`` the divisor to reflectance (default 10000) or ``moments``, which maps each band of an 8-bit aerial
+image (NAIP) affinely onto the mean/std of :data:`S2_MOMENTS` — texture donors, not radiometric truth.
+Every raster's bottom ``holdout`` fraction of rows is reserved for validation (held-out region).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
+from lpips_sat.errors import InputError, MissingFileError
+
+log = logging.getLogger(__name__)
+
+#: Per-band (mean, std) reflectance of R, G, B, NIR used to place 8-bit aerial imagery on an S2-like scale.
+#: Measured on the shared Sentinel-2 L1C stack (B04, B03, B02, B08), see docs/model_card.md.
+S2_MOMENTS = ((0.0743, 0.0268), (0.0946, 0.0206), (0.1186, 0.0177), (0.1087, 0.0970))
+
+
+@dataclass
+class Source:
+    folder: Path
+    bands: str = "s2-l1c-13"
+    scale: str = "10000"
+
+    @classmethod
+    def parse(cls, text: str) -> "Source":
+        parts = text.split(":")
+        src = cls(Path(parts[0]), *parts[1:3])
+        if not src.folder.exists():
+            raise MissingFileError(f"Training data folder {src.folder} does not exist")
+        return src
+
+
+@dataclass
+class Image:
+    """One training raster as (4, H, W) float32 reflectance plus provenance."""
+
+    name: str
+    data: np.ndarray
+    sha256: str
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image]:
+    """Read every GeoTIFF of ``src.folder`` into reflectance arrays with ``bands``."""
+    import rasterio
+
+    files = sorted(p for p in src.folder.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+    if not files:
+        raise InputError(f"{src.folder}: no GeoTIFF files to train on")
+    idx = band_indices(src.bands, bands)
+    out = []
+    for path in files:
+        with rasterio.open(path) as ds:
+            if ds.count != len(resolve(src.bands)):
+                raise InputError(f"{path}: has {ds.count} bands but preset {src.bands!r} declares a different count")
+            arr = ds.read([i + 1 for i in idx]).astype(np.float32)
+            nodata = ds.nodata
+        if src.scale == "moments":
+            arr = _moment_match(arr, nodata, path)
+        else:
+            arr /= float(src.scale)
+            if nodata is not None:
+                arr[:, (arr * float(src.scale) == nodata).all(0)] = np.nan
+        if not np.isfinite(arr).all():
+            arr = _fill_nan(arr)
+        out.append(Image(path.name, arr, _file_sha256(path)))
+        log.info("loaded %s %s", path, arr.shape)
+    return out
+
+
+def _moment_match(arr: np.ndarray, nodata: float | None, path: Path) -> np.ndarray:
+    out = np.empty_like(arr)
+    for b in range(arr.shape[0]):
+        band = arr[b]
+        valid = band != nodata if nodata is not None else np.ones_like(band, bool)
+        mu, sd = float(band[valid].mean()), float(band[valid].std())
+        if sd == 0:
+            raise InputError(f"{path}: band {b + 1} is constant; cannot moment-match it")
+        out[b] = (band - mu) / sd * S2_MOMENTS[b][1] + S2_MOMENTS[b][0]
+    return np.clip(out, 0.0, None)
+
+
+def _fill_nan(arr: np.ndarray) -> np.ndarray:
+    mean = np.nanmean(arr, axis=(1, 2), keepdims=True)
+    return np.where(np.isfinite(arr), arr, mean).astype(np.float32)
+
+
+def split_rows(img: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``img`` (C, H, W) into (train, held-out) by rows: the bottom ``holdout`` fraction is held out."""
+    cut = int(round(img.shape[1] * (1 - holdout)))
+    return img[:, :cut], img[:, cut:]
+
+
+def reference_scenes(path: str | Path) -> list[np.ndarray]:
+    """The eo-learn reference scenes (time, rows, cols, 13 bands) as a list of (4, H, W) R,G,B,NIR arrays."""
+    arr = np.load(path)
+    idx = band_indices("s2-l1c-13", DEFAULT_BANDS)
+    return [np.ascontiguousarray(np.moveaxis(scene[..., idx], -1, 0)).astype(np.float32) for scene in arr]
+
+
+class CropSampler:
+    """Random square crops from a list of (C, H, W) arrays, area-weighted, reproducible by seed."""
+
+    def __init__(self, images: Sequence[np.ndarray], size: int, seed: int = 0) -> None:
+        self.images = [torch.from_numpy(np.ascontiguousarray(im)) for im in images if min(im.shape[1:]) >= size]
+        if not self.images:
+            raise InputError(f"No training image is at least {size}x{size} px")
+        areas = np.array([im.shape[1] * im.shape[2] for im in self.images], dtype=float)
+        self.p = areas / areas.sum()
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int, size: int | None = None) -> torch.Tensor:
+        """``n`` crops of ``size`` (default the sampler's) as an (n, C, size, size) tensor."""
+        size = size or self.size
+        out = []
+        for k in self.rng.choice(len(self.images), size=n, p=self.p):
+            im = self.images[k]
+            y = self.rng.integers(0, im.shape[1] - size + 1)
+            x = self.rng.integers(0, im.shape[2] - size + 1)
+            out.append(im[:, y : y + size, x : x + size])
+        return torch.stack(out)
