@@ -10,6 +10,8 @@ each turns a foreign state dict into torchvision keys, and the result is loaded 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -95,27 +97,39 @@ def _narrow(net: resnet.ResNet, div: int) -> resnet.ResNet:
 # Foreign checkpoints -> torchvision keys
 # --------------------------------------------------------------------------------------------------
 
-#: Keys of heads that public checkpoints carry but a feature backbone does not use.
-_DROP = re.compile(r"^(fc|head|heads|projector|predictor|classifier|queue|queue_ptr|momentum_encoder|encoder_k)(\.|$)")
+#: Keys *inside* the chosen encoder that a feature backbone does not use: classification or projection heads
+#: (MoCo v2 ``fc.0``/``fc.2``, MoCo v3 ``fc.0``..``fc.4``, torchgeo/timm ``fc``, DINO ``head``).
+_DROP = re.compile(r"^(fc|head|heads|projector|predictor|classifier)(\.|$)")
 
-#: Prefixes stripped, first match wins; each names the checkpoint family that writes it.
+#: Sibling parts of a self-supervised training wrapper, *outside* the chosen encoder, dropped when a prefix is
+#: stripped: momentum/key encoders, predictors, queues, projection heads, Satlas FPN/upsampling/task heads.
+#: Any other key outside the encoder is kept, so the strict load reports it.
+_SIBLINGS = re.compile(
+    r"^(module\.)?(encoder_k|momentum_encoder|predictor|queue|queue_ptr|heads_q|heads_k|head|heads|fc|projector|"
+    r"intermediates|upsample|fpn|student|teacher)(\.|$)"
+)
+
+#: Encoder prefixes, most specific first; the first one under which ``conv1.weight`` (or ``0.weight`` for
+#: sequential encoders) exists wins. Each names the checkpoint family that writes it.
 _PREFIXES: tuple[tuple[str, str], ...] = (
-    ("module.encoder_q.", "MoCo v2 (SSL4EO-S12 raw)"),
-    ("module.base_encoder.", "MoCo v3 (SSL4EO-S12 raw)"),
-    ("encoder_q.", "MoCo v2 without DataParallel"),
+    ("module.encoder_q.", "MoCo v2 (SSL4EO-S12 raw, DataParallel)"),
+    ("module.base_encoder.", "MoCo v3 (SSL4EO-S12 raw, DataParallel)"),
+    ("encoder_q.", "MoCo v2 / SeCo (Lightning)"),
     ("base_encoder.", "MoCo v3 without DataParallel"),
-    ("teacher.backbone.", "DINO teacher (SSL4EO-S12 raw)"),
+    ("teacher.backbone.", "DINO teacher inside a flattened checkpoint"),
     ("teacher.module.backbone.", "DINO teacher (DataParallel)"),
-    ("module.backbone.", "DINO student (DataParallel)"),
+    ("module.backbone.", "DINO (DataParallel)"),
+    ("backbone.backbone.resnet.", "Satlas multi-image ResNet"),
     ("backbone.resnet.", "Satlas pretrain ResNet"),
     ("backbone.backbone.", "nested backbone"),
-    ("backbone.", "generic backbone"),
+    ("backbone.", "DINO teacher / generic backbone"),
     ("model.", "timm/Lightning wrapper"),
     ("module.", "DataParallel"),
     ("state_dict.", "Lightning"),
 )
 
-#: SeCo (and other ``nn.Sequential(*resnet.children())`` encoders) index children by position.
+#: SeCo (and other ``nn.Sequential(*resnet.children())`` encoders) index children by position:
+#: 0 conv1, 1 bn1, 2 relu, 3 maxpool, 4..7 layer1..layer4, 8 avgpool (2, 3, 8 hold no tensors).
 _SEQUENTIAL = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 
 
@@ -130,38 +144,53 @@ def unwrap_checkpoint(obj: object) -> dict[str, torch.Tensor]:
     raise WeightsError("Checkpoint holds no tensor state dict (looked for the dict itself and 'state_dict', 'model', 'teacher', 'module', 'net')")
 
 
+def encoder_prefix(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
+    """Return ``(prefix, sequential)``: the key prefix of the ResNet encoder inside ``state``.
+
+    ``sequential`` is true for ``nn.Sequential(*resnet.children())`` encoders (SeCo), whose keys are
+    numbered (``0.weight`` is ``conv1.weight``). A torchvision/timm-keyed dict gives ``("", False)``.
+    """
+    if "conv1.weight" in state:
+        return "", False
+    for candidate, _family in _PREFIXES:
+        if candidate + "conv1.weight" in state:
+            return candidate, False
+        if candidate + "0.weight" in state and candidate + "4.0.conv1.weight" in state:
+            return candidate, True
+    return "", False
+
+
 def to_torchvision_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a public ResNet checkpoint's keys onto :class:`ResNetTaps` (torchvision) keys.
 
-    Handles raw MoCo (``module.encoder_q.``), MoCo v3 (``module.base_encoder.``), DINO teachers,
-    Satlas (``backbone.resnet.``), SeCo's sequential encoders (``encoder_q.0`` -> ``conv1``, ``.4`` -> ``layer1``),
-    and drops classification/projection heads. Anything else is left as is, so the strict load names it.
+    Handles raw MoCo v2 (``module.encoder_q.``), MoCo v3 (``module.base_encoder.``), DINO teachers
+    (``backbone.``), Satlas (``backbone.resnet.``), SeCo's sequential encoders (``encoder_q.0`` -> ``conv1``,
+    ``encoder_q.4`` -> ``layer1``), and timm/torchgeo names. Projection/classification heads inside the encoder
+    and the known sibling parts of the training wrapper (key/momentum encoder, predictor, queue, FPN) are
+    dropped; every other key is kept, so :func:`load_strict` names it.
     """
-    keys = list(state)
-    prefix = ""
-    for candidate, _family in _PREFIXES:
-        if keys and sum(k.startswith(candidate) for k in keys) >= len(keys) // 2 and any(
-            k.startswith(candidate + "conv1") or k.startswith(candidate + "0.") or k.startswith(candidate + "layer1") for k in keys
-        ):
-            prefix = candidate
-            break
+    prefix, sequential = encoder_prefix(state)
     out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
     for key, value in state.items():
         if prefix:
             if not key.startswith(prefix):
-                if _DROP.match(key):
-                    continue
-                out[key] = value  # foreign key: strict load reports it
+                if _SIBLINGS.match(key):
+                    dropped.append(key)
+                else:
+                    out[key] = value  # foreign key: strict load reports it
                 continue
             key = key[len(prefix):]
-        first, _, rest = key.partition(".")
-        if first in _SEQUENTIAL and rest:
-            key = f"{_SEQUENTIAL[first]}.{rest}"
-        elif first.isdigit():
-            continue  # SeCo's pooling/flatten children hold no tensors; a projection MLP index is dropped
+        if sequential:
+            first, _, rest = key.partition(".")
+            if first in _SEQUENTIAL and rest:
+                key = f"{_SEQUENTIAL[first]}.{rest}"
         if _DROP.match(key):
+            dropped.append(key)
             continue
         out[key] = value
+    if dropped:
+        log.info("Encoder prefix %r: dropped %d head/sibling tensors (e.g. %s)", prefix, len(dropped), dropped[:3])
     return out
 
 
@@ -240,7 +269,10 @@ def read_checkpoint(path_or_hub_id: str | Path, filename: str | None = None) -> 
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # argparse.Namespace is a plain attribute container that DINO training scripts store as 'args'.
+        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); convert it to safetensors") from exc
     return unwrap_checkpoint(obj)
