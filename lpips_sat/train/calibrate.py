@@ -1,0 +1,387 @@
+"""2AFC calibration of the LPIPS-Sat heads (Zhang et al. 2018, sec. 3.3) on synthetic, unambiguous judgments.
+
+A judgment is a triplet (ref, a, b) with the probability ``p`` that ``a`` is closer to ``ref``. Synthetic
+judgments come from real imagery and :mod:`lpips_sat.train.distortions`:
+
+* *cross*: a = a nuisance (any severity), b = a damage (severity >= 0.35): ``p = 1``;
+* *within*: a, b = one family at severities s1 < s2 - 0.3: ``p = 1``.
+
+Because the distance is linear in the heads, ``d = sum_c w_c mean_hw (f_ref - f_x)_c^2``, every triplet is
+featurised once into per-channel mean squared differences; the heads (``w >= 0``) and the small ranking network
+``G(d0, d1, d0 - d1, d0/d1, d1/d0)`` are then trained with BCE in seconds. The head L2 strength is chosen by
+leave-one-family-out cross-validation *within the training families*; held-out families and scenes are only
+used for the final report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
+from lpips_sat.bands import DEFAULT_BANDS
+from lpips_sat.errors import InputError
+from lpips_sat.metric import normalize_channels
+from lpips_sat.registry import load_weights, save_weights, sha256_file
+from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
+from lpips_sat.train.distortions import FAMILIES, HELDOUT_FAMILIES, MARGIN, TRAIN_FAMILIES, apply, crop_margin
+
+log = logging.getLogger(__name__)
+
+PATCH = 64
+
+
+@dataclass
+class Triplets:
+    """Featurised judgments: per-channel squared differences and baseline distances of (ref, a) and (ref, b)."""
+
+    d0: torch.Tensor  # (N, sum C)
+    d1: torch.Tensor
+    p: torch.Tensor  # (N,) probability that a is closer
+    fam_a: list[str] = field(default_factory=list)
+    fam_b: list[str] = field(default_factory=list)
+    base0: dict[str, torch.Tensor] = field(default_factory=dict)
+    base1: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def subset(self, mask: torch.Tensor) -> "Triplets":
+        idx = torch.nonzero(mask).flatten().tolist()
+        return Triplets(self.d0[idx], self.d1[idx], self.p[idx], [self.fam_a[i] for i in idx], [self.fam_b[i] for i in idx],
+                        {k: v[idx] for k, v in self.base0.items()}, {k: v[idx] for k, v in self.base1.items()})
+
+    @staticmethod
+    def cat(items: Sequence["Triplets"]) -> "Triplets":
+        return Triplets(torch.cat([t.d0 for t in items]), torch.cat([t.d1 for t in items]), torch.cat([t.p for t in items]),
+                        sum((t.fam_a for t in items), []), sum((t.fam_b for t in items), []),
+                        {k: torch.cat([t.base0[k] for t in items]) for k in items[0].base0},
+                        {k: torch.cat([t.base1[k] for t in items]) for k in items[0].base1})
+
+
+class Featurizer:
+    """Backbone + normalisation turning images into per-channel mean squared tap differences."""
+
+    def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.backbone = backbone.eval()
+        self.mean = torch.tensor(list(mean)).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(list(std)).reshape(1, -1, 1, 1)
+
+    @torch.inference_mode()
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [normalize_channels(f) for f in self.backbone((x - self.mean) / self.std)]
+
+    @torch.inference_mode()
+    def diffs(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        fr, fx = self.taps(ref), self.taps(x)
+        return torch.cat([(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)], dim=1)
+
+
+def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pixel-metric *distances* (lower = closer): MSE (ranks as PSNR), 1 - SSIM, SAM, L1 (torchmetrics)."""
+    from torchmetrics.functional.image import spectral_angle_mapper, structural_similarity_index_measure
+
+    ssim = structural_similarity_index_measure(x.double(), ref.double(), data_range=1.0, reduction="none")
+    sam = spectral_angle_mapper(x.double().clamp_min(1e-6), ref.double().clamp_min(1e-6), reduction="none")
+    return {"psnr": (x - ref).pow(2).mean(dim=(1, 2, 3)), "ssim": 1 - ssim.float(), "sam": sam.reshape(x.shape[0], -1).mean(1).float() if sam.ndim > 1 else sam.float(),
+            "l1": (x - ref).abs().mean(dim=(1, 2, 3))}
+
+
+def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damages: Sequence[str], within: Sequence[str],
+                   featurizers: dict[str, Featurizer], seed: int, chunk: int = 64, cross_fraction: float = 0.6) -> dict[str, Triplets]:
+    """Generate ``n`` synthetic judgments and featurise them with every featurizer (same images for all)."""
+    g = torch.Generator().manual_seed(seed)
+    sampler.rng = np.random.default_rng(seed)
+    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        ctx = sampler.sample(m, PATCH + 2 * MARGIN)
+        ref = crop_margin(ctx)
+        a_list, b_list, fa, fb = [], [], [], []
+        for i in range(m):
+            one = ctx[i : i + 1]
+            if torch.rand(1, generator=g) < cross_fraction:
+                na = nuisances[int(torch.randint(0, len(nuisances), (1,), generator=g))]
+                nb = damages[int(torch.randint(0, len(damages), (1,), generator=g))]
+                sa, sb = float(torch.rand(1, generator=g)), 0.35 + 0.65 * float(torch.rand(1, generator=g))
+            else:
+                na = nb = within[int(torch.randint(0, len(within), (1,), generator=g))]
+                sa = 0.6 * float(torch.rand(1, generator=g))
+                sb = sa + 0.3 + (0.7 - sa) * float(torch.rand(1, generator=g))
+            a_list.append(crop_margin(apply(na, one, sa, g)))
+            b_list.append(crop_margin(apply(nb, one, sb, g)))
+            fa.append(na)
+            fb.append(nb)
+        a, b = torch.cat(a_list), torch.cat(b_list)
+        swap = torch.rand(m, generator=g) < 0.5
+        a2, b2 = torch.where(swap[:, None, None, None], b, a), torch.where(swap[:, None, None, None], a, b)
+        fam_a = [fb[i] if swap[i] else fa[i] for i in range(m)]
+        fam_b = [fa[i] if swap[i] else fb[i] for i in range(m)]
+        p = (~swap).float()
+        base0, base1 = baseline_distances(ref, a2), baseline_distances(ref, b2)
+        for name, feat in featurizers.items():
+            out[name].append(Triplets(feat.diffs(ref, a2), feat.diffs(ref, b2), p, fam_a, fam_b, base0, base1))
+        done += m
+    return {k: Triplets.cat(v) for k, v in out.items()}
+
+
+class RankNet(nn.Module):
+    """The LPIPS ranking network: maps (d0, d1) to the probability that ``b`` (d1) is judged closer."""
+
+    def __init__(self, hidden: int = 32, eps: float = 0.1) -> None:
+        super().__init__()
+        self.eps = eps
+        self.net = nn.Sequential(nn.Linear(5, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([d0, d1, d0 - d1, d0 / (d1 + self.eps), d1 / (d0 + self.eps)], dim=1)
+        return self.net(x).squeeze(1)
+
+
+def fit_heads(t: Triplets, *, l2: float = 0.0, iters: int = 1500, lr: float = 1e-2, seed: int = 0, init: torch.Tensor | None = None) -> torch.Tensor:
+    """Train non-negative per-channel heads on ``t`` (BCE through :class:`RankNet`); returns the (sum C,) weights."""
+    torch.manual_seed(seed)
+    scale = float(torch.cat([t.d0, t.d1]).sum(1).mean())
+    w = nn.Parameter(init.clone() if init is not None else torch.full((t.d0.shape[1],), 1.0 / max(scale, 1e-12)))
+    rank = RankNet()
+    opt = torch.optim.Adam([w, *rank.parameters()], lr=lr, betas=(0.5, 0.999))
+    target = 1 - t.p  # probability that b is closer
+    w0 = w.detach().clone()
+    for _ in range(iters):
+        d0, d1 = t.d0 @ w, t.d1 @ w
+        loss = F.binary_cross_entropy_with_logits(rank(d0, d1), target)
+        if l2:
+            loss = loss + l2 * ((w - w0.mean()) / w0.mean()).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            w.clamp_(min=0.0)
+    return w.detach()
+
+
+def twoafc(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> float:
+    """2AFC agreement: ``p`` if d0 < d1, ``1 - p`` if d0 > d1, 0.5 on ties (Zhang et al. 2018)."""
+    score = torch.where(d0 < d1, p, torch.where(d0 > d1, 1 - p, torch.full_like(p, 0.5)))
+    return float(score.mean())
+
+
+def involves(t: Triplets, families: Sequence[str]) -> torch.Tensor:
+    fam = set(families)
+    return torch.tensor([a in fam or b in fam for a, b in zip(t.fam_a, t.fam_b)])
+
+
+def choose_l2(t: Triplets, candidates: Sequence[float], seed: int, iters: int) -> tuple[float, dict[str, float]]:
+    """Leave-one-damage-family-out CV within the training families; returns the best L2 and each score."""
+    damages = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "damage"]
+    scores = {}
+    for l2 in candidates:
+        accs = []
+        for fam in damages:
+            held = involves(t, [fam])
+            w = fit_heads(t.subset(~held), l2=l2, seed=seed, iters=iters)
+            v = t.subset(held)
+            accs.append(twoafc(v.d0 @ w, v.d1 @ w, v.p))
+        scores[str(l2)] = float(np.mean(accs))
+        log.info("l2=%g leave-one-family-out 2AFC %.4f", l2, scores[str(l2)])
+    best = max(candidates, key=lambda c: scores[str(c)])
+    return best, scores
+
+
+def load_backbone(path: str | Path) -> tuple[ResNetTaps, list[float], list[float], dict]:
+    """Load a backbone file written by ``lpips-sat pretrain`` (or a full LPIPS-Sat weights file)."""
+    tensors, meta = load_weights(path)
+    bands = json.loads(meta["bands"])
+    backbone = ResNetTaps(meta["arch"], in_chans=len(bands), width_div=int(meta.get("width_div", "1")))
+    load_strict(backbone, {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}, str(path))
+    return backbone, json.loads(meta["mean"]), json.loads(meta["std"]), meta
+
+
+def split_heads(w: torch.Tensor, channels: Sequence[int]) -> list[torch.Tensor]:
+    out, start = [], 0
+    for c in channels:
+        out.append(w[start : start + c].reshape(1, c, 1, 1))
+        start += c
+    return out
+
+
+def read_judgments_csv(path: str | Path, featurizer: Featurizer) -> Triplets:
+    """User judgments: CSV with columns ref, a, b, p_a_closer (image paths relative to the CSV, reflectance)."""
+    from gapeval.io import read_raster
+
+    path = Path(path)
+    rows = list(csv.DictReader(open(path, newline="")))
+    need = {"ref", "a", "b", "p_a_closer"}
+    if not rows or not need <= set(rows[0]):
+        raise InputError(f"{path}: expected a header with columns {sorted(need)}")
+    items = []
+    for i, row in enumerate(rows, start=2):
+        imgs = []
+        for key in ("ref", "a", "b"):
+            r = read_raster(path.parent / row[key])
+            if not r.valid.all():
+                raise InputError(f"{path}:{i}: {row[key]} has nodata/NaN pixels")
+            imgs.append(torch.from_numpy(r.data)[None])
+        if not (imgs[0].shape == imgs[1].shape == imgs[2].shape):
+            raise InputError(f"{path}:{i}: ref, a and b differ in shape")
+        p = float(row["p_a_closer"])
+        if not 0 <= p <= 1:
+            raise InputError(f"{path}:{i}: p_a_closer must lie in [0, 1], got {p}")
+        items.append(Triplets(featurizer.diffs(imgs[0], imgs[1]), featurizer.diffs(imgs[0], imgs[2]), torch.tensor([p]), ["user"], ["user"],
+                              baseline_distances(imgs[0], imgs[1]), baseline_distances(imgs[0], imgs[2])))
+    return Triplets.cat(items)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True, help="backbone .safetensors from `lpips-sat pretrain` (or full weights)")
+    p.add_argument("--data", action="append", required=True, metavar="DIR[:BANDS[:SCALE]]", help="training imagery (see pretrain)")
+    p.add_argument("--val-npy", action="append", default=[], help="held-out scenes as (time, rows, cols, 13) reflectance .npy")
+    p.add_argument("--judgments", help="optional CSV of your own judgments: ref,a,b,p_a_closer")
+    p.add_argument("--out", default="runs/calibrate")
+    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-val", type=int, default=1500)
+    p.add_argument("--holdout", type=float, default=0.25)
+    p.add_argument("--l2", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0], help="candidate head L2 strengths (chosen by CV)")
+    p.add_argument("--iters", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="lpips-sat-s2-rn18")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone, mean, std, bmeta = load_backbone(args.backbone)
+    torch.manual_seed(args.seed)
+    random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)
+    featurizers = {"lpips_sat": Featurizer(backbone, mean, std), "random_backbone": Featurizer(random_backbone, mean, std)}
+    train_imgs, val_imgs = [], []
+    for text in args.data:
+        for im in load_source(Source.parse(text)):
+            tr, va = split_rows(im.data, args.holdout)
+            train_imgs.append(tr)
+            val_imgs.append(va)
+    scenes = [s for path in args.val_npy for s in reference_scenes(path)]
+    nuis = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "nuisance"]
+    dams = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "damage"]
+    all_nuis = [f for f in FAMILIES if FAMILIES[f].kind == "nuisance"]
+    all_dams = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
+    held_nuis = [f for f in HELDOUT_FAMILIES if FAMILIES[f].kind == "nuisance"]
+    held_dams = [f for f in HELDOUT_FAMILIES if FAMILIES[f].kind == "damage"]
+    log.info("generating %d training judgments", args.n_train)
+    train = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed)
+    if args.judgments:
+        user = read_judgments_csv(args.judgments, featurizers["lpips_sat"])
+        train["lpips_sat"] = Triplets.cat([train["lpips_sat"], user])
+    val_sets: dict[str, dict[str, Triplets]] = {}
+    splits = {"heldout_region": CropSampler(val_imgs, PATCH + 2 * MARGIN, args.seed + 1)}
+    if scenes:
+        splits["heldout_scenes"] = CropSampler(scenes, PATCH + 2 * MARGIN, args.seed + 2)
+    for split, sampler in splits.items():
+        log.info("generating validation judgments on %s", split)
+        val_sets[f"{split}/train_families"] = make_judgments(sampler, args.n_val, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed + 10)
+        # held-out families: every judgment involves at least one of them
+        a = make_judgments(sampler, args.n_val // 2, all_nuis, held_dams, held_dams, featurizers, args.seed + 20)
+        b = make_judgments(sampler, args.n_val // 2, held_nuis, all_dams, held_nuis, featurizers, args.seed + 30)
+        val_sets[f"{split}/heldout_families"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
+    best_l2, cv = choose_l2(train["lpips_sat"], args.l2, args.seed, min(args.iters, 600))
+    heads = fit_heads(train["lpips_sat"], l2=best_l2, seed=args.seed, iters=args.iters)
+    rand_heads = fit_heads(train["random_backbone"], l2=best_l2, seed=args.seed, iters=args.iters)
+    ones = torch.ones_like(heads)
+    report: dict = {"l2": best_l2, "l2_cv": cv, "n_train": len(train["lpips_sat"].p), "heldout_families": list(HELDOUT_FAMILIES),
+                    "train_families": list(TRAIN_FAMILIES), "splits": {}}
+    for name, tri in val_sets.items():
+        t, r = tri["lpips_sat"], tri["random_backbone"]
+        row = {"LPIPS-Sat": twoafc(t.d0 @ heads, t.d1 @ heads, t.p), "LPIPS-Sat uncalibrated (ones)": twoafc(t.d0 @ ones, t.d1 @ ones, t.p),
+               "untrained backbone, calibrated heads": twoafc(r.d0 @ rand_heads, r.d1 @ rand_heads, r.p),
+               "untrained backbone, ones": twoafc(r.d0 @ ones, r.d1 @ ones, r.p)}
+        for base in ("psnr", "ssim", "sam", "l1"):
+            row[base.upper()] = twoafc(t.base0[base], t.base1[base], t.p)
+        per_family = {}
+        for fam in sorted(set(t.fam_a) | set(t.fam_b)):
+            m = involves(t, [fam])
+            s = t.subset(m)
+            per_family[fam] = {"n": int(m.sum()), "LPIPS-Sat": twoafc(s.d0 @ heads, s.d1 @ heads, s.p), "PSNR": twoafc(s.base0["psnr"], s.base1["psnr"], s.p),
+                               "SSIM": twoafc(s.base0["ssim"], s.base1["ssim"], s.p)}
+        report["splits"][name] = {"n": len(t.p), "2afc": row, "per_family": per_family}
+        log.info("%s: %s", name, {k: round(v, 3) for k, v in row.items()})
+    tr = train["lpips_sat"]
+    report["train_2afc"] = twoafc(tr.d0 @ heads, tr.d1 @ heads, tr.p)
+    head_list = split_heads(heads, backbone.channels)
+    meta = {k: v for k, v in bmeta.items() if k in ("arch", "bands", "mean", "std", "width_div", "recipe", "data", "steps_done")}
+    meta.update({"name": args.name, "taps": json.dumps(list(TAPS)), "normalisation": "reflectance (DN/10000), then (x - mean) / std per band",
+                 "calibration": json.dumps({"l2": best_l2, "n_train": report["n_train"], "seed": args.seed, "heldout_families": list(HELDOUT_FAMILIES)}),
+                 "source": "lpips-sat: trained on the shared Sentinel-2 L1C stack (CC0, Copernicus) and NAIP (public domain)",
+                 "licence": "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016", "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives",
+                 "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"})
+    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    tensors.update({f"heads.{i}.weight": h for i, h in enumerate(head_list)})
+    full32 = out / f"{args.name}.fp32.safetensors"
+    save_weights(full32, tensors, meta, dtype=torch.float32)
+    sha16 = save_weights(out / f"{args.name}.safetensors", tensors, meta, dtype=torch.float16)
+    report["fp16_max_abs_diff"] = _fp16_check(full32, out / f"{args.name}.safetensors", val_imgs)
+    report["properties"] = property_checks(out / f"{args.name}.safetensors", val_imgs + scenes)
+    report["sha256_fp16"] = sha16
+    report["sha256_fp32"] = sha256_file(full32)
+    report["backbone_sha256"] = sha256_file(args.backbone)
+    report["seconds"] = time.time() - t0
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v["2afc"] for k, v in report["splits"].items()}, indent=2))
+    print(f"weights: {out / (args.name + '.safetensors')} (fp16, sha256 {sha16}); fp16 vs fp32 max |diff| {report['fp16_max_abs_diff']:.2e}")
+    return 0
+
+
+def _fp16_check(path32: Path, path16: Path, images: Sequence[np.ndarray], n: int = 32) -> float:
+    """Largest absolute distance difference between the fp32 and fp16-stored weights on real patch pairs."""
+    from lpips_sat.metric import LPIPSSat
+
+    m32, m16 = LPIPSSat(path32), LPIPSSat(path16)
+    sampler = CropSampler(images, 96, 123)
+    x = sampler.sample(n)
+    g = torch.Generator().manual_seed(0)
+    y = crop_margin(apply("blur", sampler.sample(n, 96 + 2 * MARGIN), 0.5, g))
+    with torch.inference_mode():
+        return float((m32(x, y) - m16(x, y)).abs().max())
+
+
+def property_checks(weights: Path, images: Sequence[np.ndarray], n: int = 64) -> dict[str, float]:
+    """On real held-out patches: identity, symmetry, and how often a 1-px shift scores below a sigma=1.5 blur."""
+    from lpips_sat.metric import LPIPSSat
+
+    from lpips_sat.train.distortions import fourier_shift, gaussian_blur
+
+    m = LPIPSSat(weights)
+    ctx = CropSampler(images, PATCH + 2 * MARGIN, 7).sample(n)
+    ref = crop_margin(ctx)
+    shifted = crop_margin(fourier_shift(ctx, torch.zeros(n), torch.ones(n)))
+    blurred = crop_margin(gaussian_blur(ctx, 1.5))
+    other = torch.roll(ref, 1, 0)
+    with torch.inference_mode():
+        d_id, d_shift, d_blur = m(ref, ref), m(ref, shifted), m(ref, blurred)
+        d_ab, d_ba = m(ref, other), m(other, ref)
+    return {"n_patches": n, "identity_max": float(d_id.abs().max()), "symmetry_max_abs_diff": float((d_ab - d_ba).abs().max()),
+            "shift1px_below_blur1.5_fraction": float((d_shift < d_blur).float().mean()),
+            "median_shift1px": float(d_shift.median()), "median_blur1.5": float(d_blur.median())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lpips-sat calibrate", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
