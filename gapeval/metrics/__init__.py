@@ -1,0 +1,36 @@
+"""Metrics of gapeval: classical full-reference metrics (:mod:`.classical`), LR-consistency and correctness
+(:mod:`.consistency`), and tiled LPIPS-Sat (:mod:`.perceptual`). Every metric honours a validity mask.
+
+This module also holds the one table of metric names, directions and descriptions used by the score
+tables, summaries and reports.
+"""
+
+from __future__ import annotations
+
+#: Headline metric -> (better direction, unit, one-line description). Per-band columns are ``<metric>_<band>``.
+METRICS: dict[str, tuple[str, str, str]] = {
+    "lpips_sat": ("lower", "", "LPIPS-Sat perceptual distance (learned, Sentinel-2 features)"),
+    "psnr": ("higher", "dB", "peak signal-to-noise ratio at the declared data range"),
+    "ssim": ("higher", "", "structural similarity, Gaussian window sigma 1.5, mean over bands"),
+    "sam_deg": ("lower", "deg", "spectral angle mapper, mean angle between spectra"),
+    "ergas": ("lower", "", "ERGAS (Wald 2000) with the resolution ratio h/l"),
+    "rmse": ("lower", "refl.", "root mean squared error"),
+    "mae": ("lower", "refl.", "mean absolute error"),
+    "refl_l1": ("lower", "refl.", "reflectance consistency: |SR averaged to the LR grid - LR|"),
+    "spectral_sam_deg": ("lower", "deg", "spectral consistency: SAM between SR on the LR grid and LR"),
+    "shift_px": ("lower", "LR px", "spatial consistency: phase-correlation shift of SR on the LR grid vs LR"),
+    "improvement": ("higher", "", "fraction of high-frequency patches closest to the improvement reference"),
+    "omission": ("lower", "", "fraction of high-frequency patches closest to the omission reference (kept LR blur)"),
+    "hallucination": ("lower", "", "fraction of high-frequency patches closest to the hallucination reference"),
+}
+
+#: Metrics that are computed per band too (columns ``<metric>_<band>``).
+PER_BAND = ("psnr", "ssim", "rmse", "mae", "refl_l1")
+
+
+def direction(column: str) -> str | None:
+    """``"higher"``/``"lower"`` (which is better) for a metric column, per-band columns included; else ``None``."""
+    if column in METRICS:
+        return METRICS[column][0]
+    base = column.rsplit("_", 1)[0]
+    return METRICS[base][0] if base in PER_BAND else None
