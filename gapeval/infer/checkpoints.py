@@ -1,0 +1,235 @@
+"""Checkpoint access for the adapters: local files and folders, Hugging Face hub ids, sha256, strict loading.
+
+Accepted forms of ``--checkpoint``:
+
+* a local ``.safetensors`` file, or a ``.ckpt/.pth/.pt`` file read only through ``torch.load(weights_only=True)``
+  (via :func:`lpips_sat.backbones.read_checkpoint`);
+* a local folder in the diffusers layout (``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors`` …);
+* a hub id ``owner/name`` (a diffusers repository) or ``owner/name:path/in/repo.ckpt`` (one file), fetched with
+  ``huggingface_hub``. Offline (no network, or ``HF_HUB_OFFLINE=1`` and nothing cached) raises
+  :class:`~lpips_sat.errors.OfflineError` telling the user to pass a local path.
+
+Every module is loaded with strict key and shape checks (:func:`lpips_sat.backbones.load_strict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from lpips_sat.backbones import load_strict, read_checkpoint
+from lpips_sat.errors import MissingFileError, OfflineError, WeightsError
+from lpips_sat.registry import sha256_file
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<file>.+))?$")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+
+
+@dataclass
+class CheckpointSource:
+    """A resolved checkpoint: a local file or folder, with the sha256 that identifies it in output tags."""
+
+    spec: str
+    path: Path
+    sha256: str
+    hub_id: str | None = None
+    _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _metadata: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state dict of a single-file checkpoint (read once)."""
+        if self.is_folder:
+            raise WeightsError(f"{self.path} is a folder; this model needs a single checkpoint file")
+        if self._tensors is None:
+            self._tensors = read_checkpoint(self.path)
+        return self._tensors
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata (empty for other formats)."""
+        if self._metadata is None:
+            self._metadata = {}
+            if self.path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                try:
+                    with safe_open(str(self.path), framework="pt") as fh:
+                        self._metadata = dict(fh.metadata() or {})
+                except Exception as exc:
+                    raise WeightsError(f"{self.path}: not a readable safetensors file ({exc})") from exc
+        return self._metadata
+
+
+def resolve(spec: str | Path, *, hub_patterns: Sequence[str] | None = None) -> CheckpointSource:
+    """Turn ``--checkpoint`` into a local file/folder (downloading hub ids) and hash it.
+
+    Args:
+        spec: local path, ``owner/name`` (diffusers repository) or ``owner/name:file``.
+        hub_patterns: for a repository id, the file patterns to fetch (e.g. ``["unet/*", "vae/*"]``).
+    Raises:
+        MissingFileError: a local path that does not exist. OfflineError: a hub id that cannot be fetched.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    hub_id = None
+    if not path.exists():
+        match = _HUB_ID.match(text)
+        if match is None or text.startswith((".", "/", "~")) or (match.group("file") is None and text.endswith(WEIGHT_SUFFIXES)):
+            raise MissingFileError(f"Checkpoint {text} does not exist (not a local file or folder, nor a hub id 'owner/name[:file]')")
+        hub_id = text
+        path = _hub_fetch(match.group("repo"), match.group("file"), hub_patterns)
+    return CheckpointSource(spec=text, path=path, sha256=checkpoint_sha256(path), hub_id=hub_id)
+
+
+def _offline_requested() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_fetch(repo_id: str, filename: str | None, patterns: Sequence[str] | None) -> Path:
+    """Download one file or a filtered snapshot of a hub repository; any failure -> :class:`OfflineError`."""
+    try:
+        import huggingface_hub
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        raise OfflineError(f"{repo_id} looks like a hub id but huggingface-hub is not installed; pass a local path") from exc
+    offline = _offline_requested()
+    try:
+        if filename:
+            return Path(huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=offline))
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=list(patterns) if patterns else None, local_files_only=offline))
+    except Exception as exc:
+        where = f"{repo_id}:{filename}" if filename else repo_id
+        raise OfflineError(f"Could not fetch {where} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                           "Offline? Download it elsewhere and pass the local file or folder to --checkpoint.") from exc
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 of a file; for a folder, sha256 of the sorted ``relative-path  sha256`` lines of its weight and config files."""
+    if path.is_file():
+        return sha256_file(path)
+    lines = []
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.suffix == ".json")):
+        lines.append(f"{f.relative_to(path).as_posix()}  {sha256_file(f)}")
+    if not lines:
+        raise WeightsError(f"Checkpoint folder {path} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON config file with an error naming it."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: config file does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def folder_part(folder: Path, names: Sequence[str]) -> Path:
+    """The first existing sub-folder of a diffusers-layout checkpoint among ``names`` (e.g. ``vqvae``/``vae``)."""
+    for name in names:
+        if (folder / name).is_dir():
+            return folder / name
+    raise WeightsError(f"Checkpoint folder {folder} has no {' or '.join(repr(n) for n in names)} sub-folder; is it a diffusers model of the right kind?")
+
+
+def read_folder_weights(part: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a diffusers part folder (``diffusion_pytorch_model.safetensors`` preferred, ``.bin`` via weights_only)."""
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin"):
+        if (part / name).is_file():
+            return read_checkpoint(part / name)
+    raise MissingFileError(f"{part}: no diffusion_pytorch_model.safetensors (or .bin) weights file")
+
+
+def build_diffusers_part(cls: type, part: Path) -> nn.Module:
+    """Instantiate diffusers ``cls`` from ``part/config.json`` and load ``part``'s weights strictly (no network access)."""
+    config = read_json(part / "config.json")
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    try:
+        module = cls.from_config(config)
+    except Exception as exc:
+        raise WeightsError(f"{part}/config.json does not describe a valid {cls.__name__} ({exc})") from exc
+    load_strict(module, read_folder_weights(part), str(part))
+    return module.eval()
+
+
+def build_scheduler(part: Path | None, default_class: str, defaults: Mapping[str, Any]) -> Any:
+    """A diffusers scheduler from ``part/scheduler_config.json`` (class named there), else ``default_class(**defaults)``."""
+    import diffusers
+
+    if part is not None and (part / "scheduler_config.json").is_file():
+        config = read_json(part / "scheduler_config.json")
+        name = config.get("_class_name", default_class)
+    else:
+        config, name = dict(defaults), default_class
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise WeightsError(f"Unknown scheduler class {name!r} in {part}")
+    return cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def split_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str], source: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a flat state dict into parts by key prefix (``unet.`` …); a key under no prefix -> :class:`WeightsError`."""
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
+    stray = []
+    for key, value in state.items():
+        for p in prefixes:
+            if key.startswith(p + "."):
+                parts[p][key[len(p) + 1:]] = value
+                break
+        else:
+            stray.append(key)
+    if stray:
+        raise WeightsError(f"{source}: unexpected keys {stray[:8]}{' …' if len(stray) > 8 else ''}; expected only keys under {', '.join(p + '.' for p in prefixes)}")
+    empty = [p for p in prefixes if not parts[p]]
+    if empty:
+        raise WeightsError(f"{source}: no keys under {', '.join(p + '.' for p in empty)}; is this a checkpoint of the right model?")
+    return parts
+
+
+def config_from_metadata(source: CheckpointSource, expected_model: str) -> dict[str, Any]:
+    """The JSON ``config`` stored in a gapeval safetensors checkpoint's metadata, checking its ``model`` field."""
+    meta = source.metadata()
+    if "config" not in meta:
+        raise WeightsError(f"{source.path}: no 'config' in the safetensors metadata; {expected_model} checkpoints are written by gapeval (e.g. `gapeval train sr3`)")
+    model = meta.get("model", "")
+    if model != expected_model:
+        raise WeightsError(f"{source.path}: checkpoint is for model {model!r}, not {expected_model!r}")
+    try:
+        return json.loads(meta["config"])
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{source.path}: metadata 'config' is not valid JSON ({exc})") from exc
+
+
+def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """Write float32 tensors + metadata atomically as safetensors; return the file's sha256."""
+    from safetensors.torch import save_file
+
+    from gapeval.io import atomic_path
+
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sha256_file(path)
+
+
+__all__ = ["CheckpointSource", "resolve", "checkpoint_sha256", "build_diffusers_part", "build_scheduler", "split_prefixed",
+           "config_from_metadata", "save_safetensors", "load_strict"]
