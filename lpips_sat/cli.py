@@ -1,0 +1,335 @@
+"""``lpips-sat`` command line: compare two images, describe the shipped weights, or (re)train them.
+
+    lpips-sat compare a.tif b.tif [--bands ...] [--input-range dn|reflectance] [--weights ...] [--spatial-out map.tif]
+    lpips-sat info [--weights NAME|FILE] [--json]
+    lpips-sat pretrain ...      (lpips_sat.train.pretrain)
+    lpips-sat calibrate ...     (lpips_sat.train.calibrate)
+
+Exit codes: 0 success, 1 data error (a file, value or weights file is wrong; the message names it), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lpips_sat.backbones import TAPS
+from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
+from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
+
+log = logging.getLogger(__name__)
+
+#: Sub-commands implemented by the training package: name -> (module, one-line help). Imported on use only.
+TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("lpips_sat.train.pretrain", "self-supervised pretraining of the Sentinel-2 backbone on GeoTIFF folders"),
+    "calibrate": ("lpips_sat.train.calibrate", "train the calibration heads on 2AFC judgments (LPIPS recipe)"),
+}
+
+EVAL_HINT = 'pip install "lpips-sat[eval]"'
+
+
+# ------------------------------------------------------------------------------------------------ reading images
+def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndarray, Any]:
+    """Read a GeoTIFF, PNG/JPEG or ``.npy`` file as (bands, rows, cols) float32 plus its :class:`gapeval.io.Raster`.
+
+    ``scale`` divides the pixel values (e.g. 10000 for Sentinel-2 DN). Pixels flagged invalid (nodata in every
+    band, NaN/inf) are refused: the metric has no masked mode, and filling them silently would change the distance.
+    Raises:
+        MissingFileError: no such file. InputError: unreadable file or invalid pixels.
+        LPIPSSatError: the optional reader (rasterio / Pillow) is not installed.
+    """
+    from gapeval.io import read_raster
+
+    path = Path(path)
+    try:
+        raster = read_raster(path, scale=scale)
+    except ImportError as exc:  # rasterio (GeoTIFF) and Pillow (PNG/JPEG) are optional extras
+        raise LPIPSSatError(f"{path}: reading {path.suffix} files needs {exc.name or 'an optional package'}; install it with {EVAL_HINT}") from exc
+    invalid = int((~raster.valid).sum())
+    if invalid:
+        raise InputError(f"{path}: {invalid} of {raster.valid.size} pixels are nodata/NaN/inf; crop or fill them before comparing")
+    return raster.data, raster
+
+
+def file_bands(raster: Any, declared: str | None, n_model: int, model_bands: Sequence[str]) -> tuple[str | None, ...]:
+    """The band order of a file: ``--bands`` if given, else the file's band descriptions, else the model's order.
+
+    The model's own order is assumed only when the file has exactly the model's band count; anything else
+    must be declared.
+    """
+    n = raster.data.shape[0]
+    if declared:
+        bands = resolve(declared)
+        source = f"--bands {declared}"
+    else:
+        try:
+            described = tuple(canonical(d) for d in raster.descriptions) if raster.descriptions and all(raster.descriptions) else None
+        except InputError:
+            described = None
+        if described is not None and len(described) == n:
+            bands, source = described, "band descriptions"
+        elif n == n_model:
+            bands, source = tuple(model_bands), "the model's band order (no --bands given)"
+        else:
+            raise InputError(f"{raster.path}: {n} bands and no usable band descriptions; pass --bands (a preset such as "
+                             f"{', '.join(sorted(PRESETS))}, or names like B04,B03,B02,B08)")
+    if len(bands) != n:
+        raise InputError(f"{raster.path}: file has {n} bands but {source} names {len(bands)}")
+    log.info("%s: bands %s from %s", raster.path, list(bands), source)
+    return bands
+
+
+def _same_geometry(ra: Any, rb: Any) -> bool:
+    if ra.transform is None or rb.transform is None:
+        return True
+    return ra.crs == rb.crs and ra.transform.almost_equals(rb.transform)
+
+
+def write_map(path: str | Path, dist_map: np.ndarray, like: Any) -> Path:
+    """Write an (H, W) distance map as a single-band GeoTIFF (geometry of ``like``) or ``.npy``, atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        from gapeval.io import atomic_path
+
+        tmp = atomic_path(path)
+        with open(tmp, "wb") as fh:
+            np.save(fh, dist_map.astype(np.float32))
+        os.replace(tmp, path)
+        return path
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"--spatial-out {path}: use a .tif or .npy file name")
+    try:
+        from gapeval.io import write_raster
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # PNG/.npy inputs carry no geometry
+            return write_raster(path, dist_map[None].astype(np.float32), transform=like.transform, crs=like.crs,
+                                tags={"LPIPS_SAT": "per-pixel distance map (mean = distance)"}, descriptions=("lpips_sat",))
+    except ImportError as exc:
+        raise LPIPSSatError(f"writing {path} needs rasterio; install it with {EVAL_HINT}, or write a .npy map") from exc
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="first image (GeoTIFF, PNG/JPEG or .npy (bands, rows, cols)), e.g. the SR output")
+    p.add_argument("b", help="second image, same size and bands, e.g. the high-resolution target")
+    p.add_argument("--bands", help="band order of both files: a preset (" + ", ".join(sorted(PRESETS)) + ") or names "
+                   "such as B04,B03,B02,B08 / red,green,blue,nir (default: the GeoTIFF band descriptions, else the model's order)")
+    p.add_argument("--input-range", choices=("reflectance", "dn"), default="reflectance",
+                   help="pixel values are reflectance (DN / 10000) or Sentinel-2 digital numbers (default: reflectance)")
+    p.add_argument("--scale", type=float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
+    p.add_argument("--weights", default=None, help="registry name or .safetensors file (default: the shipped lpips-sat-s2-rn18)")
+    p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Distance between two image files (the whole image in one pass)."""
+    from lpips_sat.metric import LPIPSSat
+    from lpips_sat.registry import DEFAULT_NAME
+
+    if args.scale is not None and args.input_range == "dn":
+        raise InputError("--scale and --input-range dn both rescale the pixels; use one of them")
+    a_arr, ra = read_image(args.a, scale=args.scale)
+    b_arr, rb = read_image(args.b, scale=args.scale)
+    if a_arr.shape[1:] != b_arr.shape[1:]:
+        raise InputError(f"{args.a} is {a_arr.shape[1]} x {a_arr.shape[2]} px but {args.b} is {b_arr.shape[1]} x {b_arr.shape[2]} px; "
+                         "resample/crop them to one grid first")
+    if not _same_geometry(ra, rb):
+        print(f"lpips-sat compare: warning: {args.a} and {args.b} have different geotransforms/CRS; comparing pixel by pixel", file=sys.stderr)
+    metric = LPIPSSat(args.weights or DEFAULT_NAME, input_range=args.input_range).to(args.device)
+    tensors, used = [], []
+    for arr, raster in ((a_arr, ra), (b_arr, rb)):
+        bands = file_bands(raster, args.bands, len(metric.model_bands), metric.model_bands)
+        try:
+            order = band_indices(bands, metric.model_bands)
+        except InputError as exc:
+            raise InputError(f"{raster.path}: {exc}") from exc
+        tensors.append(torch.from_numpy(np.ascontiguousarray(arr[order]))[None].to(args.device))
+        used.append(bands)
+    try:
+        with torch.no_grad():
+            fa, fb = metric.features(tensors[0], name=str(args.a)), metric.features(tensors[1], name=str(args.b))
+            total, parts = metric.distance(fa, fb)
+            dist_map = metric.distance(fa, fb, spatial=True, size=tuple(a_arr.shape[-2:]))[0] if args.spatial_out else None
+    except InputError as exc:
+        if "input_range" not in str(exc):
+            raise
+        raise InputError(f"{exc} (command line: --input-range dn|reflectance, or --scale S to divide the pixel values)") from exc
+    result = {"a": str(args.a), "b": str(args.b), "distance": float(total[0]), "weights": metric.name, "sha256": metric.sha256,
+              "bands_a": list(used[0]), "bands_b": list(used[1]), "input_range": args.input_range, "scale": args.scale,
+              "per_layer": {name: float(p[0]) for name, p in zip(TAPS, parts)}}
+    if dist_map is not None:
+        result["spatial_out"] = str(write_map(args.spatial_out, dist_map[0, 0].cpu().numpy(), ra))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['distance']:.6f}")
+        print(f"  weights {metric.name}; bands {','.join(map(str, used[0]))} / {','.join(map(str, used[1]))} -> model {','.join(metric.model_bands)}; "
+              f"input {args.input_range}{f' / {args.scale:g}' if args.scale else ''}", file=sys.stderr)
+        if dist_map is not None:
+            print(f"  distance map written to {result['spatial_out']}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ info
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="show one registry entry or a .safetensors file in detail (default: all entries)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _header_metadata(path: Path) -> dict[str, str]:
+    """Metadata of a safetensors file, read from its header only (no tensors loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def describe_file(path: Path, expected_sha256: str | None) -> dict[str, Any]:
+    """sha256 check result, size and header metadata of one weights file."""
+    from lpips_sat.registry import sha256_file
+
+    if not path.is_file():
+        return {"file": str(path), "exists": False, "sha256_ok": False}
+    actual = sha256_file(path)
+    return {"file": str(path), "exists": True, "bytes": path.stat().st_size, "sha256": actual, "expected_sha256": expected_sha256,
+            "sha256_ok": None if expected_sha256 is None else actual == expected_sha256, "metadata": _header_metadata(path)}
+
+
+def info_records(only: str | None = None) -> list[dict[str, Any]]:
+    """One record per registry entry (or for the named entry / file): what ``lpips-sat info`` shows."""
+    from lpips_sat.registry import REGISTRY, get_entry, weights_dir
+
+    if only and (only.endswith(".safetensors") or Path(only).is_file()):
+        path = Path(only)
+        if not path.is_file():
+            raise MissingFileError(f"Weights file {path} does not exist")
+        return [{"name": path.name, "shipped": False, **describe_file(path, None)}]
+    get_entry(only or next(iter(REGISTRY)))  # any lookup registers the shipped weights listed in weights/index.json
+    entries = [get_entry(only)] if only else list(REGISTRY.values())
+    records = []
+    for entry in entries:
+        record: dict[str, Any] = {"name": entry.name, "arch": entry.arch, "bands": list(entry.bands), "mean": list(entry.mean),
+                                  "std": list(entry.std), "heads": entry.heads, "source": entry.source, "licence": entry.licence,
+                                  "ssl_method": entry.ssl_method, "description": entry.description, "shipped": entry.file is not None}
+        if entry.file:
+            record.update(describe_file(weights_dir() / entry.file, entry.sha256))
+        else:
+            record.update({"hub_id": entry.hub_id, "hub_filename": entry.hub_filename})
+        records.append(record)
+    return records
+
+
+#: Metadata keys shown first (the rest follows alphabetically); long values are shortened in text output.
+_META_FIRST = ("arch", "bands", "taps", "mean", "std", "normalization", "input_range", "width_div", "training_data", "data_sha256", "recipe", "seed")
+
+
+def _print_record(rec: dict[str, Any]) -> None:
+    print(f"{rec['name']}")
+    if "arch" in rec:
+        print(f"  arch {rec['arch']}; bands {','.join(rec['bands'])}; heads {rec['heads']}")
+        print(f"  normalisation (reflectance - mean) / std: mean {rec['mean']} std {rec['std']}")
+        print(f"  source {rec['source'] or '-'}; licence {rec['licence'] or '-'}; method {rec['ssl_method'] or '-'}")
+    if rec.get("shipped") or "file" in rec:
+        if not rec.get("exists"):
+            print(f"  file {rec['file']}: MISSING")
+        else:
+            check = {True: "OK", False: "MISMATCH (file corrupt or modified)", None: "no registered sha256"}[rec["sha256_ok"]]
+            print(f"  file {rec['file']} ({rec['bytes'] / 1e6:.1f} MB)")
+            print(f"  sha256 {rec['sha256']}: {check}")
+            meta = rec.get("metadata", {})
+            for key in [k for k in _META_FIRST if k in meta] + sorted(k for k in meta if k not in _META_FIRST):
+                value = meta[key]
+                print(f"  {key}: {value if len(value) <= 160 else value[:157] + '...'}")
+    else:
+        print(f"  external: hub {rec.get('hub_id') or '(none)'} file {rec.get('hub_filename') or '-'}; load with LPIPSSat.from_backbone(local_path)")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print registry entries; exit 1 if a shipped file is missing or fails its sha256 check."""
+    from lpips_sat.registry import weights_dir
+
+    records = info_records(args.weights)
+    bad = [r["name"] for r in records if r.get("shipped") and not r.get("sha256_ok")]
+    if args.json:
+        print(json.dumps({"records": records, "failed": bad}, indent=2))
+    else:
+        try:
+            folder = str(weights_dir())
+        except MissingFileError:
+            folder = "(none)"
+        print(f"weights folder: {folder}")
+        if not any(r.get("shipped") for r in records) and not args.weights:
+            print("  no shipped weights registered (weights/index.json absent or empty)")
+        for rec in records:
+            _print_record(rec)
+    if bad:
+        print(f"lpips-sat info: error: shipped weights failed their check: {', '.join(bad)}; reinstall lpips-sat", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; training sub-commands are imported only to add their arguments."""
+    parser = argparse.ArgumentParser(prog="lpips-sat", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare", help="distance between two image files", description=run_compare.__doc__)
+    add_compare_arguments(p)
+    p.set_defaults(_run=run_compare)
+    p = sub.add_parser("info", help="registry entries, shipped weights and their sha256 check", description=run_info.__doc__)
+    add_info_arguments(p)
+    p.set_defaults(_run=run_info)
+    for name, (module, help_text) in TRAIN_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+            add_arguments, run = mod.add_arguments, mod.run
+        except (ModuleNotFoundError, AttributeError) as exc:
+            if isinstance(exc, ModuleNotFoundError) and not (exc.name or "").startswith("lpips_sat"):
+                raise
+            p.set_defaults(_unavailable=f"'{name}' is not available in this installation ({module}: {exc})")
+            continue
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lpips-sat`` script."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
+    if extra and not getattr(args, "_unavailable", None):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "_unavailable", None):
+        print(f"lpips-sat: error: {args._unavailable}", file=sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except LPIPSSatError as exc:
+        print(f"lpips-sat {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lpips-sat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
