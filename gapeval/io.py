@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,17 +97,31 @@ def _finish(data: np.ndarray, path: Path, nodata: float | None, **kw: Any) -> Ra
     return Raster(data=data, valid=valid_mask(data, nodata), path=path, nodata=nodata, **kw)
 
 
-def _read_geotiff(path: Path, window: Any) -> Raster:
+def _open_geotiff(path: Path) -> Any:
+    """An open rasterio dataset (the caller closes it); an unreadable file raises InputError naming it."""
+    import warnings
+
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
-        with rasterio.open(path) as ds:
-            data = ds.read(window=window)
-            transform = ds.window_transform(window) if window is not None else ds.transform
-            return _finish(data, path, ds.nodata, transform=transform, crs=ds.crs, tags=dict(ds.tags()), descriptions=tuple(ds.descriptions))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read as GeoTIFF ({exc}); the file may be corrupt or truncated") from exc
+
+
+def _read_geotiff(path: Path, window: Any) -> Raster:
+    from rasterio.errors import RasterioIOError
+
+    with _open_geotiff(path) as ds:
+        try:
+            data = ds.read(window=window)
+        except RasterioIOError as exc:
+            raise InputError(f"{path}: cannot read pixels ({exc}); the file may be corrupt or truncated") from exc
+        transform = ds.window_transform(window) if window is not None else ds.transform
+        return _finish(data, path, ds.nodata, transform=transform, crs=ds.crs, tags=dict(ds.tags()), descriptions=tuple(ds.descriptions))
 
 
 def _read_image(path: Path) -> Raster:
@@ -143,10 +158,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_raster(path: str | Path, data: np.ndarray, *, transform: Any = None, crs: Any = None, nodata: float | None = None,
-                 tags: Mapping[str, Any] | None = None, descriptions: tuple[str | None, ...] | None = None,
-                 dtype: str = "float32", cog: bool = True, scales: Sequence[float] | None = None,
-                 offsets: Sequence[float] | None = None) -> Path:
+def write_raster(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    transform: Any = None,
+    crs: Any = None,
+    nodata: float | None = None,
+    tags: Mapping[str, Any] | None = None,
+    descriptions: tuple[str | None, ...] | None = None,
+    dtype: str = "float32",
+    cog: bool = True,
+    scales: Sequence[float] | None = None,
+    offsets: Sequence[float] | None = None,
+) -> Path:
     """Write (bands, rows, cols) ``data`` as a (Cloud-Optimized when ``cog``) GeoTIFF, atomically.
 
     COG layout: 256 px internal tiles, DEFLATE, and overviews when the image is larger than one tile.
@@ -162,8 +187,17 @@ def write_raster(path: str | Path, data: np.ndarray, *, transform: Any = None, c
     path = Path(path)
     tmp = atomic_path(path)
     tiled = cog and min(data.shape[1:]) >= 256
-    profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype=dtype,
-                   transform=transform, crs=crs, nodata=nodata, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=dtype,
+        transform=transform,
+        crs=crs,
+        nodata=nodata,
+        compress="deflate",
+    )
     if tiled:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if np.issubdtype(np.dtype(dtype), np.integer):
@@ -225,7 +259,7 @@ class Grid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in map units."""
-        xs, ys = zip(*(self.transform * c for c in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height))))
+        xs, ys = zip(*(self.transform @ c for c in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height))))
         return min(xs), min(ys), max(xs), max(ys)
 
     def window_transform(self, window: Any) -> Any:
@@ -240,7 +274,7 @@ class Grid:
         crs = self.crs if self.georeferenced else "none (not georeferenced)"
         return f"{self.width}x{self.height} px, pixel {rx:g}x{ry:g}, origin ({self.transform.c:.3f}, {self.transform.f:.3f}), CRS {crs}"
 
-    def mismatch(self, other: "Grid", tolerance: float = 0.5) -> str | None:
+    def mismatch(self, other: Grid, tolerance: float = 0.5) -> str | None:
         """Why this grid is not ``other`` (same CRS, shape, and corners within ``tolerance`` of ``other``'s pixels),
         or ``None`` when they agree."""
         if self.georeferenced and other.georeferenced and not _same_crs(self.crs, other.crs):
@@ -250,7 +284,7 @@ class Grid:
         inv = ~other.transform
         worst = 0.0
         for c in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height)):
-            px = inv * (self.transform * c)
+            px = inv @ (self.transform @ c)
             worst = max(worst, abs(px[0] - c[0]), abs(px[1] - c[1]))
         if worst > tolerance:
             return f"pixel grids are offset by up to {worst:.2f} px (more than {tolerance} px)"
@@ -297,21 +331,21 @@ def raster_info(path: str | Path) -> RasterInfo:
         raise MissingFileError(f"{path}: file does not exist")
     suffix = path.suffix.lower()
     if suffix in RASTER_SUFFIXES:
-        import warnings
-
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as ds:
-                    georef = ds.crs is not None
-                    return RasterInfo(path, ds.count, ds.height, ds.width, ds.dtypes[0], ds.transform if georef else None,
-                                      ds.crs if georef else None, ds.nodata, tuple(ds.descriptions), tuple(float(s) for s in ds.scales),
-                                      tuple(float(o) for o in ds.offsets))
-        except RasterioIOError as exc:
-            raise InputError(f"{path}: cannot read as GeoTIFF ({exc}); the file may be corrupt or truncated") from exc
+        with _open_geotiff(path) as ds:
+            georef = ds.crs is not None
+            return RasterInfo(
+                path,
+                ds.count,
+                ds.height,
+                ds.width,
+                ds.dtypes[0],
+                ds.transform if georef else None,
+                ds.crs if georef else None,
+                ds.nodata,
+                tuple(ds.descriptions),
+                tuple(float(s) for s in ds.scales),
+                tuple(float(o) for o in ds.offsets),
+            )
     if suffix in IMAGE_SUFFIXES:
         from PIL import Image, UnidentifiedImageError
 
@@ -355,7 +389,7 @@ def grid_of(info: RasterInfo, target: Grid | None = None) -> Grid:
         return Grid(info.transform, info.crs, info.height, info.width, True)
     if target is None:
         return Grid(Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0), CRS.from_user_input(PLACEHOLDER_CRS), info.height, info.width, False)
-    transform = target.transform * Affine.scale(target.width / info.width, target.height / info.height)
+    transform = target.transform @ Affine.scale(target.width / info.width, target.height / info.height)
     return Grid(transform, target.crs, info.height, info.width, False)
 
 
@@ -370,8 +404,10 @@ def check_same_grid(grid: Grid, target: Grid, path: Path, target_path: Path, res
     if why is None:
         return False
     if resample is None:
-        raise InputError(f"{path} and {target_path}: {why}.\n  prediction: {grid.describe()}\n  target:     {target.describe()}\n"
-                         f"  Resample explicitly (--resample {{{','.join(RESAMPLING_METHODS)}}}) or fix the inputs.")
+        raise InputError(
+            f"{path} and {target_path}: {why}.\n  prediction: {grid.describe()}\n  target:     {target.describe()}\n"
+            f"  Resample explicitly (--resample {{{','.join(RESAMPLING_METHODS)}}}) or fix the inputs."
+        )
     if resample not in RESAMPLING_METHODS:
         raise InputError(f"Unknown resampling {resample!r}; use one of {RESAMPLING_METHODS}")
     if not grid.georeferenced:
@@ -392,12 +428,16 @@ def lr_ratio(lr: Grid, target: Grid, lr_path: Path, target_path: Path) -> float:
     if abs(rx - ry) > 0.01 * max(rx, ry):
         raise InputError(f"{lr_path}: resolution ratio to {target_path} differs in x ({rx:g}) and y ({ry:g})")
     if rx <= 1.0:
-        raise InputError(f"{lr_path}: low-resolution input has pixel {lr.res[0]:g} but the target {target_path} has {target.res[0]:g}; LR must be coarser")
+        raise InputError(
+            f"{lr_path}: low-resolution input has pixel {lr.res[0]:g} but the target {target_path} has {target.res[0]:g}; LR must be coarser"
+        )
     tol = 0.5 * lr.res[0]
     worst = max(abs(a - b) for a, b in zip(lr.bounds, target.bounds))
     if worst > tol:
-        raise InputError(f"{lr_path} does not cover the same extent as {target_path} (edges differ by {worst:g} map units, "
-                         f"more than half an LR pixel).\n  lr:     {lr.describe()}\n  target: {target.describe()}")
+        raise InputError(
+            f"{lr_path} does not cover the same extent as {target_path} (edges differ by {worst:g} map units, "
+            f"more than half an LR pixel).\n  lr:     {lr.describe()}\n  target: {target.describe()}"
+        )
     return float(rx)
 
 
@@ -454,8 +494,14 @@ class Pairing:
         return sum(len(files) for files in self.preds.values())
 
 
-def pair_folders(targets: str | Path, preds: Mapping[str, str | Path], lr: str | Path | None = None, *,
-                 pattern: str | None = None, allow_missing: bool = False) -> Pairing:
+def pair_folders(
+    targets: str | Path,
+    preds: Mapping[str, str | Path],
+    lr: str | Path | None = None,
+    *,
+    pattern: str | None = None,
+    allow_missing: bool = False,
+) -> Pairing:
     """Match prediction folders (and an optional LR folder) to a target folder by relative path and stem.
 
     Raises:
@@ -479,7 +525,9 @@ def pair_folders(targets: str | Path, preds: Mapping[str, str | Path], lr: str |
         if extra:
             pairing.unpaired[f"predictions in {name} without target"] = extra
         if not pairing.preds[name]:
-            raise InputError(f"{folder}: none of its {len(pfiles)} files matches a target in {targets} (e.g. {extra[:3]} vs {sorted(tfiles)[:3]})")
+            raise InputError(
+                f"{folder}: none of its {len(pfiles)} files matches a target in {targets} (e.g. {extra[:3]} vs {sorted(tfiles)[:3]})"
+            )
     if lr is not None:
         lfiles = list_images(lr, pattern)
         if not lfiles:
@@ -489,7 +537,9 @@ def pair_folders(targets: str | Path, preds: Mapping[str, str | Path], lr: str |
         if missing:
             pairing.unpaired["targets without LR input"] = missing
     if pairing.unpaired and not allow_missing:
-        lines = [f"  {label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}" for label, keys in pairing.unpaired.items()]
+        lines = [
+            f"  {label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}" for label, keys in pairing.unpaired.items()
+        ]
         raise InputError("Unpaired files (pass --allow-missing to score only the complete pairs):\n" + "\n".join(lines))
     return pairing
 
@@ -516,7 +566,9 @@ def band_order(info: RasterInfo, declared: str | Sequence[str | None] | None, wa
         except InputError as exc:
             raise InputError(f"{flag} {declared!r}: {exc}") from exc
         if len(order) != info.count:
-            raise InputError(f"{info.path}: {flag} declares {len(order)} bands ({', '.join(map(str, order))}) but the file has {info.count}")
+            raise InputError(
+                f"{info.path}: {flag} declares {len(order)} bands ({', '.join(map(str, order))}) but the file has {info.count}"
+            )
         return order
     if info.descriptions and all(info.descriptions):
         try:
@@ -526,8 +578,10 @@ def band_order(info: RasterInfo, declared: str | Sequence[str | None] | None, wa
     if info.count == len(wanted):
         logger.info("%s: no band names; assuming the %d bands are %s (declare with %s)", info.path, info.count, ",".join(wanted), flag)
         return tuple(wanted)
-    raise InputError(f"{info.path}: has {info.count} bands without band names, but the metric needs {len(wanted)} "
-                     f"({', '.join(wanted)}); declare the file's band order with {flag} (a preset such as s2-l1c-13, planetscope-4b, planetscope-8b, naip, or names)")
+    raise InputError(
+        f"{info.path}: has {info.count} bands without band names, but the metric needs {len(wanted)} "
+        f"({', '.join(wanted)}); declare the file's band order with {flag} (a preset such as s2-l1c-13, planetscope-4b, planetscope-8b, naip, or names)"
+    )
 
 
 def select_bands(info: RasterInfo, declared: str | Sequence[str | None] | None, wanted: Sequence[str], flag: str) -> list[int]:
@@ -573,8 +627,10 @@ def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, flag: str
     vals = data[:, valid]
     hi, lo = float(vals.max()), float(vals.min())
     if hi > MAX_REFLECTANCE:
-        raise InputError(f"{path}: values up to {hi:g} are not reflectance (expected about 0..1.5); these look like digital numbers: "
-                         f"pass {flag} 10000 for Sentinel-2 / PlanetScope DN (or 255 for 8-bit images)")
+        raise InputError(
+            f"{path}: values up to {hi:g} are not reflectance (expected about 0..1.5); these look like digital numbers: "
+            f"pass {flag} 10000 for Sentinel-2 / PlanetScope DN (or 255 for 8-bit images)"
+        )
     if lo < -0.5:
         raise InputError(f"{path}: values down to {lo:g} are not reflectance; check {flag} and any offset (e.g. -1000 DN applied twice)")
     return hi
@@ -585,8 +641,10 @@ def check_not_tiny(max_value: float, path: Path, flag: str) -> None:
     from lpips_sat.metric import MIN_DN_MAX
 
     if np.isfinite(max_value) and max_value < MIN_DN_MAX / 10000.0:
-        raise InputError(f"{path}: largest value is {max_value:g}, implausibly small for reflectance; the file probably holds "
-                         f"reflectance already and was divided by a DN scale (drop {flag}), or its nodata value is not declared")
+        raise InputError(
+            f"{path}: largest value is {max_value:g}, implausibly small for reflectance; the file probably holds "
+            f"reflectance already and was divided by a DN scale (drop {flag}), or its nodata value is not declared"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -650,11 +708,11 @@ class RasterSource:
     def path(self) -> Path:
         return self.info.path
 
-    def __enter__(self) -> "RasterSource":
+    def __enter__(self) -> RasterSource:
         self.open()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def open(self) -> None:
@@ -663,18 +721,9 @@ class RasterSource:
             return
         suffix = self.path.suffix.lower()
         if suffix in RASTER_SUFFIXES:
-            import warnings
-
-            import rasterio
             from rasterio.enums import MaskFlags
-            from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    self._ds = rasterio.open(self.path)
-            except RasterioIOError as exc:
-                raise InputError(f"{self.path}: cannot read as GeoTIFF ({exc}); the file may be corrupt or truncated") from exc
+            self._ds = _open_geotiff(self.path)
             flags = self._ds.mask_flag_enums[self.bands[0]]
             self._use_mask = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
         elif suffix in ARRAY_SUFFIXES:
@@ -769,18 +818,36 @@ class RasterWriter:
         16.0
     """
 
-    def __init__(self, path: str | Path, grid: Grid, *, count: int = 1, dtype: str = "float32", nodata: float | None = float("nan"),
-                 tags: Mapping[str, Any] | None = None, descriptions: Sequence[str | None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        grid: Grid,
+        *,
+        count: int = 1,
+        dtype: str = "float32",
+        nodata: float | None = float("nan"),
+        tags: Mapping[str, Any] | None = None,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> None:
         self.path, self.grid = Path(path), grid
-        self.profile = dict(driver="GTiff", height=grid.height, width=grid.width, count=count, dtype=dtype, nodata=nodata, compress="deflate",
-                            crs=grid.crs if grid.georeferenced else None, transform=grid.transform if grid.georeferenced else None)
+        self.profile = dict(
+            driver="GTiff",
+            height=grid.height,
+            width=grid.width,
+            count=count,
+            dtype=dtype,
+            nodata=nodata,
+            compress="deflate",
+            crs=grid.crs if grid.georeferenced else None,
+            transform=grid.transform if grid.georeferenced else None,
+        )
         if min(grid.height, grid.width) >= 256:
             self.profile.update(tiled=True, blockxsize=256, blockysize=256)
         self.tags, self.descriptions = dict(tags or {}), list(descriptions or [])
         self._tmp: Path | None = None
         self._ds: Any = None
 
-    def __enter__(self) -> "RasterWriter":
+    def __enter__(self) -> RasterWriter:
         import warnings
 
         import rasterio
@@ -801,7 +868,7 @@ class RasterWriter:
         """Write (bands, rows, cols) ``data`` into ``window``."""
         self._ds.write(np.asarray(data, dtype=self.profile["dtype"]), window=window)
 
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+    def __exit__(self, exc_type: Any, *rest: object) -> None:
         self._ds.close()
         assert self._tmp is not None
         if exc_type is None:

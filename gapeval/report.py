@@ -13,9 +13,10 @@ import csv
 import html
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,21 @@ from lpips_sat.errors import InputError, MissingFileError
 logger = logging.getLogger(__name__)
 
 #: Metrics shown in tables and plots, in this order, when present.
-HEADLINE = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae", "refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination")
+HEADLINE = (
+    "lpips_sat",
+    "psnr",
+    "ssim",
+    "sam_deg",
+    "ergas",
+    "rmse",
+    "mae",
+    "refl_l1",
+    "spectral_sam_deg",
+    "shift_px",
+    "improvement",
+    "omission",
+    "hallucination",
+)
 #: Side of the image crops shown in the best/worst grids (px of the target grid).
 PREVIEW = 256
 
@@ -97,11 +112,7 @@ def _label(metric: str) -> str:
 
 
 def _boxplots(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: Sequence[str], path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    ncol = min(4, len(metrics))
-    nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False)
+    fig, axes = _panels(len(metrics), 2.9)
     rng = np.random.default_rng(0)
     for ax, m in zip(axes.flat, metrics):
         data = [np.array([r[m] for r in rows if r["pred_set"] == s and np.isfinite(r[m])]) for s in sets]
@@ -112,20 +123,11 @@ def _boxplots(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: S
         ax.set_title(_label(m), fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.tick_params(axis="y", labelsize=8)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.relative_to(path.parent.parent).as_posix()
+    return _save(fig, axes, len(metrics), path)
 
 
 def _histograms(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: Sequence[str], path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    ncol = min(4, len(metrics))
-    nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.6 * nrow), squeeze=False)
+    fig, axes = _panels(len(metrics), 2.6)
     for ax, m in zip(axes.flat, metrics):
         values = [np.array([r[m] for r in rows if r["pred_set"] == s and np.isfinite(r[m])]) for s in sets]
         allv = np.concatenate([v for v in values if v.size]) if any(v.size for v in values) else np.array([0.0])
@@ -137,7 +139,24 @@ def _histograms(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics:
         ax.set_title(_label(m), fontsize=9)
         ax.tick_params(labelsize=8)
     list(axes.flat)[0].legend(fontsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
+    return _save(fig, axes, len(metrics), path)
+
+
+def _panels(n: int, height: float) -> tuple[Any, np.ndarray]:
+    """A figure with ``n`` panels, at most four per row."""
+    import matplotlib.pyplot as plt
+
+    ncol = min(4, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, height * nrow), squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Any, axes: np.ndarray, used: int, path: Path) -> str:
+    """Hide unused panels, save as PNG, return the path relative to the results folder."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -164,8 +183,9 @@ def _rgb(x: np.ndarray, bands: Sequence[str], lo: np.ndarray, hi: np.ndarray) ->
     return np.where(np.isfinite(out), out, 1.0)
 
 
-def _pair_grid(out_dir: Path, summary: Mapping[str, Any], chosen: Sequence[Mapping[str, Any]], labels: Sequence[str], metric: Any,
-               path: Path) -> str:
+def _pair_grid(
+    out_dir: Path, summary: Mapping[str, Any], chosen: Sequence[Mapping[str, Any]], labels: Sequence[str], metric: Any, path: Path
+) -> str:
     """PNG grid: one row per pair, columns LR | SR | HR | LPIPS-Sat map, on a centre crop of at most PREVIEW px."""
     import matplotlib.pyplot as plt
     from rasterio.windows import Window
@@ -258,11 +278,18 @@ def _cell(st: Mapping[str, Any] | None) -> str:
 
 
 #: Groups of summary columns, one table each (keeps tables narrow).
-GROUPS = (("Full-reference metrics (SR vs HR)", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")),
-          ("Consistency with the LR input, and correctness fractions", ("refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination")))
+GROUPS = (
+    ("Full-reference metrics (SR vs HR)", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")),
+    (
+        "Consistency with the LR input, and correctness fractions",
+        ("refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination"),
+    ),
+)
 
 
-def _summary_tables(summary: Mapping[str, Any], sets: Sequence[str], metrics: Sequence[str]) -> list[tuple[str, list[str], list[list[str]]]]:
+def _summary_tables(
+    summary: Mapping[str, Any], sets: Sequence[str], metrics: Sequence[str]
+) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) per group of metrics present; prediction sets ranked by mean LPIPS-Sat."""
     out = []
     for title, group in GROUPS:
@@ -282,7 +309,12 @@ def _pair_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], limit
     head = ["set", "key", "status", "valid"] + list(metrics)
     body = []
     for r in rows[:limit]:
-        cells = [r["pred_set"], r["key"], r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}", f"{r['valid_fraction']:.3f}"]
+        cells = [
+            r["pred_set"],
+            r["key"],
+            r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
+            f"{r['valid_fraction']:.3f}",
+        ]
         cells += [f"{r[m]:.4g}" if m in r and np.isfinite(r[m]) else "–" for m in metrics]
         body.append(cells)
     return head, body
@@ -293,21 +325,35 @@ def _notes(summary: Mapping[str, Any]) -> list[str]:
     notes = [f"LPIPS-Sat weights: `{w['name']}` (sha256 `{w['sha256']}`)."]
     if w.get("testing_only"):
         notes.append("**These weights are a random network for testing: LPIPS-Sat values and rankings here are not meaningful.**")
-    notes.append("Means with bootstrap 95 % confidence intervals (BCa, 2000 resamples) over scored pairs; arrows show which direction is better.")
-    notes.append("Invalid pixels (nodata, NaN/inf) are masked out of every metric; pairs without any valid pixel are skipped, never scored.")
+    notes.append(
+        "Means with bootstrap 95 % confidence intervals (BCa, 2000 resamples) over scored pairs; arrows show which direction is better."
+    )
+    notes.append(
+        "Invalid pixels (nodata, NaN/inf) are masked out of every metric; pairs without any valid pixel are skipped, never scored."
+    )
     return notes
 
 
-def _markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: Sequence[str],
-              figures: Mapping[str, str], grids: Mapping[str, str]) -> str:
+def _markdown(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    sets: Sequence[str],
+    metrics: Sequence[str],
+    figures: Mapping[str, str],
+    grids: Mapping[str, str],
+) -> str:
     def table(head: list[str], body: list[list[str]]) -> list[str]:
         esc = [[c.replace("|", "\\|") for c in r] for r in [head] + body]
         return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
     inputs = summary["inputs"]
     lines = ["# gapeval score report", "", f"Created {summary['created']} · config `{summary['config_hash']}`", ""]
-    lines += [f"- predictions: {', '.join(f'`{k}` = {v}' for k, v in inputs['pred'].items())}", f"- targets: {inputs['target']}",
-              f"- low-resolution inputs: {inputs['lr'] or 'not given'}", ""]
+    lines += [
+        f"- predictions: {', '.join(f'`{k}` = {v}' for k, v in inputs['pred'].items())}",
+        f"- targets: {inputs['target']}",
+        f"- low-resolution inputs: {inputs['lr'] or 'not given'}",
+        "",
+    ]
     lines += [f"- {n}" for n in _notes(summary)] + ["", "## Ranking (by mean LPIPS-Sat)", ""]
     for title, head, body in _summary_tables(summary, sets, metrics):
         lines += [f"**{title}**", ""] + table(head, body) + [""]
@@ -318,19 +364,34 @@ def _markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], set
     if summary["skipped"]:
         lines += ["## Skipped pairs", ""] + [f"- {s['pred_set']} / {s['key']}: {s['reason']}" for s in summary["skipped"]] + [""]
     if summary["unpaired"]:
-        lines += ["## Unpaired files", ""] + [f"- {label} ({len(keys)}): {', '.join(keys[:20])}" for label, keys in summary["unpaired"].items()] + [""]
+        lines += (
+            ["## Unpaired files", ""]
+            + [f"- {label} ({len(keys)}): {', '.join(keys[:20])}" for label, keys in summary["unpaired"].items()]
+            + [""]
+        )
     lines += ["## All pairs", ""] + table(*_pair_table(rows, metrics)) + [""]
     lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     return "\n".join(lines)
 
 
-def _html(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: Sequence[str],
-          figures: Mapping[str, str], grids: Mapping[str, str]) -> str:
+def _html(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    sets: Sequence[str],
+    metrics: Sequence[str],
+    figures: Mapping[str, str],
+    grids: Mapping[str, str],
+) -> str:
     e = html.escape
 
     def table(head: list[str], body: list[list[str]]) -> str:
         th = "".join(f"<th>{e(h)}</th>" for h in head)
-        trs = "".join("<tr>" + "".join(f"<td>{e(c).replace(' [', '<br><small>[', 1).replace(']', ']</small>') if ' [' in c else e(c)}</td>" for c in r) + "</tr>" for r in body)
+        trs = "".join(
+            "<tr>"
+            + "".join(f"<td>{e(c).replace(' [', '<br><small>[', 1).replace(']', ']</small>') if ' [' in c else e(c)}</td>" for c in r)
+            + "</tr>"
+            for r in body
+        )
         return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
     def md_inline(text: str) -> str:
@@ -342,15 +403,21 @@ def _html(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], sets: S
         return out
 
     inputs = summary["inputs"]
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gapeval score report</title><style>",
-             "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-             "th{background:#f0f0f0}td:nth-child(2),td:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
-             "small{color:#666}.scroll{overflow-x:auto}code{background:#f4f4f4;padding:0 3px}.warn{background:#fff3cd;padding:.5em;border:1px solid #e0c060}",
-             "</style></head><body>", "<h1>gapeval score report</h1>",
-             f"<p>Created {e(summary['created'])} · config <code>{e(summary['config_hash'])}</code></p><ul>",
-             f"<li>predictions: {e(', '.join(f'{k} = {v}' for k, v in inputs['pred'].items()))}</li>",
-             f"<li>targets: {e(inputs['target'])}</li><li>low-resolution inputs: {e(inputs['lr'] or 'not given')}</li></ul><ul>"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gapeval score report</title><style>",
+        (
+            "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+            "th{background:#f0f0f0}td:nth-child(2),td:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
+            "small{color:#666}.scroll{overflow-x:auto}code{background:#f4f4f4;padding:0 3px}"
+            ".warn{background:#fff3cd;padding:.5em;border:1px solid #e0c060}"
+        ),
+        "</style></head><body>",
+        "<h1>gapeval score report</h1>",
+        f"<p>Created {e(summary['created'])} · config <code>{e(summary['config_hash'])}</code></p><ul>",
+        f"<li>predictions: {e(', '.join(f'{k} = {v}' for k, v in inputs['pred'].items()))}</li>",
+        f"<li>targets: {e(inputs['target'])}</li><li>low-resolution inputs: {e(inputs['lr'] or 'not given')}</li></ul><ul>",
+    ]
     for note in _notes(summary):
         cls = " class='warn'" if "not meaningful" in note else ""
         parts.append(f"<li{cls}>{md_inline(note)}</li>")
@@ -362,9 +429,17 @@ def _html(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], sets: S
     for name, rel in grids.items():
         parts += [f"<h2>Best and worst pairs: {e(name)}</h2>", f"<img src='{e(rel)}' alt='best and worst pairs of {e(name)}'>"]
     if summary["skipped"]:
-        parts += ["<h2>Skipped pairs</h2><ul>"] + [f"<li>{e(s['pred_set'])} / {e(s['key'])}: {e(s['reason'])}</li>" for s in summary["skipped"]] + ["</ul>"]
+        parts += (
+            ["<h2>Skipped pairs</h2><ul>"]
+            + [f"<li>{e(s['pred_set'])} / {e(s['key'])}: {e(s['reason'])}</li>" for s in summary["skipped"]]
+            + ["</ul>"]
+        )
     if summary["unpaired"]:
-        parts += ["<h2>Unpaired files</h2><ul>"] + [f"<li>{e(label)} ({len(keys)}): {e(', '.join(keys[:20]))}</li>" for label, keys in summary["unpaired"].items()] + ["</ul>"]
+        parts += (
+            ["<h2>Unpaired files</h2><ul>"]
+            + [f"<li>{e(label)} ({len(keys)}): {e(', '.join(keys[:20]))}</li>" for label, keys in summary["unpaired"].items()]
+            + ["</ul>"]
+        )
     parts += ["<h2>All pairs</h2>", table(*_pair_table(rows, metrics))]
     parts += ["<h2>Versions</h2>", f"<p>{e(', '.join(f'{k} {v}' for k, v in summary['versions'].items()))}</p>", "</body></html>"]
     return "\n".join(parts)

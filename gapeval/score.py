@@ -24,17 +24,37 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from gapeval.io import (RESAMPLING_METHODS, Grid, RasterSource, RasterWriter, append_line, band_gain_offset, check_not_tiny,
-                        check_reflectance, check_same_grid, expand_window, fixed_size_window, grid_of, iter_windows, lr_ratio,
-                        pair_folders, raster_info, read_lines_complete, select_bands, window_slices, write_text_atomic)
+from gapeval.io import (
+    RESAMPLING_METHODS,
+    Grid,
+    RasterSource,
+    RasterWriter,
+    append_line,
+    band_gain_offset,
+    check_not_tiny,
+    check_reflectance,
+    check_same_grid,
+    expand_window,
+    fixed_size_window,
+    grid_of,
+    iter_windows,
+    lr_ratio,
+    pair_folders,
+    raster_info,
+    read_lines_complete,
+    select_bands,
+    window_slices,
+    write_text_atomic,
+)
 from gapeval.metrics import METRICS, PER_BAND
 from gapeval.metrics.classical import SSIM_RADIUS, ClassicalAccumulator, interior_mask
 from gapeval.metrics.consistency import CORRECTNESS_LAMBDAS, HF_THRESHOLD, ConsistencyAccumulator
@@ -52,10 +72,33 @@ RANDOM_WEIGHTS = "random-tiny"
 #: Default window (px) for reading, classical metrics and LPIPS-Sat tiles.
 DEFAULT_TILE = 512
 #: Columns before and after the metric columns of ``pairs.csv``.
-LEAD_COLUMNS = ("pred_set", "key", "status", "reason", "valid_fraction", "pred_invalid_fraction", "height", "width", "lpips_sat", "lpips_tiles")
+LEAD_COLUMNS = (
+    "pred_set",
+    "key",
+    "status",
+    "reason",
+    "valid_fraction",
+    "pred_invalid_fraction",
+    "height",
+    "width",
+    "lpips_sat",
+    "lpips_tiles",
+)
 TAIL_COLUMNS = ("seconds", "config_hash", "pred_path", "target_path", "lr_path", "pred_sha256", "target_sha256", "lr_sha256")
 #: Columns of ``pairs.csv`` that are not metrics.
-TEXT_COLUMNS = ("pred_set", "key", "status", "reason", "config_hash", "pred_path", "target_path", "lr_path", "pred_sha256", "target_sha256", "lr_sha256")
+TEXT_COLUMNS = (
+    "pred_set",
+    "key",
+    "status",
+    "reason",
+    "config_hash",
+    "pred_path",
+    "target_path",
+    "lr_path",
+    "pred_sha256",
+    "target_sha256",
+    "lr_sha256",
+)
 
 
 class _Cancelled(Exception):
@@ -113,8 +156,18 @@ def columns(config: ScoreConfig) -> list[str]:
     cols = list(LEAD_COLUMNS) + ["psnr", "ssim", "sam_deg", "ergas", "rmse", "mae"]
     cols += [f"{m}_{b}" for m in ("psnr", "ssim", "rmse", "mae") for b in config.bands]
     if config.with_lr:
-        cols += ["refl_l1", *[f"refl_l1_{b}" for b in config.bands], "spectral_sam_deg", "shift_dx", "shift_dy", "shift_px",
-                 "improvement", "omission", "hallucination", "tc_patches"]
+        cols += [
+            "refl_l1",
+            *[f"refl_l1_{b}" for b in config.bands],
+            "spectral_sam_deg",
+            "shift_dx",
+            "shift_dy",
+            "shift_px",
+            "improvement",
+            "omission",
+            "hallucination",
+            "tc_patches",
+        ]
     return cols + list(TAIL_COLUMNS)
 
 
@@ -140,8 +193,14 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
         try:
             metric = LPIPSSat(name)
         except (WeightsError, MissingFileError) as exc:
-            hint = (f"\n  The shipped weights {DEFAULT_NAME!r} are not installed yet; `--weights {RANDOM_WEIGHTS}` runs a tiny random "
-                    "network for testing only (its numbers mean nothing).") if name == DEFAULT_NAME else ""
+            hint = (
+                (
+                    f"\n  The shipped weights {DEFAULT_NAME!r} are not installed yet; `--weights {RANDOM_WEIGHTS}` runs a tiny random "
+                    "network for testing only (its numbers mean nothing)."
+                )
+                if name == DEFAULT_NAME
+                else ""
+            )
             raise WeightsError(f"{exc}{hint}") from exc
     if device:
         metric = metric.to(_device(device))
@@ -201,15 +260,20 @@ class _Hashes:
 
 def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None, hashes: _Hashes) -> tuple[_Input, Grid]:
     info = raster_info(path)
-    declared, scale = {"pred": (config.pred_bands, config.pred_scale), "target": (config.target_bands, config.target_scale),
-                       "lr": (config.lr_bands, config.lr_scale)}[role]
+    declared, scale = {
+        "pred": (config.pred_bands, config.pred_scale),
+        "target": (config.target_bands, config.target_scale),
+        "lr": (config.lr_bands, config.lr_scale),
+    }[role]
     bands = select_bands(info, declared, config.bands, f"--{role}-bands")
     gain, offset = band_gain_offset(info, bands, scale)
     grid = grid_of(info, target)
     return _Input(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale"), grid
 
 
-def plan_scene(key: str, target: Path, preds: Mapping[str, Path], lr: Path | None, config: ScoreConfig, hashes: _Hashes | None = None) -> ScenePlan:
+def plan_scene(
+    key: str, target: Path, preds: Mapping[str, Path], lr: Path | None, config: ScoreConfig, hashes: _Hashes | None = None
+) -> ScenePlan:
     """Check one scene's headers (bands, scale, size, grids) and build its :class:`ScenePlan`.
 
     Raises:
@@ -238,8 +302,15 @@ def _read(inp: _Input, grid: Grid, window: Any, resampling: str | None) -> tuple
     return data, valid
 
 
-def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch_size: int = 8, maps_dir: Path | None = None,
-                stop: threading.Event | None = None) -> list[dict[str, Any]]:
+def score_scene(
+    plan: ScenePlan,
+    config: ScoreConfig,
+    metric: LPIPSSat,
+    *,
+    batch_size: int = 8,
+    maps_dir: Path | None = None,
+    stop: threading.Event | None = None,
+) -> list[dict[str, Any]]:
     """Score every prediction of one scene; returns one record per prediction (see :func:`columns`).
 
     Reads the target once per window for all predictions; LPIPS-Sat target features are computed once per tile.
@@ -253,7 +324,9 @@ def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch
     names = list(plan.preds)
     ratio_hl = 1.0 / plan.ratio if plan.ratio else (1.0 / config.sr_factor if config.sr_factor else None)
     classical = {n: ClassicalAccumulator(config.bands, config.data_range, ratio_hl) for n in names}
-    consistency = {n: ConsistencyAccumulator(config.bands, config.patch, config.hf_threshold, config.lambdas) for n in names} if plan.lr else {}
+    consistency = (
+        {n: ConsistencyAccumulator(config.bands, config.patch, config.hf_threshold, config.lambdas) for n in names} if plan.lr else {}
+    )
     lpips = TiledLPIPS(metric, names, batch_size=batch_size, maps=maps_dir is not None)
     n_target = 0
     pred_invalid = {n: 0 for n in names}
@@ -267,8 +340,13 @@ def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch
             for n in names:
                 path = maps_dir / n / f"{plan.key}.tif"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tags = {"METRIC": "LPIPS-Sat", "WEIGHTS": config.weights, "WEIGHTS_SHA256": config.weights_sha256 or "", "PREDICTION": str(plan.preds[n].source.path),
-                        "TARGET": str(tgt.source.path)}
+                tags = {
+                    "METRIC": "LPIPS-Sat",
+                    "WEIGHTS": config.weights,
+                    "WEIGHTS_SHA256": config.weights_sha256 or "",
+                    "PREDICTION": str(plan.preds[n].source.path),
+                    "TARGET": str(tgt.source.path),
+                }
                 writers[n] = stack.enter_context(RasterWriter(path, grid, tags=tags, descriptions=["lpips_sat"]))
 
         def write_maps(done: list[tuple[str, Any, np.ndarray]]) -> None:
@@ -284,7 +362,12 @@ def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch
             core_sl = window_slices(core, read_win)
             lp_sl = window_slices(lp_win, read_win)
             core_in_lp = window_slices(core, lp_win)
-            interior = interior_mask(slice(int(core.row_off), int(core.row_off + core.height)), slice(int(core.col_off), int(core.col_off + core.width)), height, width)
+            interior = interior_mask(
+                slice(int(core.row_off), int(core.row_off + core.height)),
+                slice(int(core.col_off), int(core.col_off + core.width)),
+                height,
+                width,
+            )
             t, tv = tgt.source.read(read_win)
             maxima["target"] = max(maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag))
             n_target += int(tv[core_sl].sum())
@@ -308,7 +391,7 @@ def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch
 
         if plan.lr is not None:
             lgrid = plan.lr.source.grid
-            lr_tile = max(MIN_SIZE, int(math.ceil(config.tile / plan.ratio)))
+            lr_tile = max(MIN_SIZE, math.ceil(config.tile / plan.ratio))
             for lcore in iter_windows(lgrid.height, lgrid.width, lr_tile):
                 if stop is not None and stop.is_set():
                     raise _Cancelled()
@@ -328,11 +411,22 @@ def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch
             check_not_tiny(maxima[n], inp.source.path, inp.flag)
         res = classical[n].result()
         n_valid = classical[n].n_valid
-        rec: dict[str, Any] = {"pred_set": n, "key": plan.key, "status": "ok", "reason": "", "height": height, "width": width,
-                               "valid_fraction": n_valid / total, "pred_invalid_fraction": pred_invalid[n] / n_target if n_target else float("nan")}
+        rec: dict[str, Any] = {
+            "pred_set": n,
+            "key": plan.key,
+            "status": "ok",
+            "reason": "",
+            "height": height,
+            "width": width,
+            "valid_fraction": n_valid / total,
+            "pred_invalid_fraction": pred_invalid[n] / n_target if n_target else float("nan"),
+        }
         if n_valid == 0:
-            why = ("the target has no valid pixel (all nodata/NaN)" if n_target == 0 else
-                   "the prediction has no valid pixel where the target is valid (all nodata/NaN)")
+            why = (
+                "the target has no valid pixel (all nodata/NaN)"
+                if n_target == 0
+                else "the prediction has no valid pixel where the target is valid (all nodata/NaN)"
+            )
             rec.update(status="skipped", reason=why)
             logger.warning("%s / %s skipped: %s", n, plan.key, why)
         else:
@@ -340,9 +434,16 @@ def score_scene(plan: ScenePlan, config: ScoreConfig, metric: LPIPSSat, *, batch
             rec["lpips_sat"], rec["lpips_tiles"] = (float(v) for v in lpips.result(n))
             if plan.lr is not None:
                 rec.update(consistency[n].result())
-        rec.update(seconds=seconds, config_hash=config.hash(), pred_path=str(inp.source.path), target_path=str(tgt.source.path),
-                   lr_path=str(plan.lr.source.path) if plan.lr else "", pred_sha256=inp.sha256, target_sha256=tgt.sha256,
-                   lr_sha256=plan.lr.sha256 if plan.lr else "")
+        rec.update(
+            seconds=seconds,
+            config_hash=config.hash(),
+            pred_path=str(inp.source.path),
+            target_path=str(tgt.source.path),
+            lr_path=str(plan.lr.source.path) if plan.lr else "",
+            pred_sha256=inp.sha256,
+            target_sha256=tgt.sha256,
+            lr_sha256=plan.lr.sha256 if plan.lr else "",
+        )
         records.append(rec)
     return records
 
@@ -362,7 +463,7 @@ def _format(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
-        return "" if not np.isfinite(value) else format(float(value), ".10g")
+        return "" if np.isnan(value) else format(float(value), ".10g")  # inf stays "inf" (PSNR of identical images)
     return str(value)
 
 
@@ -403,12 +504,16 @@ class PairsTable:
         reader = csv.reader(lines)
         header = next(reader, None)
         if header != self.cols:
-            raise InputError(f"{self.path} has other columns than this configuration writes (different bands, or --lr given or not); "
-                             "use another --out, or --overwrite to start over")
+            raise InputError(
+                f"{self.path} has other columns than this configuration writes (different bands, or --lr given or not); "
+                "use another --out, or --overwrite to start over"
+            )
         rows = [dict(zip(header, r)) for r in reader]
         keep = [r for r in rows if r["config_hash"] == self.config_hash]
         if len(keep) != len(rows):
-            logger.warning("%s: %d rows were scored with another configuration; they will be scored again", self.path, len(rows) - len(keep))
+            logger.warning(
+                "%s: %d rows were scored with another configuration; they will be scored again", self.path, len(rows) - len(keep)
+            )
             write_text_atomic(self.path, "".join(self._line(r.values()) for r in [dict(zip(header, header))] + keep))
         self.rows = [_parse(r) for r in keep]
 
@@ -438,8 +543,16 @@ def _versions() -> dict[str, str]:
     import gapeval
     import lpips_sat
 
-    return {"gapeval": gapeval.__version__, "lpips_sat": lpips_sat.__version__, "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "torch": torch.__version__, "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
+    return {
+        "gapeval": gapeval.__version__,
+        "lpips_sat": lpips_sat.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "torch": torch.__version__,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+    }
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> dict[str, Any]:
@@ -484,13 +597,34 @@ def _pred_sets(pred: str | Path | Sequence[str | Path] | Mapping[str, str | Path
     return out
 
 
-def score(pred: str | Path | Sequence[str | Path] | Mapping[str, str | Path], target: str | Path, *, lr: str | Path | None = None,
-          out: str | Path | None = None, metric: str | Path | LPIPSSat | None = None, pred_bands: str | None = None,
-          target_bands: str | None = None, lr_bands: str | None = None, pred_scale: float | None = None, target_scale: float | None = None,
-          lr_scale: float | None = None, data_range: float = 1.0, resample: str | None = None, tile: int = DEFAULT_TILE,
-          batch_size: int = 8, sr_factor: float | None = None, pattern: str | None = None, allow_missing: bool = False,
-          maps: bool = False, report: bool = False, resume: bool = False, overwrite: bool = False, workers: int = 1,
-          device: str | None = None, progress: bool = False) -> ScoreResult:
+def score(
+    pred: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
+    target: str | Path,
+    *,
+    lr: str | Path | None = None,
+    out: str | Path | None = None,
+    metric: str | Path | LPIPSSat | None = None,
+    pred_bands: str | None = None,
+    target_bands: str | None = None,
+    lr_bands: str | None = None,
+    pred_scale: float | None = None,
+    target_scale: float | None = None,
+    lr_scale: float | None = None,
+    data_range: float = 1.0,
+    resample: str | None = None,
+    tile: int = DEFAULT_TILE,
+    batch_size: int = 8,
+    sr_factor: float | None = None,
+    pattern: str | None = None,
+    allow_missing: bool = False,
+    maps: bool = False,
+    report: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int = 1,
+    device: str | None = None,
+    progress: bool = False,
+) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
 
     Args:
@@ -526,9 +660,23 @@ def score(pred: str | Path | Sequence[str | Path] | Mapping[str, str | Path], ta
         raise InputError(f"workers and batch_size must be at least 1, got {workers} and {batch_size}")
     preds = _pred_sets(pred)
     net, label, sha = load_metric(metric, device)
-    config = ScoreConfig(weights=label, weights_sha256=sha, bands=tuple(net.model_bands), with_lr=lr is not None, pred_bands=pred_bands,
-                         target_bands=target_bands, lr_bands=lr_bands, pred_scale=pred_scale, target_scale=target_scale, lr_scale=lr_scale,
-                         data_range=data_range, resample=resample, tile=tile, sr_factor=sr_factor, pattern=pattern)
+    config = ScoreConfig(
+        weights=label,
+        weights_sha256=sha,
+        bands=tuple(net.model_bands),
+        with_lr=lr is not None,
+        pred_bands=pred_bands,
+        target_bands=target_bands,
+        lr_bands=lr_bands,
+        pred_scale=pred_scale,
+        target_scale=target_scale,
+        lr_scale=lr_scale,
+        data_range=data_range,
+        resample=resample,
+        tile=tile,
+        sr_factor=sr_factor,
+        pattern=pattern,
+    )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
     cols = columns(config)
     out_dir = Path(out) if out is not None else None
@@ -550,8 +698,11 @@ def score(pred: str | Path | Sequence[str | Path] | Mapping[str, str | Path], ta
             row = done.get((name, key))
             if row is not None:
                 lr_path = pairing.lr.get(key) if pairing.lr else None
-                same = (row["pred_sha256"] == hashes(path) and row["target_sha256"] == hashes(pairing.targets[key])
-                        and row["lr_sha256"] == (hashes(lr_path) if lr_path else ""))
+                same = (
+                    row["pred_sha256"] == hashes(path)
+                    and row["target_sha256"] == hashes(pairing.targets[key])
+                    and row["lr_sha256"] == (hashes(lr_path) if lr_path else "")
+                )
                 if same:
                     continue
                 stale.add((name, key))
@@ -564,11 +715,22 @@ def score(pred: str | Path | Sequence[str | Path] | Mapping[str, str | Path], ta
     if done:
         logger.info("resume: %d pairs already scored, %d to score", len(done) - len(stale), n_todo)
 
-    new_records = _run_plans(plans, config, net, batch_size, out_dir / MAPS_DIR if maps and out_dir else None, workers, progress, n_todo,
-                             table.append if table else None)
+    new_records = _run_plans(
+        plans,
+        config,
+        net,
+        batch_size,
+        out_dir / MAPS_DIR if maps and out_dir else None,
+        workers,
+        progress,
+        n_todo,
+        table.append if table else None,
+    )
     records = list(table.rows) if table else [_parse({c: _format(r.get(c)) for c in cols}) for r in new_records]
     order = {k: i for i, k in enumerate(pairing.keys)}
-    records.sort(key=lambda r: (list(preds).index(r["pred_set"]) if r["pred_set"] in preds else len(preds), order.get(r["key"], len(order))))
+    records.sort(
+        key=lambda r: (list(preds).index(r["pred_set"]) if r["pred_set"] in preds else len(preds), order.get(r["key"], len(order)))
+    )
     skipped = [{"pred_set": r["pred_set"], "key": r["key"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
     summary = {
         "command": "gapeval score",
@@ -605,8 +767,17 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _run_plans(plans: list[ScenePlan], config: ScoreConfig, metric: LPIPSSat, batch_size: int, maps_dir: Path | None, workers: int,
-               progress: bool, total: int, sink: Any) -> list[dict[str, Any]]:
+def _run_plans(
+    plans: list[ScenePlan],
+    config: ScoreConfig,
+    metric: LPIPSSat,
+    batch_size: int,
+    maps_dir: Path | None,
+    workers: int,
+    progress: bool,
+    total: int,
+    sink: Any,
+) -> list[dict[str, Any]]:
     """Score the scenes (in ``workers`` threads), handing each record to ``sink`` as soon as its scene is done."""
     from tqdm import tqdm
 
@@ -656,10 +827,19 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gapeval score``."""
-    parser.add_argument("--pred", action="append", required=True, metavar="[NAME=]DIR",
-                        help="folder of super-resolved predictions; repeat for several models (named by folder or NAME)")
-    parser.add_argument("--target", required=True, metavar="DIR", help="folder of high-resolution targets (paired by relative path and stem)")
-    parser.add_argument("--lr", metavar="DIR", help="folder of low-resolution inputs: adds LR-consistency and improvement/omission/hallucination")
+    parser.add_argument(
+        "--pred",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="folder of super-resolved predictions; repeat for several models (named by folder or NAME)",
+    )
+    parser.add_argument(
+        "--target", required=True, metavar="DIR", help="folder of high-resolution targets (paired by relative path and stem)"
+    )
+    parser.add_argument(
+        "--lr", metavar="DIR", help="folder of low-resolution inputs: adds LR-consistency and improvement/omission/hallucination"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="results folder: pairs.csv, summary.json (+ maps/, report.html)")
     parser.add_argument("--report", action="store_true", help="write report.html and report.md with plots and best/worst image grids")
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
@@ -667,15 +847,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
     parser.add_argument("--workers", type=int, default=1, help="scenes scored in parallel threads (default 1)")
     parser.add_argument("--device", default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
-    parser.add_argument("--weights", default=DEFAULT_NAME,
-                        help=f"LPIPS-Sat weights: registry name or .safetensors path (default {DEFAULT_NAME}); "
-                             f"'{RANDOM_WEIGHTS}' = tiny random network, for testing only")
+    parser.add_argument(
+        "--weights",
+        default=DEFAULT_NAME,
+        help=f"LPIPS-Sat weights: registry name or .safetensors path (default {DEFAULT_NAME}); "
+        f"'{RANDOM_WEIGHTS}' = tiny random network, for testing only",
+    )
     for role in ("pred", "target", "lr"):
-        parser.add_argument(f"--{role}-bands", metavar="ORDER",
-                            help=f"band order of the {role} files: preset (s2-rgbn, s2-l1c-13, planetscope-4b, planetscope-8b, naip) or names like B04,B03,B02,B08")
-        parser.add_argument(f"--{role}-scale", type=float, metavar="S",
-                            help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata")
-    parser.add_argument("--resample", choices=RESAMPLING_METHODS, help="resample predictions onto the target grid when grids differ (else an error)")
+        parser.add_argument(
+            f"--{role}-bands",
+            metavar="ORDER",
+            help=f"band order of the {role} files: preset (s2-rgbn, s2-l1c-13, planetscope-4b, planetscope-8b, naip) or names like B04,B03,B02,B08",
+        )
+        parser.add_argument(
+            f"--{role}-scale",
+            type=float,
+            metavar="S",
+            help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata",
+        )
+    parser.add_argument(
+        "--resample", choices=RESAMPLING_METHODS, help="resample predictions onto the target grid when grids differ (else an error)"
+    )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
     parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
@@ -694,11 +886,33 @@ def run(args: argparse.Namespace) -> int:
         if name in preds:
             raise InputError(f"--pred {text}: a prediction set named {name!r} was given twice; use NAME=DIR")
         preds[name] = path
-    result = score(preds, args.target, lr=args.lr, out=args.out, metric=args.weights, pred_bands=args.pred_bands, target_bands=args.target_bands,
-                   lr_bands=args.lr_bands, pred_scale=args.pred_scale, target_scale=args.target_scale, lr_scale=args.lr_scale,
-                   data_range=args.data_range, resample=args.resample, tile=args.tile, batch_size=args.batch_size, sr_factor=args.sr_factor,
-                   pattern=args.glob, allow_missing=args.allow_missing, maps=args.maps, report=args.report, resume=args.resume,
-                   overwrite=args.overwrite, workers=args.workers, device=args.device, progress=not args.no_progress)
+    result = score(
+        preds,
+        args.target,
+        lr=args.lr,
+        out=args.out,
+        metric=args.weights,
+        pred_bands=args.pred_bands,
+        target_bands=args.target_bands,
+        lr_bands=args.lr_bands,
+        pred_scale=args.pred_scale,
+        target_scale=args.target_scale,
+        lr_scale=args.lr_scale,
+        data_range=args.data_range,
+        resample=args.resample,
+        tile=args.tile,
+        batch_size=args.batch_size,
+        sr_factor=args.sr_factor,
+        pattern=args.glob,
+        allow_missing=args.allow_missing,
+        maps=args.maps,
+        report=args.report,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     print(format_table(result.summary))
     if result.summary["weights"]["testing_only"]:
         print(f"note: weights {result.summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
@@ -706,11 +920,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {item['pred_set']}/{item['key']}: {item['reason']}")
     for label, keys in result.summary["unpaired"].items():
         print(f"unpaired ({label}): {len(keys)} file(s), e.g. {', '.join(keys[:5])}")
-    print(f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}" + (f" and {Path(args.out) / 'report.html'}" if args.report else ""))
+    print(
+        f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
+        + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
+    )
     return 0
 
 
-def format_table(summary: Mapping[str, Any], metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px")) -> str:
+def format_table(
+    summary: Mapping[str, Any], metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px")
+) -> str:
     """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
     sets = summary["pred_sets"]
     metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
@@ -732,5 +951,20 @@ def _nan_last(value: Any) -> float:
     return float(value) if value is not None and np.isfinite(value) else math.inf
 
 
-__all__ = ["score", "ScoreResult", "ScoreConfig", "ScenePlan", "plan_scene", "score_scene", "columns", "load_metric", "summarize_rows",
-           "PairsTable", "add_arguments", "run", "format_table", "LPIPSSatError", "PER_BAND"]
+__all__ = [
+    "PER_BAND",
+    "LPIPSSatError",
+    "PairsTable",
+    "ScenePlan",
+    "ScoreConfig",
+    "ScoreResult",
+    "add_arguments",
+    "columns",
+    "format_table",
+    "load_metric",
+    "plan_scene",
+    "run",
+    "score",
+    "score_scene",
+    "summarize_rows",
+]

