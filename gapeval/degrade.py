@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import SUFFIXES, read_raster, write_raster
+from gapeval.io import SUFFIXES, Grid, list_images, read_raster, write_raster
 from lpips_sat.bands import canonical, resolve
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -338,15 +338,7 @@ def per_band(value: float | Mapping[str, float] | None, bands: Sequence[str | No
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-@dataclass
-class Grid:
-    """A north-up pixel grid: affine transform and (rows, cols)."""
-
-    transform: Any
-    shape: tuple[int, int]
-
-
-def target_grid(transform: Any, shape: tuple[int, int], *, gsd: float | None = None, scale: float | None = None) -> Grid:
+def target_grid(transform: Any, shape: tuple[int, int], *, gsd: float | None = None, scale: float | None = None, crs: Any = None) -> Grid:
     """The coarser grid with the same upper-left corner and pixel size ``gsd`` (or ``scale`` x the source pixel).
 
     Only whole target pixels inside the source extent are kept: ``cols = floor(W * px / gsd)`` (likewise rows), so a
@@ -369,7 +361,7 @@ def target_grid(transform: Any, shape: tuple[int, int], *, gsd: float | None = N
     if rows < 1 or cols < 1:
         raise InputError(f"A {shape[0]}x{shape[1]} px image at {px:g} m is smaller than one {gx:g} m target pixel")
     new = Affine(math.copysign(gx, transform.a), 0.0, transform.c, 0.0, math.copysign(gy, transform.e), transform.f)
-    return Grid(new, (rows, cols))
+    return Grid(new, crs, rows, cols, crs is not None)
 
 
 def resample(data: np.ndarray, src_transform: Any, dst: Grid, *, method: str = "average", crs: Any = None) -> np.ndarray:
@@ -388,7 +380,7 @@ def resample(data: np.ndarray, src_transform: Any, dst: Grid, *, method: str = "
 
     local = CRS.from_wkt('LOCAL_CS["gapeval pixel grid",UNIT["metre",1]]')
     shift = Affine.translation(1.0e4 - src_transform.c, 1.0e4 - src_transform.f)
-    out = np.full((data.shape[0], *dst.shape), np.nan, dtype=np.float32)
+    out = np.full((data.shape[0], dst.height, dst.width), np.nan, dtype=np.float32)
     for b in range(data.shape[0]):
         reproject(np.ascontiguousarray(data[b], dtype=np.float32), out[b], src_transform=shift @ src_transform, src_crs=local, src_nodata=np.nan,
                   dst_transform=shift @ dst.transform, dst_crs=local, dst_nodata=np.nan, resampling=getattr(Resampling, method))
@@ -477,7 +469,7 @@ def degrade_array(data: np.ndarray, *, transform: Any = None, crs: Any = None, b
             raise InputError("A target GSD needs a georeferenced input; give a scale factor instead (--scale / scale=...) for files without geometry")
         transform = Affine(1.0, 0.0, 0.0, 0.0, -1.0, float(data.shape[1]))
     x = config.band_transform.apply(data) if config.band_transform is not None else data
-    grid = target_grid(transform, x.shape[1:], gsd=config.gsd, scale=config.scale)
+    grid = target_grid(transform, x.shape[1:], gsd=config.gsd, scale=config.scale, crs=crs)
     gx, gy = abs(grid.transform.a), abs(grid.transform.e)
     mtf = per_band(config.mtf, bands, x.shape[0], "MTF")
     sigmas = None
@@ -508,11 +500,6 @@ def degrade_array(data: np.ndarray, *, transform: Any = None, crs: Any = None, b
 def file_rng(seed: int, name: str) -> np.random.Generator:
     """Noise generator for one file: depends on ``seed`` and the file's relative name only."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]))
-
-
-def list_images(folder: Path, pattern: str = "**/*") -> list[Path]:
-    """Image files (GeoTIFF, PNG/JPEG, .npy) under ``folder`` matching ``pattern``, sorted."""
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
 
 
 def input_bands(descriptions: Sequence[str | None], given: str | Sequence[str] | None, n: int, path: Path) -> tuple[str | None, ...] | None:
@@ -588,7 +575,7 @@ def _finish_file(dst: Path, config: DegradeConfig, done_tag: dict[str, str]) -> 
 
 
 def degrade_folder(hr: str | Path, out: str | Path, config: DegradeConfig, *, hr_scale: float | None = None,
-                   bands: str | Sequence[str] | None = None, pattern: str = "**/*", overwrite: bool = False) -> dict[str, int]:
+                   bands: str | Sequence[str] | None = None, pattern: str | None = None, overwrite: bool = False) -> dict[str, int]:
     """Degrade every image under ``hr`` (a folder or one file) into ``out`` (same relative paths, ``.tif``).
 
     Files already degraded with the same configuration are skipped, so an interrupted run resumes.
@@ -597,13 +584,13 @@ def degrade_folder(hr: str | Path, out: str | Path, config: DegradeConfig, *, hr
     hr, out = Path(hr), Path(out)
     if not hr.exists():
         raise MissingFileError(f"{hr}: HR input does not exist")
-    files = [hr] if hr.is_file() else list_images(hr, pattern)
+    files = {hr.stem: hr} if hr.is_file() else list_images(hr, pattern)
     if not files:
-        raise InputError(f"{hr}: no images ({', '.join(SUFFIXES)}) matching {pattern!r}")
+        raise InputError(f"{hr}: no images ({', '.join(SUFFIXES)}){f' matching {pattern!r}' if pattern else ''}")
     counts = {"written": 0, "skipped": 0}
-    for src in files:
-        rel = src.name if hr.is_file() else str(src.relative_to(hr))
-        dst = (out / rel).with_suffix(".tif")
+    for key, src in files.items():
+        rel = src.name if hr.is_file() else src.relative_to(hr).as_posix()
+        dst = out / f"{key}.tif"
         status = degrade_file(src, dst, config, hr_scale=hr_scale, bands=bands, name=rel, overwrite=overwrite)
         counts[status] += 1
         log.info("%s %s -> %s", status, src, dst)
@@ -644,7 +631,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dn-offset", type=float, help="DN offset added before quantisation (e.g. 1000 for baseline >= 04.00)")
     parser.add_argument("--hr-scale", type=float, help="divide HR pixel values by this to get reflectance (10000 for Sentinel-2 DN)")
     parser.add_argument("--bands", help="band order of the HR files (preset such as s2-rgbn/naip, or names); default: band descriptions")
-    parser.add_argument("--glob", default="**/*", help="file pattern under --hr (default: every image, recursively)")
+    parser.add_argument("--glob", help="glob on relative paths under --hr selecting files (default: every image, recursively)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="redo files already degraded with the same configuration")
 

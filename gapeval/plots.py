@@ -32,6 +32,7 @@ def _save(fig: Any, path: Path) -> Path:
     tmp = atomic_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -49,9 +50,9 @@ def forest_plot(comparisons: Sequence[Mapping[str, Any]], metrics: Sequence[str]
     plt = _pyplot()
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.5 + 0.45 * len(comparisons) * rows + 0.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 + 3.2 * cols, 0.6 + (0.35 * len(comparisons) + 0.7) * rows), squeeze=False)
     labels = [c["name"] for c in comparisons]
-    for ax, m in zip(axes.flat, metrics):
+    for k, (ax, m) in enumerate(zip(axes.flat, metrics)):
         for i, c in enumerate(comparisons):
             s = c["metrics"].get(m, {})
             if "gap" not in s:
@@ -66,13 +67,14 @@ def forest_plot(comparisons: Sequence[Mapping[str, Any]], metrics: Sequence[str]
         d = comparisons[0]["metrics"].get(m, {}).get("direction")
         ax.set_title(f"{m}" + (f"  ({d} is better)" if d else ""), fontsize=9)
         ax.set_yticks(range(len(comparisons)))
-        ax.set_yticklabels(labels[::-1], fontsize=8)
+        ax.set_yticklabels(labels[::-1] if k % cols == 0 else [], fontsize=8)
+        ax.grid(axis="y", color="0.93")
         ax.tick_params(axis="x", labelsize=8)
         ax.set_ylim(-0.7, len(comparisons) - 0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle("Gap A - B per metric: mean and 95 % paired bootstrap CI (red: Holm-significant Wilcoxon)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, path)
 
 
@@ -113,8 +115,8 @@ def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Se
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(bands), figsize=(3.3 * len(bands), 3), squeeze=False)
     for b, (ax, band) in enumerate(zip(axes.flat, bands)):
-        hi = float(np.quantile(hr[b], 0.999)) if hr.shape[1] else 1.0
-        lo = float(np.quantile(hr[b], 0.001)) if hr.shape[1] else 0.0
+        hi = float(np.quantile(hr[b], 0.998)) if hr.shape[1] else 1.0
+        lo = float(np.quantile(hr[b], 0.002)) if hr.shape[1] else 0.0
         edges = np.linspace(lo, hi, bins + 1)
         ax.hist(hr[b], bins=edges, density=True, color="0.8", label="HR target")
         for i, (name, s) in enumerate(samples.items()):

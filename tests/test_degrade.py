@@ -88,7 +88,7 @@ def test_non_integer_resampling_geometry_3m_to_10m(shape):
         assert out.data.shape == (4, 30, 30)
         assert out.transform == Affine(10, 0, 440000, 0, -10, 4170000)
     by_scale = target_grid(t, shape, scale=10 / 3)
-    assert by_scale.shape == (30, 30) and by_scale.transform.almost_equals(Affine(10, 0, 440000, 0, -10, 4170000))
+    assert (by_scale.height, by_scale.width) == (30, 30) and by_scale.transform.almost_equals(Affine(10, 0, 440000, 0, -10, 4170000))
 
 
 def test_area_average_weights_partial_pixels_exactly():
