@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=16, help="tile overlap in low-resolution px, blended with raised-cosine ramps (default 16)")
     parser.add_argument("--batch", type=_batch, default=None, help="tiles per batch or 'auto' (16 on CUDA, 1 on CPU); halved on out-of-memory")
     parser.add_argument("--bands", default=None, help="band order of the input files (preset such as s2-rgbn, s2-10m, s2-l1c-13, or B02,B03,…); default: the files' band descriptions")
-    parser.add_argument("--scale", type=float, default=10000.0, help="reflectance = (pixel + offset) / scale (default 10000: Sentinel-2 DN; 1 for reflectance files)")
+    parser.add_argument("--scale", type=float, default=None, help="reflectance = (pixel + offset) / scale: 10000 for Sentinel-2/PlanetScope DN (default: the files' scale metadata, else the pixels as they are)")
     parser.add_argument("--offset", type=float, default=0.0, help="added to pixels before --scale (-1000 for Sentinel-2 products of processing baseline >= 04.00)")
     hm = parser.add_mutually_exclusive_group()
     hm.add_argument("--histogram-match", dest="histogram_match", action="store_true", default=None, help="match each output band's histogram to the LR input (default on for ldsr-s2 only)")
@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"gapeval infer: {args.model} on {device} ({adapter.precision}), checkpoint sha256 {source.sha256[:12]}, "
           f"{len(mine)} of {len(files)} files (shard {k}/{n})")
 
+
     def report(result) -> None:
         extra = f" + {result.std.name}" if result.std else ""
-        print(f"  {result.input.name} -> {result.output.name}{extra}: {result.status}"
+        print(f"  {result.input.name} -> {result.output}{extra}: {result.status}"
               + (f" ({result.tiles_computed} tiles computed, {result.tiles_cached} from cache)" if result.status == "written" else ""))
 
     run_pipeline(adapter, source, config, mine, progress=report)

@@ -2,9 +2,10 @@
 
 For each input GeoTIFF (this process's ``--shard`` of the sorted list):
 
-1. read it with :func:`gapeval.io.read_raster`, check it is georeferenced, convert to reflectance
-   ``(DN + offset) / scale``, select the adapter's bands (band names from ``--bands`` or the file's band
-   descriptions), fill nodata with the band mean (nodata is masked again on output);
+1. read it with :func:`gapeval.io.read_raster`, check it is georeferenced, select the adapter's bands
+   (:func:`gapeval.io.band_order`: ``--bands``, else the file's band descriptions), convert to reflectance
+   ``(pixel + offset) / scale`` (``--scale``, else the file's scale metadata; :func:`gapeval.io.check_reflectance`
+   refuses digital numbers), fill nodata with the band mean (nodata is masked again on output);
 2. cut overlapping tiles (:mod:`gapeval.infer.tiling`), run them through the adapter in batches with one seeded
    generator per tile (seed = sha256 of run seed, file name, tile origin, sample index), halving the batch on
    out-of-memory; each finished tile is cached under ``OUT/.partial/`` so an interrupted run resumes where it stopped;
@@ -36,8 +37,9 @@ import gapeval
 from gapeval.infer.base import Adapter, SamplingOptions, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
-from gapeval.io import RASTER_SUFFIXES, Raster, atomic_path, read_raster, write_raster, write_text_atomic
-from lpips_sat.bands import band_indices, canonical, resolve
+from gapeval.io import (RASTER_SUFFIXES, Raster, atomic_path, band_gain_offset, band_order, check_not_tiny, check_reflectance, list_images,
+                        raster_info, read_raster, write_raster, write_text_atomic)
+from lpips_sat.bands import band_indices
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ class InferConfig:
     overlap: int = 16
     batch: int | None = None
     bands: str | None = None
-    scale: float = 10000.0
+    scale: float | None = None
     offset: float = 0.0
     histogram_match: bool | None = None
     nir_fallback: str = "bicubic"
@@ -82,14 +84,15 @@ class FileResult:
 # Inputs, shards, seeds
 # --------------------------------------------------------------------------------------------------
 
-def list_inputs(path: str | Path) -> list[Path]:
-    """A GeoTIFF file, or the sorted GeoTIFFs (``*.tif``, ``*.tiff``) directly inside a folder."""
+def list_inputs(path: str | Path) -> list[tuple[str, Path]]:
+    """``(key, file)`` of a GeoTIFF, or of the GeoTIFFs under a folder (recursive; key = relative path without suffix,
+    as :func:`gapeval.io.list_images` keys them, so outputs pair with targets in ``gapeval score``)."""
     path = Path(path)
     if path.is_file():
-        return [path]
-    if not path.is_dir():
+        return [(path.stem, path)]
+    if not path.exists():
         raise MissingFileError(f"Input {path} does not exist")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith("."))
+    files = sorted((k, p) for k, p in list_images(path).items() if p.suffix.lower() in RASTER_SUFFIXES)
     if not files:
         raise InputError(f"Input folder {path} holds no GeoTIFF (*.tif, *.tiff)")
     return files
@@ -110,15 +113,14 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return k, n
 
 
-def select_shard(files: Sequence[Path], k: int, n: int) -> list[Path]:
-    """Deterministic split: file ``i`` of the name-sorted list goes to shard ``i mod n``."""
-    ordered = sorted(files, key=lambda p: p.name)
-    return ordered[k::n]
+def select_shard(files: Sequence[tuple[str, Path]], k: int, n: int) -> list[tuple[str, Path]]:
+    """Deterministic split: item ``i`` of the key-sorted list goes to shard ``i mod n``."""
+    return sorted(files)[k::n]
 
 
-def tile_seed(seed: int, stem: str, tile: Tile, sample: int) -> int:
-    """63-bit seed of one tile of one sample: sha256 of (run seed, file stem, tile origin, sample index)."""
-    digest = hashlib.sha256(f"{seed}|{stem}|{tile.key}|{sample}".encode()).digest()
+def tile_seed(seed: int, key: str, tile: Tile, sample: int) -> int:
+    """63-bit seed of one tile of one sample: sha256 of (run seed, file key, tile origin, sample index)."""
+    digest = hashlib.sha256(f"{seed}|{key}|{tile.key}|{sample}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -133,50 +135,12 @@ def default_device() -> str:
 # Bands and values
 # --------------------------------------------------------------------------------------------------
 
-def input_bands(raster: Raster, declared: str | None, needed: Sequence[str]) -> tuple[str | None, ...]:
-    """Band ids of ``raster``: ``--bands`` if given, else the file's band descriptions, else (same count only) ``needed``.
-
-    Raises:
-        InputError: the declared/described bands do not match the band count, or the order cannot be told.
-    """
-    path, count = raster.path, raster.data.shape[0]
-    if declared:
-        bands = resolve(declared)
-        if len(bands) != count:
-            raise InputError(f"{path}: --bands names {len(bands)} bands ({declared}) but the file has {count}")
-        return bands
-    descriptions = [d for d in raster.descriptions if d]
-    if len(descriptions) == count:
-        try:
-            return tuple(canonical(d) for d in descriptions)
-        except InputError:
-            pass
-    if count == len(needed):
-        log.warning("%s: no band names in the file; assuming the model's order %s (pass --bands to be explicit)", path, ",".join(needed))
-        return tuple(needed)
-    raise InputError(f"{path}: has {count} bands without recognisable band names, the model needs {len(needed)} ({','.join(needed)}); "
-                     "pass --bands with the file's band order (a preset such as s2-rgbn, s2-10m, s2-l1c-13, or a list like B02,B03,B04,B08)")
-
-
 def check_georeferenced(raster: Raster) -> None:
     """Refuse inputs without CRS or geotransform: the outputs must land on a known grid."""
     t = raster.transform
     if raster.crs is None or t is None or (t.a == 1 and t.e == 1 and t.c == 0 and t.f == 0 and t.b == 0 and t.d == 0):
         raise InputError(f"{raster.path}: not georeferenced (no CRS or geotransform); gapeval infer writes outputs on the x-scale grid of the input, "
                          "so assign the georeference first (e.g. gdal_edit.py -a_srs EPSG:… -a_ullr …)")
-
-
-def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, scale: float) -> None:
-    """Catch DN read as reflectance and reflectance divided twice (the commonest silent unit error)."""
-    values = data[:, valid]
-    if values.size == 0:
-        return
-    high = float(np.percentile(values, 99.9))
-    if high > 3.0:
-        raise InputError(f"{path}: after dividing by --scale {scale:g} the 99.9th percentile is {high:.3g}, far above reflectance (0..~1.5); "
-                         "the pixels use another scale: pass --scale (e.g. 10000 for Sentinel-2 DN, 1 for reflectance)")
-    if 0 < float(np.abs(values).max()) < 2e-3:
-        raise InputError(f"{path}: after dividing by --scale {scale:g} all values are below 0.002; the file already holds reflectance: pass --scale 1")
 
 
 def fill_invalid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -292,7 +256,7 @@ class Pipeline:
         tags = {
             "model": a.name, "checkpoint": self.source.spec, "checkpoint_sha256": self.source.sha256, **a.settings(),
             "seed": str(c.seed), "samples": str(c.samples), "tile": str(self.tile), "overlap": str(c.overlap), "precision": a.precision,
-            "scale_factor": str(a.scale), "input_scale": f"{c.scale:g}", "input_offset": f"{c.offset:g}",
+            "scale_factor": str(a.scale), "input_scale": "file metadata" if c.scale is None else f"{c.scale:g}", "input_offset": f"{c.offset:g}",
             "input_bands": ",".join(b or "?" for b in in_bands), "bands": ",".join(out_bands), "band_fallback": fallback,
             "histogram_matched": str(self.histogram_match).lower(), "units": "reflectance", "gapeval_version": gapeval.__version__,
         }
@@ -301,26 +265,23 @@ class Pipeline:
         return tags
 
     # -- one file --------------------------------------------------------------------------------
-    def process(self, path: Path) -> FileResult:
-        """Super-resolve one GeoTIFF into ``config.out`` (skipped when finished outputs of the same run exist)."""
+    def process(self, path: Path, key: str | None = None) -> FileResult:
+        """Super-resolve one GeoTIFF into ``config.out/KEY.tif`` (skipped when finished outputs of the same run exist)."""
         c, a = self.config, self.adapter
-        out_path = c.out / f"{path.stem}.tif"
-        std_path = c.out / f"{path.stem}_std.tif" if c.samples > 1 else None
+        key = key or path.stem
+        out_path = c.out / f"{key}.tif"
+        std_path = c.out / f"{key}_std.tif" if c.samples > 1 else None
 
-        raster = read_raster(path)
-        check_georeferenced(raster)
-        in_bands = input_bands(raster, c.bands, a.bands)
+        info = raster_info(path)
+        in_bands = band_order(info, c.bands, a.bands, "--bands")
         try:
             idx = band_indices(in_bands, a.bands)
         except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        fallback_idx: list[int] = []
-        fallback = "none"
+            raise InputError(f"{path}: {exc} (set --bands)") from None
         extra = [b for b in ("B08",) if b not in a.bands and b in in_bands]
-        if extra and c.nir_fallback == "bicubic":
-            fallback_idx = [in_bands.index(b) for b in extra]
-            fallback = ";".join(f"{b}:bicubic x{a.scale} of the input (not super-resolved)" for b in extra)
-        out_bands = list(a.bands) + extra if fallback_idx else list(a.bands)
+        fallback_idx = [in_bands.index(b) for b in extra] if c.nir_fallback == "bicubic" else []
+        fallback = ";".join(f"{b}:bicubic x{a.scale} of the input (not super-resolved)" for b in extra) if fallback_idx else "none"
+        out_bands = list(a.bands) + (extra if fallback_idx else [])
         tags = self.tags(path, in_bands, out_bands, fallback)
 
         if out_path.exists() and (std_path is None or std_path.exists()):
@@ -332,29 +293,33 @@ class Pipeline:
                 raise InputError(f"{out_path} exists from a different run (model {old.get('model')}, seed {old.get('seed')}, checkpoint "
                                  f"{old.get('checkpoint_sha256', '?')[:12]}); pass --overwrite or choose another --out")
 
-        data = (raster.data + np.float32(c.offset)) / np.float32(c.scale)
-        check_reflectance(data[idx], raster.valid, path, c.scale)
+        raster = read_raster(path)
+        check_georeferenced(raster)
+        used = idx + fallback_idx
+        gain, off = band_gain_offset(info, used, c.scale)
+        data = (raster.data[used] + np.float32(c.offset)) * gain[:, None, None] + off[:, None, None]
+        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale"), path, "--scale")
         if fallback != "none":
             log.warning("%s: %s", path, fallback)
         data = fill_invalid(data, raster.valid)
-        lr = data[idx]
+        lr = data[: len(idx)]
         H, W = raster.shape
 
-        cache = TileCache(c.out / ".partial" / path.stem, tags["gapeval_run"], c.tile_cache)
-        mean, m2, computed, cached = self._samples(lr, raster.valid, path.stem, cache)
+        cache = TileCache(c.out / ".partial" / key, tags["gapeval_run"], c.tile_cache)
+        mean, m2, computed, cached = self._samples(lr, raster.valid, key, cache)
 
         s = a.scale
         valid_hr = upsample_mask(raster.valid, s)
         mean[:, ~valid_hr] = np.nan
-        transform = raster.transform * Affine.scale(1.0 / s)
-        c.out.mkdir(parents=True, exist_ok=True)
+        transform = raster.transform @ Affine.scale(1.0 / s)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         if std_path is not None:
             std = np.sqrt(m2 / (c.samples - 1))
             std[:, ~valid_hr] = np.nan
             write_raster(std_path, std.astype(np.float32), transform=transform, crs=raster.crs, nodata=float("nan"),
                          tags={**tags, "kind": f"per-pixel sample standard deviation (ddof=1) over {c.samples} samples"}, descriptions=tuple(a.bands))
         if fallback_idx:
-            nir = F.interpolate(torch.from_numpy(data[fallback_idx])[None], size=(H * s, W * s), mode="bicubic", align_corners=False)[0].numpy()
+            nir = F.interpolate(torch.from_numpy(data[len(idx):])[None], size=(H * s, W * s), mode="bicubic", align_corners=False)[0].numpy()
             nir[:, ~valid_hr] = np.nan
             mean = np.concatenate([mean, nir.astype(mean.dtype)], axis=0)
         kind = f"mean of {c.samples} samples" if c.samples > 1 else "single sample"
@@ -363,7 +328,7 @@ class Pipeline:
         cache.clear()
         return FileResult(path, out_path, std_path, "written", computed, cached)
 
-    def _samples(self, lr: np.ndarray, valid: np.ndarray, stem: str, cache: TileCache) -> tuple[np.ndarray, np.ndarray, int, int]:
+    def _samples(self, lr: np.ndarray, valid: np.ndarray, key: str, cache: TileCache) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Run every sample over every tile; streaming (Welford) mean and sum of squared deviations."""
         c, a = self.config, self.adapter
         H, W = lr.shape[1:]
@@ -391,7 +356,7 @@ class Pipeline:
                 cache.save(t, k, out)
                 blender.add(t, out)
 
-            computed += self._run_batches(image, todo, lambda t, k=k: tile_seed(c.seed, stem, t, k), done)
+            computed += self._run_batches(image, todo, lambda t, k=k: tile_seed(c.seed, key, t, k), done)
             img = blender.result()[:, : H * s, : W * s]
             if self.histogram_match:
                 img = match_histograms(img, lr, upsample_mask(valid, s) & np.isfinite(img).all(axis=0), valid)
@@ -433,16 +398,17 @@ class Pipeline:
         return len(tiles)
 
 
-def run(adapter: Adapter, source: CheckpointSource, config: InferConfig, files: Sequence[Path],
+def run(adapter: Adapter, source: CheckpointSource, config: InferConfig, files: Sequence[tuple[str, Path] | Path],
         progress: Callable[[FileResult], None] | None = None) -> list[FileResult]:
-    """Process ``files`` in order; a file that fails with a data error is reported and the others continue."""
+    """Process ``files`` (``(key, path)`` pairs or paths) in order; a file that fails with a data error is reported and the others continue."""
     pipe = Pipeline(adapter, source, config)
     results, errors = [], []
-    for path in files:
+    items = [(f.stem, f) if isinstance(f, Path) else f for f in files]
+    for key, path in items:
         try:
-            result = pipe.process(path)
+            result = pipe.process(path, key)
         except LPIPSSatError as exc:
-            if len(files) == 1:
+            if len(items) == 1:
                 raise
             log.error("%s", exc)
             errors.append(f"{path.name}: {exc}")
@@ -451,5 +417,5 @@ def run(adapter: Adapter, source: CheckpointSource, config: InferConfig, files: 
         if progress:
             progress(result)
     if errors:
-        raise InputError(f"{len(errors)} of {len(files)} files failed (the others were written):\n  " + "\n  ".join(errors))
+        raise InputError(f"{len(errors)} of {len(items)} files failed (the others were written):\n  " + "\n  ".join(errors))
     return results

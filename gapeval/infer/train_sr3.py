@@ -29,10 +29,11 @@ from affine import Affine
 
 from gapeval.infer.base import ValueMap, autocast, resolve_precision
 from gapeval.infer.checkpoints import save_safetensors
-from gapeval.infer.pipeline import check_georeferenced, input_bands, list_inputs
+from gapeval.infer.pipeline import list_inputs
 from gapeval.infer.sr3 import DEFAULT_SCHEDULE, NAME, build_unet, condition, model_config, unet_config
-from gapeval.io import read_raster, write_text_atomic
-from lpips_sat.bands import band_indices, resolve
+from gapeval.io import (Grid, band_gain_offset, check_not_tiny, check_reflectance, raster_info, read_raster, select_bands,
+                        write_text_atomic)
+from lpips_sat.bands import resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class TrainConfig:
     bands: str = "B04,B03,B02,B08"
     input_bands: str | None = None
     scale: int = 4
-    lr_scale: float = 10000.0
-    hr_scale: float = 10000.0
+    lr_scale: float | None = None
+    hr_scale: float | None = None
     patch: int = 32
     batch: int = 8
     steps: int = 10000
@@ -81,7 +82,7 @@ class TrainConfig:
 
 @dataclass
 class Pair:
-    """One LR/HR training pair with its band indices."""
+    """One LR/HR training pair: band indices and per-band reflectance ``gain``/``offset`` of each file."""
 
     lr: Path
     hr: Path
@@ -89,41 +90,54 @@ class Pair:
     hr_idx: list[int]
     height: int  # LR rows
     width: int  # LR cols
+    lr_gain: np.ndarray
+    lr_offset: np.ndarray
+    hr_gain: np.ndarray
+    hr_offset: np.ndarray
 
 
 def find_pairs(cfg: TrainConfig) -> list[Pair]:
-    """Match LR and HR files by stem and check sizes, grids and bands (errors name the files)."""
-    lr_files = {p.stem: p for p in list_inputs(cfg.lr_dir)}
-    hr_files = {p.stem: p for p in list_inputs(cfg.hr_dir)}
-    stems = sorted(set(lr_files) & set(hr_files))
-    if not stems:
+    """Match LR and HR files by relative path and stem; check sizes, grids, bands and reflectance (errors name the files)."""
+    lr_files = dict(list_inputs(cfg.lr_dir))
+    hr_files = dict(list_inputs(cfg.hr_dir))
+    keys = sorted(set(lr_files) & set(hr_files))
+    if not keys:
         raise InputError(f"No file stem is in both {cfg.lr_dir} and {cfg.hr_dir}; pairs are matched by name")
     unpaired = sorted(set(lr_files) ^ set(hr_files))
     if unpaired:
         log.warning("%d files without a partner are ignored: %s", len(unpaired), unpaired[:5])
     wanted = tuple(b for b in resolve(cfg.bands) if b)
     pairs = []
-    for stem in stems:
-        lr, hr = read_raster(lr_files[stem]), read_raster(hr_files[stem])
-        if (hr.shape[0], hr.shape[1]) != (lr.shape[0] * cfg.scale, lr.shape[1] * cfg.scale):
-            raise InputError(f"{hr.path}: size {hr.shape} is not {cfg.scale} x the size {lr.shape} of {lr.path}; resample the pair onto x{cfg.scale} grids first")
-        if lr.crs is not None and hr.crs is not None:
-            check_georeferenced(lr)
-            check_georeferenced(hr)
-            if lr.crs != hr.crs:
-                raise InputError(f"{lr.path} and {hr.path} have different CRS ({lr.crs} vs {hr.crs})")
-            expected = lr.transform * Affine.scale(1.0 / cfg.scale)
-            if not expected.almostEquals(hr.transform, precision=abs(hr.transform.a) * 0.5):
-                raise InputError(f"{hr.path}: grid {tuple(hr.transform)[:6]} is not the x{cfg.scale} grid of {lr.path} ({tuple(expected)[:6]}); co-register first")
-        try:
-            lr_idx = band_indices(input_bands(lr, cfg.input_bands, wanted), wanted)
-            hr_idx = band_indices(input_bands(hr, cfg.input_bands, wanted), wanted)
-        except InputError as exc:
-            raise InputError(f"pair {stem}: {exc}") from None
-        if lr.shape[0] < cfg.patch or lr.shape[1] < cfg.patch:
-            raise InputError(f"{lr.path}: {lr.shape} is smaller than --patch {cfg.patch}")
-        pairs.append(Pair(lr.path, hr.path, lr_idx, hr_idx, lr.shape[0], lr.shape[1]))
+    for key in keys:
+        lr, hr = raster_info(lr_files[key]), raster_info(hr_files[key])
+        if (hr.height, hr.width) != (lr.height * cfg.scale, lr.width * cfg.scale):
+            raise InputError(f"{hr.path}: size {hr.height}x{hr.width} is not {cfg.scale} x the size {lr.height}x{lr.width} of {lr.path}; "
+                             f"resample the pair onto x{cfg.scale} grids first")
+        if lr.georeferenced and hr.georeferenced:
+            expected = Grid(lr.transform @ Affine.scale(1.0 / cfg.scale), lr.crs, hr.height, hr.width)
+            why = Grid(hr.transform, hr.crs, hr.height, hr.width).mismatch(expected)
+            if why:
+                raise InputError(f"{hr.path} is not on the x{cfg.scale} grid of {lr.path}: {why}; co-register the pair first")
+        lr_idx = select_bands(lr, cfg.input_bands, wanted, "--input-bands")
+        hr_idx = select_bands(hr, cfg.input_bands, wanted, "--input-bands")
+        if min(lr.height, lr.width) < cfg.patch:
+            raise InputError(f"{lr.path}: {lr.height}x{lr.width} px is smaller than --patch {cfg.patch}")
+        lg, lo = band_gain_offset(lr, lr_idx, cfg.lr_scale)
+        hg, ho = band_gain_offset(hr, hr_idx, cfg.hr_scale)
+        for info, idx, g, o, flag in ((lr, lr_idx, lg, lo, "--lr-scale"), (hr, hr_idx, hg, ho, "--hr-scale")):
+            raster = read_raster(info.path, window=_centre(info, 64))
+            data = raster.data[idx] * g[:, None, None] + o[:, None, None]
+            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag), info.path, flag)
+        pairs.append(Pair(lr.path, hr.path, lr_idx, hr_idx, lr.height, lr.width, lg, lo, hg, ho))
     return pairs
+
+
+def _centre(info, size: int):
+    """A window of at most ``size`` px at the centre of a file (for the value-range check)."""
+    from rasterio.windows import Window
+
+    h, w = min(size, info.height), min(size, info.width)
+    return Window((info.width - w) // 2, (info.height - h) // 2, w, h)
 
 
 def draw_batch(pairs: list[Pair], cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,13 +152,14 @@ def draw_batch(pairs: list[Pair], cfg: TrainConfig, step: int) -> tuple[torch.Te
         for _attempt in range(50):
             pair = pairs[rng.choice(len(pairs), p=weights / weights.sum())]
             y, x = int(rng.integers(0, pair.height - p_ + 1)), int(rng.integers(0, pair.width - p_ + 1))
-            lr = read_raster(pair.lr, window=Window(x, y, p_, p_), scale=cfg.lr_scale)
-            hr = read_raster(pair.hr, window=Window(x * s, y * s, p_ * s, p_ * s), scale=cfg.hr_scale)
+            lr = read_raster(pair.lr, window=Window(x, y, p_, p_))
+            hr = read_raster(pair.hr, window=Window(x * s, y * s, p_ * s, p_ * s))
             if lr.valid.mean() >= cfg.min_valid and hr.valid.mean() >= cfg.min_valid:
                 break
         else:
             raise InputError(f"no patch with >= {cfg.min_valid:.0%} valid pixels found in 50 draws; check nodata in {cfg.lr_dir} / {cfg.hr_dir}")
-        a, b = np.nan_to_num(lr.data[pair.lr_idx]), np.nan_to_num(hr.data[pair.hr_idx])
+        a = np.nan_to_num(lr.data[pair.lr_idx] * pair.lr_gain[:, None, None] + pair.lr_offset[:, None, None])
+        b = np.nan_to_num(hr.data[pair.hr_idx] * pair.hr_gain[:, None, None] + pair.hr_offset[:, None, None])
         k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
         a, b = np.rot90(a, k, axes=(1, 2)), np.rot90(b, k, axes=(1, 2))
         if flip:
