@@ -75,7 +75,8 @@ def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     sets = list(summary["pred_sets"])
-    ok = [r for r in rows if r["status"] == "ok" and r["pred_set"] in sets]
+    rows = [r for r in rows if r["pred_set"] in sets]  # a resumed pairs.csv may also hold other sets
+    ok = [r for r in rows if r["status"] == "ok"]
     metrics = [m for m in HEADLINE if any(m in r and np.isfinite(r[m]) for r in ok)]
     figures: dict[str, str] = {}
     if ok and metrics:

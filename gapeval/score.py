@@ -22,8 +22,10 @@ import logging
 import math
 import os
 import platform
+import sys
 import threading
 import time
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -726,7 +728,10 @@ def score(
         n_todo,
         table.append if table else None,
     )
-    records = list(table.rows) if table else [_parse({c: _format(r.get(c)) for c in cols}) for r in new_records]
+    if table is not None:  # rows of this run's sets and scenes (a resumed file may hold others)
+        records = [r for r in table.rows if r["pred_set"] in preds and r["key"] in pairing.targets]
+    else:
+        records = [_parse({c: _format(r.get(c)) for c in cols}) for r in new_records]
     order = {k: i for i, k in enumerate(pairing.keys)}
     records.sort(
         key=lambda r: (list(preds).index(r["pred_set"]) if r["pred_set"] in preds else len(preds), order.get(r["key"], len(order)))
@@ -941,7 +946,8 @@ def format_table(
         cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
         for m in metrics:
             st = s["metrics"][m]
-            cells.append(f"{st['mean']:.4g} [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if st["n"] else "-")
+            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
+            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
@@ -968,3 +974,14 @@ __all__ = [
     "score_scene",
     "summarize_rows",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``gapeval.score(pred, target, ...)`` call :func:`score` while ``gapeval.score`` stays this module
+    (so ``from gapeval.score import ...`` and the CLI's ``add_arguments``/``run`` keep working)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ScoreResult:
+        return score(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

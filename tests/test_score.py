@@ -102,6 +102,14 @@ def test_values_against_independent_computations(dataset, metric):
     assert res.table("lpips_sat")["same"] == 0.0
 
 
+def test_module_is_callable(dataset, metric):
+    import gapeval
+    import gapeval.score
+
+    res = gapeval.score(preds(dataset, "blur"), dataset / "hr", metric=metric)  # the documented spelling
+    assert isinstance(res, score_mod.ScoreResult) and len(res.records) == 3
+
+
 def test_target_features_are_computed_once_per_tile(dataset, metric, monkeypatch):
     calls: list[str] = []
     original = metric.features
