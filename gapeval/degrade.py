@@ -219,6 +219,10 @@ def gaussian_sigma_for_mtf(mtf_nyquist: float, gsd: float, *, includes_footprint
 
     With ``includes_footprint`` the box footprint of width ``gsd`` (transfer ``2/pi`` at ``f_N``) is part of the
     system, so the Gaussian must reach ``mtf_nyquist / (2/pi)`` there; this needs ``mtf_nyquist < 2/pi``.
+
+    Example:
+        >>> round(gaussian_sigma_for_mtf(0.25, 10.0), 2), round(gaussian_sigma_for_mtf(0.25, 10.0, includes_footprint=False), 2)
+        (4.35, 5.3)
     """
     if not 0.0 < mtf_nyquist < 1.0:
         raise InputError(f"MTF at Nyquist must lie in (0, 1), got {mtf_nyquist}")

@@ -458,8 +458,12 @@ def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, c
         tbands = config.target_bands or _summary_value(run, "target_bands")
         for i, (key, ptext, ttext) in enumerate(zip(run.keys, preds, targets)):
             ppath, tpath = _resolve_path(ptext, run), _resolve_path(ttext, run)
-            sr, sv = load_reflectance(ppath, bands=pbands, scale=pscale, wanted=wanted, flag="--pred-scale")
-            hr, hv = load_reflectance(tpath, bands=tbands, scale=tscale, wanted=wanted, flag="--target-scale")
+            try:
+                sr, sv = load_reflectance(ppath, bands=pbands, scale=pscale, wanted=wanted, flag="--pred-scale")
+                hr, hv = load_reflectance(tpath, bands=tbands, scale=tscale, wanted=wanted, flag="--target-scale")
+            except MissingFileError as exc:
+                raise MissingFileError(f"run {name!r}, scene {key!r}: {exc} (paths from {run.directory / PAIRS_FILE}); "
+                                       "pass --no-images to compare the tables only") from exc
             if sr.shape != hr.shape:
                 stats_.skipped.append(f"{key}: SR {sr.shape[1:]} and HR {hr.shape[1:]} differ in size")
                 continue
@@ -619,9 +623,9 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     skipped: dict[str, list[str]] = {}
     if config.images:
         if metric is None:
-            from lpips_sat import LPIPSSat
+            from gapeval.score import load_metric
 
-            metric = LPIPSSat()
+            metric = load_metric(None)[0]
         per_run, hr_stats = analyse_images(runs, config, metric=metric, cache_dir=out / "cache" / "features")
         for name, st in per_run.items():
             _add_image_metrics(runs[name], st)
@@ -662,29 +666,15 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "rankings": rankings(runs, metrics, design.conditions, config.group_by),
         "skipped": skipped,
     }
+    from gapeval.score import _jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
+
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "gap.json", json.dumps(_jsonable(result), indent=2, allow_nan=True))
+    write_text_atomic(out / "gap.json", json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
     if report:
         from gapeval.plots import write_gap_report
 
         write_gap_report(result, out, samples)
     return result
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -700,8 +690,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--per-band", action="store_true", help="also test per-band columns such as psnr_B04")
     parser.add_argument("--allow-unmatched", action="store_true", help="compare on the scenes common to both runs")
     parser.add_argument("--no-images", action="store_true", help="only the tables: no features, spectra or histograms")
-    parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space (default: the shipped weights)")
-    parser.add_argument("--device", default="cpu", help="torch device for features (default cpu)")
+    parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space: registry name or .safetensors (default: the shipped "
+                        "weights; 'random-tiny' = a random network for tests)")
+    parser.add_argument("--device", default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
     parser.add_argument("--pred-scale", type=float, help="divide SR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--target-scale", type=float, help="divide HR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--pred-bands", help="band order of the SR files (preset or names)")
@@ -728,9 +719,9 @@ def run(args) -> int:
                        n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
     metric = None
     if config.images:
-        from lpips_sat import LPIPSSat
+        from gapeval.score import load_metric
 
-        metric = (LPIPSSat(args.weights) if args.weights else LPIPSSat()).to(args.device)
+        metric = load_metric(args.weights, args.device)[0]
     result = gap_analysis(design, args.out, config, metric=metric)
     for comp in result["comparisons"]:
         print(f"{comp['name']}  (n = {comp['n_matched']} matched scenes)")
@@ -741,5 +732,7 @@ def run(args) -> int:
     for name, d in result["distribution"].items():
         print(f"{name}: FD {d.get('fd', float('nan')):.4g}  KID {d.get('kid', float('nan')):.4g} ± {d.get('kid_std', float('nan')):.2g}  "
               f"HF ratio {d.get('hf_ratio_mean', float('nan')):.3g}")
+    if metric is not None and str(metric.name).startswith("random"):
+        print(f"note: weights {metric.name!r} are a random network for testing; FD and KID values are not meaningful")
     print(f"gapeval gap: wrote {Path(args.out) / 'gap.json'} and the report")
     return 0

@@ -85,6 +85,10 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
 
     ``p_(i)`` sorted ascending is adjusted to ``max_{j <= i} min(1, (m - j + 1) p_(j))``; NaNs are kept as NaN and do
     not count towards ``m``.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
+        [0.03, 0.06, 0.06, 0.02]
     """
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)

@@ -272,3 +272,14 @@ def test_image_analysis_distances_spectra_and_report(tmp_path):
     assert len(list((tmp_path / "out" / "cache" / "features").glob("*.npy"))) == 4 * n  # 3 SR sets + targets once
     again = gap_analysis(design, tmp_path / "out", GapConfig(n_resamples=300, feature_tile=32, kid_subsets=20), metric=metric)
     assert again["distribution"]["blur"]["fd"] == pytest.approx(dist["blur"]["fd"])  # features reused from the cache
+
+
+def test_missing_image_files_name_the_run_and_the_way_out(tmp_path, scenes):
+    keys, d, _ = scenes
+    rows = table_rows(keys[:3], d[:3], d[:3])
+    for r in rows:
+        r.update(pred_path=str(tmp_path / "gone.tif"), target_path=str(tmp_path / "gone_hr.tif"))
+    a = write_pairs(tmp_path / "a", rows)
+    b = write_pairs(tmp_path / "b", rows)
+    with pytest.raises(MissingFileError, match=r"run 'a', scene 'scene_00'.*--no-images"):
+        gap_analysis(Design({"a": a, "b": b}, [("a - b", "a", "b")]), tmp_path / "out", GapConfig(n_resamples=100), metric=LPIPSSat.random())
