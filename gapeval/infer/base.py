@@ -14,8 +14,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 
@@ -168,13 +168,6 @@ def scheduler_step(scheduler, model_output: torch.Tensor, t, sample: torch.Tenso
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA/CPU allocator out-of-memory errors (``torch.OutOfMemoryError`` or its message)."""
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-@contextlib.contextmanager
-def inference_mode() -> Iterator[None]:
-    """``torch.inference_mode`` (no autograd bookkeeping) for sampling loops."""
-    with torch.inference_mode():
-        yield
 
 
 def check_tile(lr: torch.Tensor, adapter: Adapter) -> None:

@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -231,5 +232,14 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta
     return sha256_file(path)
 
 
-__all__ = ["CheckpointSource", "resolve", "checkpoint_sha256", "build_diffusers_part", "build_scheduler", "split_prefixed",
-           "config_from_metadata", "save_safetensors", "load_strict"]
+__all__ = [
+    "CheckpointSource",
+    "build_diffusers_part",
+    "build_scheduler",
+    "checkpoint_sha256",
+    "config_from_metadata",
+    "load_strict",
+    "resolve",
+    "save_safetensors",
+    "split_prefixed",
+]

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from gapeval.infer.base import PRECISIONS, SamplingOptions
-from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, run as run_pipeline, select_shard
+from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, select_shard
+from gapeval.infer.pipeline import run as run_pipeline
 from gapeval.infer.registry import ADAPTERS, get
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     adapter, source = load_adapter(args.model, args.checkpoint, options, device=device, precision=args.precision)
     config = InferConfig(out=args.out, seed=args.seed, samples=args.samples, tile=args.tile, overlap=args.overlap, batch=args.batch,
                          bands=args.bands, scale=args.scale, offset=args.offset, histogram_match=args.histogram_match,
-                         nir_fallback=args.nir_fallback, overwrite=args.overwrite, tile_cache=args.tile_cache, options=options)
+                         nir_fallback=args.nir_fallback, overwrite=args.overwrite, tile_cache=args.tile_cache)
     print(f"gapeval infer: {args.model} on {device} ({adapter.precision}), checkpoint sha256 {source.sha256[:12]}, "
           f"{len(mine)} of {len(files)} files (shard {k}/{n})")
 

@@ -29,8 +29,9 @@ the ESA OpenSR LDSR-S2 model (tests/infer/data).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -93,15 +94,15 @@ def infer_unet_layout(sd: Mapping[str, Tensor]) -> UNetLayout:
 def unet2d_config(layout: UNetLayout, num_head_channels: int, sample_size: int | None = None) -> dict[str, Any]:
     """``diffusers.UNet2DModel`` keyword arguments equivalent to an LDM UNet (positional time embedding, cos first)."""
     n = len(layout.channel_mult)
-    return dict(
-        sample_size=sample_size, in_channels=layout.in_channels, out_channels=layout.out_channels,
-        block_out_channels=layout.block_channels, layers_per_block=layout.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if L in layout.attention_levels else "DownBlock2D" for L in range(n)),
-        up_block_types=tuple("AttnUpBlock2D" if L in layout.attention_levels else "UpBlock2D" for L in reversed(range(n))),
-        attention_head_dim=num_head_channels, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
-        norm_num_groups=32, norm_eps=1e-5, act_fn="silu", add_attention=True, time_embedding_type="positional",
-        mid_block_type="UNetMidBlock2D", resnet_time_scale_shift="default",
-    )
+    return {
+        "sample_size": sample_size, "in_channels": layout.in_channels, "out_channels": layout.out_channels,
+        "block_out_channels": layout.block_channels, "layers_per_block": layout.num_res_blocks,
+        "down_block_types": tuple("AttnDownBlock2D" if L in layout.attention_levels else "DownBlock2D" for L in range(n)),
+        "up_block_types": tuple("AttnUpBlock2D" if L in layout.attention_levels else "UpBlock2D" for L in reversed(range(n))),
+        "attention_head_dim": num_head_channels, "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1,
+        "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "add_attention": True, "time_embedding_type": "positional",
+        "mid_block_type": "UNetMidBlock2D", "resnet_time_scale_shift": "default",
+    }
 
 
 _RES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj", "out_layers.0": "norm2",
@@ -224,9 +225,9 @@ def infer_autoencoder_layout(sd: Mapping[str, Tensor]) -> AutoencoderLayout:
 def autoencoder_config(layout: AutoencoderLayout) -> dict[str, Any]:
     """Keyword arguments of ``diffusers.AutoencoderKL`` (KL) or ``diffusers.VQModel`` (VQ) for ``layout``."""
     n = len(layout.block_channels)
-    common = dict(in_channels=layout.in_channels, out_channels=layout.out_channels, down_block_types=("DownEncoderBlock2D",) * n,
-                  up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=layout.block_channels,
-                  layers_per_block=layout.num_res_blocks, act_fn="silu", norm_num_groups=32, scaling_factor=1.0)
+    common = {"in_channels": layout.in_channels, "out_channels": layout.out_channels, "down_block_types": ("DownEncoderBlock2D",) * n,
+                  "up_block_types": ("UpDecoderBlock2D",) * n, "block_out_channels": layout.block_channels,
+                  "layers_per_block": layout.num_res_blocks, "act_fn": "silu", "norm_num_groups": 32, "scaling_factor": 1.0}
     if layout.n_embed is None:
         if layout.z_channels != layout.embed_dim:
             raise WeightsError(f"KL autoencoder with z_channels={layout.z_channels} != embed_dim={layout.embed_dim} has no diffusers equivalent")

@@ -13,7 +13,7 @@ B08 as a bicubic x4 fallback (``--nir-fallback``).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ NAME = "ldm-sr-x4"
 BANDS = ("B04", "B03", "B02")
 DEFAULT_STEPS, DEFAULT_ETA, DEFAULT_GAIN = 100, 1.0, 3.0
 #: Used only when a checkpoint folder has no scheduler/ (LDM super-resolution training schedule).
-FALLBACK_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0155, beta_schedule="scaled_linear", clip_sample=False)
+FALLBACK_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0155, "beta_schedule": "scaled_linear", "clip_sample": False}
 
 
 class LDMSuperResolution(Adapter):

@@ -23,15 +23,21 @@ Checkpoint: the published PyTorch Lightning ``.ckpt`` (``state_dict`` with ``mod
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from gapeval.infer.base import Adapter, SamplingOptions, batch_randn, check_tile, scheduler_step
 from gapeval.infer.checkpoints import CheckpointSource, load_strict
-from gapeval.infer.ldm_keys import (autoencoder_config, convert_autoencoder, convert_unet, infer_autoencoder_layout,
-                                    infer_unet_layout, unet2d_config)
+from gapeval.infer.ldm_keys import (
+    autoencoder_config,
+    convert_autoencoder,
+    convert_unet,
+    infer_autoencoder_layout,
+    infer_unet_layout,
+    unet2d_config,
+)
 from lpips_sat.errors import WeightsError
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,11 +34,23 @@ import torch.nn.functional as F
 from affine import Affine
 
 import gapeval
-from gapeval.infer.base import Adapter, SamplingOptions, is_out_of_memory
+from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
-from gapeval.io import (RASTER_SUFFIXES, Raster, atomic_path, band_gain_offset, band_order, check_not_tiny, check_reflectance, list_images,
-                        raster_info, read_raster, write_raster, write_text_atomic)
+from gapeval.io import (
+    RASTER_SUFFIXES,
+    Raster,
+    atomic_path,
+    band_gain_offset,
+    band_order,
+    check_not_tiny,
+    check_reflectance,
+    list_images,
+    raster_info,
+    read_raster,
+    write_raster,
+    write_text_atomic,
+)
 from lpips_sat.bands import band_indices
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError
 
@@ -65,7 +77,6 @@ class InferConfig:
     nir_fallback: str = "bicubic"
     overwrite: bool = False
     tile_cache: bool = True
-    options: SamplingOptions = field(default_factory=SamplingOptions)
 
 
 @dataclass
@@ -168,7 +179,7 @@ def match_histograms(image: np.ndarray, reference: np.ndarray, image_valid: np.n
         ref = reference[b][reference_valid]
         if src.size == 0 or ref.size == 0:
             continue
-        values, inverse, counts = np.unique(src, return_inverse=True, return_counts=True)
+        _, inverse, counts = np.unique(src, return_inverse=True, return_counts=True)
         ref_values, ref_counts = np.unique(ref, return_counts=True)
         src_cdf = np.cumsum(counts) / src.size
         ref_cdf = np.cumsum(ref_counts) / ref.size
@@ -314,7 +325,7 @@ class Pipeline:
         transform = raster.transform @ Affine.scale(1.0 / s)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if std_path is not None:
-            std = np.sqrt(m2 / (c.samples - 1))
+            std = np.sqrt(m2 / (c.samples - 1))  # type: ignore[operator]
             std[:, ~valid_hr] = np.nan
             write_raster(std_path, std.astype(np.float32), transform=transform, crs=raster.crs, nodata=float("nan"),
                          tags={**tags, "kind": f"per-pixel sample standard deviation (ddof=1) over {c.samples} samples"}, descriptions=tuple(a.bands))
@@ -328,7 +339,7 @@ class Pipeline:
         cache.clear()
         return FileResult(path, out_path, std_path, "written", computed, cached)
 
-    def _samples(self, lr: np.ndarray, valid: np.ndarray, key: str, cache: TileCache) -> tuple[np.ndarray, np.ndarray, int, int]:
+    def _samples(self, lr: np.ndarray, valid: np.ndarray, key: str, cache: TileCache) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         """Run every sample over every tile; streaming (Welford) mean and sum of squared deviations."""
         c, a = self.config, self.adapter
         H, W = lr.shape[1:]
@@ -360,6 +371,8 @@ class Pipeline:
             img = blender.result()[:, : H * s, : W * s]
             if self.histogram_match:
                 img = match_histograms(img, lr, upsample_mask(valid, s) & np.isfinite(img).all(axis=0), valid)
+            if c.samples == 1:
+                return img, None, computed, cached
             img64 = img.astype(np.float64)
             if mean is None:
                 mean, m2 = img64, np.zeros_like(img64)
@@ -367,7 +380,7 @@ class Pipeline:
                 delta = img64 - mean
                 mean += delta / (k + 1)
                 m2 += delta * (img64 - mean)
-        assert mean is not None and m2 is not None
+        assert mean is not None
         return mean, m2, computed, cached
 
     def _run_batches(self, image: torch.Tensor, tiles: Sequence[Tile], seed_of: Callable[[Tile], int],

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def step_indices(trained: int, steps: int) -> list[int]:
         raise InputError(f"{NAME}: --steps must lie in 1..{trained} (the trained chain length), got {steps}")
     if steps == 1:
         return [trained - 1]
-    return [int(round(v)) for v in np.linspace(trained - 1, 0, steps)]
+    return [round(float(v)) for v in np.linspace(trained - 1, 0, steps)]
 
 
 class ResShift(Adapter):
@@ -119,8 +119,9 @@ class ResShift(Adapter):
 
 
 def save_checkpoint(path: str | Path, unet: SwinUNet, vqvae, schedule: ShiftSchedule = ShiftSchedule(),
-                    bands: Sequence[str] = ("B04", "B03", "B02"), values: ValueMap = ValueMap()) -> str:
+                    bands: Sequence[str] = ("B04", "B03", "B02"), values: ValueMap | None = None) -> str:
     """Write a ``resshift`` checkpoint (unet.* + vqvae.* tensors, JSON config in the metadata); return its sha256."""
+    values = values or ValueMap()
     config = {"unet": unet.config.as_dict(), "vqvae": {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")},
               "schedule": asdict(schedule), "bands": list(bands), "value_map": {"kind": values.kind, "gain": values.gain}}
     tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}

@@ -18,8 +18,8 @@ Band handling: as ``ldm-sr-x4`` (B04, B03, B02 x rgb_gain -> [-1, 1]; B08 bicubi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 NAME = "sd-x4-upscaler"
 BANDS = ("B04", "B03", "B02")
 DEFAULT_STEPS, DEFAULT_NOISE_LEVEL, DEFAULT_GAIN, TEXT_TOKENS = 75, 20, 3.0, 77
-LOW_RES_DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
-SCHEDULER_DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", prediction_type="v_prediction")
+LOW_RES_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
+SCHEDULER_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}
 
 
 class SDUpscaler(Adapter):

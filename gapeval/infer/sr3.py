@@ -11,7 +11,8 @@ or real cross-sensor pairs) is the user's choice.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +25,17 @@ from lpips_sat.errors import InputError, WeightsError
 NAME = "sr3"
 SAMPLERS = ("ddim", "ddpm")
 DEFAULT_STEPS = 50
-DEFAULT_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=2e-2, beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+DEFAULT_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 2e-2, "beta_schedule": "linear", "prediction_type": "epsilon", "clip_sample": False}
 
 
 def unet_config(bands: int, width: int = 64, mult: Sequence[int] = (1, 2, 2, 4), layers: int = 2, attention_levels: Sequence[int] = (3,),
                 norm_groups: int = 32, head_channels: int = 32) -> dict[str, Any]:
     """``UNet2DModel`` kwargs of an SR3 denoiser: ``2 * bands`` in (noisy HR + upsampled LR), ``bands`` out."""
     n = len(mult)
-    return dict(in_channels=2 * bands, out_channels=bands, block_out_channels=tuple(width * m for m in mult), layers_per_block=layers,
-                down_block_types=tuple("AttnDownBlock2D" if L in attention_levels else "DownBlock2D" for L in range(n)),
-                up_block_types=tuple("AttnUpBlock2D" if L in attention_levels else "UpBlock2D" for L in reversed(range(n))),
-                norm_num_groups=norm_groups, attention_head_dim=head_channels, add_attention=True)
+    return {"in_channels": 2 * bands, "out_channels": bands, "block_out_channels": tuple(width * m for m in mult), "layers_per_block": layers,
+                "down_block_types": tuple("AttnDownBlock2D" if L in attention_levels else "DownBlock2D" for L in range(n)),
+                "up_block_types": tuple("AttnUpBlock2D" if L in attention_levels else "UpBlock2D" for L in reversed(range(n))),
+                "norm_num_groups": norm_groups, "attention_head_dim": head_channels, "add_attention": True}
 
 
 def model_config(bands: Sequence[str], scale: int, unet: dict[str, Any], ref_max: float = 0.5, schedule: dict[str, Any] | None = None) -> dict[str, Any]:

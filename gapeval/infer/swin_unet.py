@@ -39,7 +39,7 @@ class SwinUNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SwinUNetConfig":
+    def from_dict(cls, d: dict) -> SwinUNetConfig:
         d = dict(d)
         for k in ("channel_mult", "swin_levels"):
             if k in d:

@@ -12,8 +12,8 @@ continuous, so no seam appears.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -141,4 +141,4 @@ def upsample_mask(valid: np.ndarray, scale: int) -> np.ndarray:
 
 def padded_size(length: int, tile: int, multiple: int) -> int:
     """Smallest size >= ``length`` that a tile side (a multiple of ``multiple``, at most ``tile``) can cover exactly."""
-    return max(length, min(tile, int(math.ceil(length / multiple)) * multiple))
+    return max(length, min(tile, math.ceil(length / multiple) * multiple))

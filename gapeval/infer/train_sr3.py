@@ -18,9 +18,9 @@ import copy
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,8 +31,7 @@ from gapeval.infer.base import ValueMap, autocast, resolve_precision
 from gapeval.infer.checkpoints import save_safetensors
 from gapeval.infer.pipeline import list_inputs
 from gapeval.infer.sr3 import DEFAULT_SCHEDULE, NAME, build_unet, condition, model_config, unet_config
-from gapeval.io import (Grid, band_gain_offset, check_not_tiny, check_reflectance, raster_info, read_raster, select_bands,
-                        write_text_atomic)
+from gapeval.io import Grid, band_gain_offset, check_not_tiny, check_reflectance, raster_info, read_raster, select_bands, write_text_atomic
 from lpips_sat.bands import resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
 
@@ -203,7 +202,7 @@ class Trainer:
 
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
         saved = json.loads(meta.get("train_config", "{}"))
         mine = json.loads(json.dumps(self.cfg.fixed()))
         diff = {k: (saved.get(k), mine[k]) for k in mine if saved.get(k) != mine[k]}

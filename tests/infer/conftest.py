@@ -22,7 +22,7 @@ TRANSFORM = Affine(10.0, 0.0, 435730.0, 0.0, -10.0, 4179460.0)
 def write_tif(path: Path, data: np.ndarray, *, crs: str | None = CRS, transform: Affine | None = TRANSFORM,
               nodata: float | None = None, descriptions: tuple[str, ...] | None = None, dtype: str = "uint16") -> Path:
     """A small GeoTIFF (no georeference when ``crs``/``transform`` are None)."""
-    profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype=dtype, nodata=nodata)
+    profile = {"driver": "GTiff", "height": data.shape[1], "width": data.shape[2], "count": data.shape[0], "dtype": dtype, "nodata": nodata}
     if crs is not None:
         profile.update(crs=crs, transform=transform)
     with rasterio.open(path, "w", **profile) as ds:
@@ -189,7 +189,7 @@ def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0, std: float =
     return out
 
 
-TINY_LDSR = dict(mc=32, mult=(1, 2), nres=1, attn=frozenset({1}), ae_ch=32, ae_mult=(1, 2, 4), ae_nres=1, timesteps=1000)
+TINY_LDSR = {"mc": 32, "mult": (1, 2), "nres": 1, "attn": frozenset({1}), "ae_ch": 32, "ae_mult": (1, 2, 4), "ae_nres": 1, "timesteps": 1000}
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,7 @@ def _infer(model: str, ckpt: Path, scene: Path, out: Path, seed: int = 5, sample
 def test_end_to_end(model: str, ckpts: dict[str, Path], scene: Path, tmp_path: Path) -> None:
     assert _infer(model, ckpts[model], scene, tmp_path / "a") == 0
     data, tags, transform, crs, desc = read(tmp_path / "a" / "scene.tif")
-    std, stags, *_ = read(tmp_path / "a" / "scene_std.tif")
+    std, *_ = read(tmp_path / "a" / "scene_std.tif")
     assert data.shape == (4, 96, 96) and desc == RGBN and std.shape[1:] == (96, 96)
     assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618"
     assert tags["model"] == model and tags["steps"] == "2" and tags["seed"] == "5" and tags["samples"] == "2" and tags["sampler"]
@@ -95,7 +95,7 @@ def test_end_to_end(model: str, ckpts: dict[str, Path], scene: Path, tmp_path: P
 def test_tile_output_independent_of_batch_composition(model: str, ckpts: dict[str, Path]) -> None:
     adapter, _ = load_adapter(model, str(ckpts[model]), SamplingOptions(steps=2))
     lr = torch.rand(3, len(adapter.bands), 16, 16) * 0.25
-    gens = lambda idx: [torch.Generator().manual_seed(100 + i) for i in idx]  # noqa: E731
+    gens = lambda idx: [torch.Generator().manual_seed(100 + i) for i in idx]
     together = adapter.sample(lr, gens([0, 1, 2]))
     alone = torch.cat([adapter.sample(lr[[2]], gens([2])), adapter.sample(lr[[0, 1]], gens([0, 1]))])
     assert torch.allclose(together[[2, 0, 1]], alone, atol=1e-4)

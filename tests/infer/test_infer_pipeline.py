@@ -12,7 +12,7 @@ from skimage.exposure import match_histograms as sk_match
 
 from gapeval.infer.base import Adapter, batch_randn
 from gapeval.infer.checkpoints import CheckpointSource, checkpoint_sha256
-from gapeval.infer.pipeline import (InferConfig, Pipeline, list_inputs, match_histograms, parse_shard, run, select_shard, tile_seed)
+from gapeval.infer.pipeline import InferConfig, Pipeline, list_inputs, match_histograms, parse_shard, run, select_shard, tile_seed
 from gapeval.infer.tiling import Tile
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -168,7 +168,7 @@ def test_stale_tile_cache_of_another_run_is_discarded(s2_tif: Path, source: Chec
 def test_shards_split_deterministically(monkeypatch: pytest.MonkeyPatch) -> None:
     files = [(f"f{i:02d}", Path(f"f{i:02d}.tif")) for i in range(11)]
     parts = [select_shard(list(reversed(files)), k, 3) for k in range(3)]
-    assert sorted(sum(parts, [])) == files and all(not set(a) & set(b) for a in parts for b in parts if a is not b)
+    assert sorted(p for part in parts for p in part) == files and all(not set(a) & set(b) for a in parts for b in parts if a is not b)
     assert parts[1] == [files[i] for i in (1, 4, 7, 10)]
     assert parse_shard("2/4") == (2, 4) and parse_shard(None) == (0, 1)
     monkeypatch.setenv("RANK", "3")

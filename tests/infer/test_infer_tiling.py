@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -17,14 +19,14 @@ def test_tile_starts_cover_with_minimum_overlap(length: int, tile: int, overlap:
     for s in starts:
         covered[s:s + size] = True
     assert covered.all() and starts[0] == 0 and starts[-1] + size == length
-    overlaps = [a + size - b for a, b in zip(starts, starts[1:])]
+    overlaps = [a + size - b for a, b in itertools.pairwise(starts)]
     assert all(o >= overlap for o in overlaps)
 
 
 @pytest.mark.parametrize("shape,tile,overlap,scale", [((3, 50, 37), 16, 4, 1), ((2, 40, 40), 16, 8, 4), ((1, 33, 70), 32, 16, 2), ((4, 16, 16), 16, 4, 4)])
 def test_identity_model_reproduces_input_exactly(shape, tile, overlap, scale) -> None:
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32) * 1000
-    nearest = lambda t: np.repeat(np.repeat(t, scale, axis=1), scale, axis=2)  # noqa: E731 - an "identity" SR model
+    nearest = lambda t: np.repeat(np.repeat(t, scale, axis=1), scale, axis=2)
     out = run_tiled(x, nearest, tile, overlap, scale)
     assert out.dtype == np.float32
     assert np.array_equal(out, nearest(x))

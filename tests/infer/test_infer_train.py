@@ -15,7 +15,7 @@ from gapeval.infer.train_sr3 import STATE_FILE, TrainConfig, draw_batch, find_pa
 from lpips_sat.errors import InputError
 
 RGBN = ("B04", "B03", "B02", "B08")
-TINY = dict(lr_scale=10000.0, hr_scale=10000.0, width=16, channel_mult=(1, 2), layers_per_block=1, attention_levels=(1,), norm_groups=8, patch=8, batch=2, save_every=2)
+TINY = {"lr_scale": 10000.0, "hr_scale": 10000.0, "width": 16, "channel_mult": (1, 2), "layers_per_block": 1, "attention_levels": (1,), "norm_groups": 8, "patch": 8, "batch": 2, "save_every": 2}
 
 
 @pytest.fixture
