@@ -534,13 +534,14 @@ def degrade_file(src: Path, dst: Path, config: DegradeConfig, *, hr_scale: float
                     return "skipped"
         except Exception:  # noqa: BLE001 - an unreadable partial file is simply redone
             pass
-    raster = read_raster(src, scale=hr_scale)
-    hi = float(np.nanmax(np.where(raster.valid, raster.data, np.nan))) if raster.valid.any() else float("nan")
-    if not np.isfinite(hi):
+    from gapeval.io import band_gain_offset, check_reflectance, raster_info
+
+    raster = read_raster(src)
+    gain, offset = band_gain_offset(raster_info(src), list(range(raster.data.shape[0])), hr_scale)  # --hr-scale, else file scales
+    data = np.where(raster.valid[None], raster.data * gain[:, None, None] + offset[:, None, None], np.nan).astype(np.float32)
+    if not raster.valid.any():
         raise InputError(f"{src}: no valid pixels")
-    if hi > 2.0:
-        raise InputError(f"{src}: values up to {hi:g} do not look like reflectance; pass --hr-scale (e.g. 10000 for Sentinel-2 DN)")
-    data = np.where(raster.valid[None], raster.data, np.nan).astype(np.float32)
+    check_reflectance(data, raster.valid, src, "--hr-scale")
     band_ids = input_bands(raster.descriptions, bands, data.shape[0], src)
     out = degrade_array(data, transform=raster.transform, crs=raster.crs, bands=band_ids, config=config,
                         rng=file_rng(config.seed, name or src.name))

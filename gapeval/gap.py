@@ -472,7 +472,8 @@ def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, c
             hf_hr = high_frequency_energy(hr, valid, cutoff=config.hf_cutoff)
             hf_sr = high_frequency_energy(sr, valid, cutoff=config.hf_cutoff)
             stats_.hf_ratio[i] = hf_sr / hf_hr if hf_hr > 0 else float("nan")
-            stats_.features.append(_cached_features(metric, sr, valid, ppath, tag, config, cache_dir))
+            # the SR tiles used depend on the target's validity too, so the target is part of the cache key
+            stats_.features.append(_cached_features(metric, sr, valid, ppath, f"{tag}|{_file_token(tpath, '')}", config, cache_dir))
             stats_.samples.append(_sample_pixels(sr, valid, k, rng))
             tkey = str(tpath.resolve())
             if tkey not in hr_done:

@@ -251,6 +251,10 @@ def test_cli_degrades_folder_with_geometry_scales_and_resume(tmp_path, capsys):
     argv[argv.index("--seed") + 1] = "2"  # another configuration: redone
     assert cli.main(argv) == 0
     assert "2 written" in capsys.readouterr().out
+    # the uint16 outputs carry their scale: degrading them again needs no --hr-scale
+    assert cli.main(["degrade", "--hr", str(out), "--out", str(tmp_path / "lr2"), "--profile", "bicubic", "--gsd", "20"]) == 0
+    with rasterio.open(tmp_path / "lr2" / "a.tif") as ds:
+        assert ds.dtypes[0] == "float32" and 0.1 < ds.read().mean() < 0.25 and (ds.width, ds.height) == (7, 7)
 
 
 def test_cli_errors_are_exit_code_1_with_a_clear_message(tmp_path, capsys):
