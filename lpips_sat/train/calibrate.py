@@ -348,10 +348,9 @@ def _fp16_check(path32: Path, path16: Path, images: Sequence[np.ndarray], n: int
     from lpips_sat.metric import LPIPSSat
 
     m32, m16 = LPIPSSat(path32), LPIPSSat(path16)
-    sampler = CropSampler(images, 96, 123)
-    x = sampler.sample(n)
+    ctx = CropSampler(images, PATCH + 2 * MARGIN, 123).sample(n)
     g = torch.Generator().manual_seed(0)
-    y = crop_margin(apply("blur", sampler.sample(n, 96 + 2 * MARGIN), 0.5, g))
+    x, y = crop_margin(ctx), crop_margin(apply("blur", ctx, 0.5, g))
     with torch.inference_mode():
         return float((m32(x, y) - m16(x, y)).abs().max())
 

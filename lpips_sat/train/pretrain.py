@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=0.0, help="stop (and save) after this many minutes; 0 = no limit")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--width-div", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--stop-at", type=int, default=0, help=argparse.SUPPRESS)  # simulate an interruption (tests)
 
 
 class Projector(nn.Module):
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and ckpt.exists():
         step = load_state(ckpt, {"backbone": backbone, "projector": projector}, opt)["step"]
         log.info("resumed at step %d", step)
-    recipe = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume", "threads", "time_budget", "checkpoint_every")}
+    recipe = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume", "threads", "time_budget", "checkpoint_every", "stop_at")}
     start = time.time()
     losses = out / "loss.csv"
     if step == 0:
@@ -156,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         if step % args.checkpoint_every == 0 or step == args.steps:
             save_state(ckpt, {"backbone": backbone, "projector": projector}, opt, {"step": step})
             log.info("step %d loss %.4f", step, loss.item())
+        if args.stop_at and step >= args.stop_at:
+            save_state(ckpt, {"backbone": backbone, "projector": projector}, opt, {"step": step})
+            return 0
         if args.time_budget and time.time() - start > args.time_budget * 60:
             save_state(ckpt, {"backbone": backbone, "projector": projector}, opt, {"step": step})
             log.warning("time budget reached at step %d; resume with --resume", step)

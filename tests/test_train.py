@@ -1,0 +1,99 @@
+"""Pretraining and calibration end to end at toy size on real Sentinel-2 pixels; resume; head fitting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpips_sat import LPIPSSat
+from lpips_sat.registry import load_weights
+from lpips_sat.train import calibrate, pretrain
+from lpips_sat.train.calibrate import Triplets, fit_heads, twoafc
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def s2_folder(tmp_path_factory) -> Path:
+    rasterio = pytest.importorskip("rasterio")
+    src = SHARED / "s2" / "s2_l1c_virginia_13band_10m.tif"
+    if not src.exists():
+        pytest.skip("shared Sentinel-2 stack not found")
+    from rasterio.windows import Window
+
+    out = tmp_path_factory.mktemp("s2")
+    with rasterio.open(src) as ds:
+        win = Window(400, 300, 192, 192)
+        data = ds.read(window=win)
+        profile = ds.profile | {"width": 192, "height": 192, "transform": ds.window_transform(win), "tiled": False}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(out / "crop.tif", "w", **profile) as dst:
+        dst.write(data)
+    return out
+
+
+def _pretrain(folder: Path, out: Path, steps: int, resume: bool = False, stop_at: int = 0) -> int:
+    args = ["--data", str(folder), "--out", str(out), "--steps", str(steps), "--stop-at", str(stop_at), "--batch", "4", "--crop", "32", "--jitter", "4",
+            "--checkpoint-every", "1", "--width-div", "8", "--threads", "1"] + (["--resume"] if resume else [])
+    return pretrain.main(args)
+
+
+def test_pretrain_resume_equals_uninterrupted(s2_folder, tmp_path):
+    assert _pretrain(s2_folder, tmp_path / "a", 4) == 0
+    # interrupted after 2 steps, then resumed to 4
+    assert _pretrain(s2_folder, tmp_path / "b", 4, stop_at=2) == 0
+    assert not (tmp_path / "b" / "backbone.safetensors").exists()
+    assert _pretrain(s2_folder, tmp_path / "b", 4, resume=True) == 0
+    wa, ma = load_weights(tmp_path / "a" / "backbone.safetensors")
+    wb, _ = load_weights(tmp_path / "b" / "backbone.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    loss = (tmp_path / "b" / "loss.csv").read_text().strip().splitlines()
+    assert len(loss) == 5  # header + 4 steps, none lost on resume
+    assert json.loads(ma["data"])[0]["sha256"]  # data provenance recorded
+    assert len(json.loads(ma["mean"])) == 4
+
+
+def test_calibrate_end_to_end_produces_loadable_weights(s2_folder, tmp_path):
+    _pretrain(s2_folder, tmp_path / "pt", 2)
+    rc = calibrate.main(["--backbone", str(tmp_path / "pt" / "backbone.safetensors"), "--data", str(s2_folder), "--out", str(tmp_path / "cal"),
+                         "--n-train", "48", "--n-val", "16", "--iters", "20", "--l2", "0", "0.1", "--threads", "1", "--holdout", "0.5"])
+    assert rc == 0
+    report = json.loads((tmp_path / "cal" / "report.json").read_text())
+    split = report["splits"]["heldout_region/heldout_families"]
+    assert set(split["2afc"]) >= {"LPIPS-Sat", "PSNR", "SSIM", "SAM", "L1", "LPIPS-Sat uncalibrated (ones)"}
+    assert all(0.0 <= v <= 1.0 for v in split["2afc"].values())
+    m = LPIPSSat(tmp_path / "cal" / "lpips-sat-s2-rn18.safetensors")
+    x = torch.rand(1, 4, 64, 64) * 0.2
+    assert float(m(x, x)) == 0.0
+    assert report["fp16_max_abs_diff"] < 1e-2
+    assert report["properties"]["identity_max"] == 0.0
+
+
+def test_fit_heads_learns_which_channels_matter():
+    """Only channel 0 carries the judgment; channel 1 is anti-correlated noise. Heads must weight channel 0."""
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    signal0, signal1 = torch.rand(n, generator=g), torch.rand(n, generator=g) + 0.5
+    noise0, noise1 = torch.rand(n, generator=g) * 3, torch.rand(n, generator=g) * 3
+    closer = torch.stack([signal0, noise1], 1)  # closer on channel 0 (signal0 < signal1); channel 1 is noise
+    further = torch.stack([signal1, noise0], 1)
+    swap = (torch.rand(n, generator=g) < 0.5)[:, None]  # present the closer one first or second at random
+    d0, d1 = torch.where(swap, further, closer), torch.where(swap, closer, further)
+    t = Triplets(d0, d1, (~swap[:, 0]).float(), ["x"] * n, ["y"] * n)
+    w = fit_heads(t, iters=400, lr=0.05)
+    assert (w >= 0).all()
+    assert w[0] > 3 * w[1]
+    assert twoafc(d0 @ w, d1 @ w, t.p) > 0.85  # the ideal is P(signal0 < signal1) = 0.875
+    assert twoafc(d0 @ torch.ones(2), d1 @ torch.ones(2), t.p) < 0.8  # uncalibrated is worse
+
+
+def test_twoafc_counts_ties_as_half():
+    d = torch.tensor([1.0, 2.0, 3.0])
+    assert twoafc(d, torch.tensor([2.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 1.0])) == pytest.approx(0.5)
+    assert twoafc(d, d + 1, torch.tensor([0.8, 0.8, 0.8])) == pytest.approx(0.8)
