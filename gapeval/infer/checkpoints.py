@@ -113,7 +113,8 @@ def _hub_fetch(repo_id: str, filename: str | None, patterns: Sequence[str] | Non
         return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=list(patterns) if patterns else None, local_files_only=offline))
     except Exception as exc:
         where = f"{repo_id}:{filename}" if filename else repo_id
-        raise OfflineError(f"Could not fetch {where} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        raise OfflineError(f"{where} is not a local file or folder, and fetching it as a Hugging Face hub id failed "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                            "Offline? Download it elsewhere and pass the local file or folder to --checkpoint.") from exc
 
 
