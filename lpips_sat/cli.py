@@ -285,6 +285,45 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tuple[str, str]], own_packages: tuple[str, ...]) -> None:
+    """Add one sub-command per module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+
+    A module of ``own_packages`` that is missing (or lacks those functions) turns into a command that fails
+    with a clear message; a missing third-party import inside it is re-raised.
+    """
+    for name, (module, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+            add_arguments, run = mod.add_arguments, mod.run
+        except (ModuleNotFoundError, AttributeError) as exc:
+            if isinstance(exc, ModuleNotFoundError) and not (exc.name or "").startswith(own_packages):
+                raise
+            p.set_defaults(_unavailable=f"'{name}' is not available in this installation ({module}: {exc})")
+            continue
+        add_arguments(p)
+        p.set_defaults(_run=run)
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; exit codes 0 ok, 1 data error (LPIPSSatError), 2 usage."""
+    args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
+    if extra and not getattr(args, "_unavailable", None):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "_unavailable", None):
+        print(f"{parser.prog}: error: {args._unavailable}", file=sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except LPIPSSatError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; training sub-commands are imported only to add their arguments."""
     parser = argparse.ArgumentParser(prog="lpips-sat", description=__doc__.splitlines()[0])
@@ -296,39 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="registry entries, shipped weights and their sha256 check", description=run_info.__doc__)
     add_info_arguments(p)
     p.set_defaults(_run=run_info)
-    for name, (module, help_text) in TRAIN_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            mod = importlib.import_module(module)
-            add_arguments, run = mod.add_arguments, mod.run
-        except (ModuleNotFoundError, AttributeError) as exc:
-            if isinstance(exc, ModuleNotFoundError) and not (exc.name or "").startswith("lpips_sat"):
-                raise
-            p.set_defaults(_unavailable=f"'{name}' is not available in this installation ({module}: {exc})")
-            continue
-        add_arguments(p)
-        p.set_defaults(_run=run)
+    add_module_commands(sub, TRAIN_COMMANDS, ("lpips_sat",))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lpips-sat`` script."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
-    if extra and not getattr(args, "_unavailable", None):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "_unavailable", None):
-        print(f"lpips-sat: error: {args._unavailable}", file=sys.stderr)
-        return 2
-    try:
-        return int(args._run(args) or 0)
-    except LPIPSSatError as exc:
-        print(f"lpips-sat {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"lpips-sat {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,25 +94,29 @@ def _blank(arch: str, in_chans: int) -> nn.Module:
     return net.eval()
 
 
+def _moco_reference(arch: str, n_bands: int, prefix: str) -> Callable[[dict[str, torch.Tensor]], list[nn.Module]]:
+    """SSL4EO-S12 linear_BE_moco.py / linear_BE_moco_v3.py: keep ``prefix*`` except ``prefix + fc``, strip the
+    prefix, ``load_state_dict(strict=False)`` and accept only ``fc`` as missing."""
+    def reference(st: dict[str, torch.Tensor]) -> list[nn.Module]:
+        net = _blank(arch, n_bands)
+        kept = {k[len(prefix):]: v for k, v in st.items() if k.startswith(prefix) and not k.startswith(prefix + "fc")}
+        missing, unexpected = net.load_state_dict(kept, strict=False)
+        assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+        return _tv_modules(net)
+    return reference
+
+
 def moco_v2(arch: str, bands: list[str]) -> Family:
     """SSL4EO-S12 MoCo(-v2) full checkpoint: ``state_dict`` with ``module.encoder_q.`` / ``module.encoder_k.``,
     projection MLP ``fc.0``/``fc.2`` in both encoders, ``module.queue`` and ``module.queue_ptr``."""
     enc, dim = _encoder(arch, len(bands)), _feat_dim(arch)
     mlp = {"fc.0.weight": torch.randn(16, dim), "fc.0.bias": torch.randn(16), "fc.2.weight": torch.randn(8, 16), "fc.2.bias": torch.randn(8)}
     state = {**_prefixed("module.encoder_q.", {**enc, **mlp}),
-             **_prefixed("module.encoder_k.", {k: v + 1.0 for k, v in {**enc, **mlp}.items() if v.is_floating_point()}),
+             **_prefixed("module.encoder_k.", {k: v + 1.0 if v.is_floating_point() else v.clone() for k, v in {**enc, **mlp}.items()}),
              "module.queue": torch.randn(8, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
 
-    def reference(st: dict[str, torch.Tensor]) -> list[nn.Module]:
-        # SSL4EO-S12 linear_BE_moco.py: keep module.encoder_q.* except .fc, strip the prefix, strict=False, fc missing
-        net = _blank(arch, len(bands))
-        kept = {k[len("module.encoder_q."):]: v for k, v in st.items() if k.startswith("module.encoder_q.") and not k.startswith("module.encoder_q.fc")}
-        missing, unexpected = net.load_state_dict(kept, strict=False)
-        assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
-        return _tv_modules(net)
-
     ckpt = {"epoch": 100, "arch": arch, "state_dict": state, "optimizer": _optimizer_state()}
-    return Family(f"ssl4eo-moco-v2-{arch}-{len(bands)}b", arch, bands, ckpt, state, reference)
+    return Family(f"ssl4eo-moco-v2-{arch}-{len(bands)}b", arch, bands, ckpt, state, _moco_reference(arch, len(bands), "module.encoder_q."))
 
 
 def moco_v3(arch: str, bands: list[str]) -> Family:
@@ -128,17 +132,9 @@ def moco_v3(arch: str, bands: list[str]) -> Family:
     state = {**_prefixed("module.base_encoder.", {**enc, **proj}), **_prefixed("module.momentum_encoder.", {k: v.clone() for k, v in {**enc, **proj}.items()}),
              **_prefixed("module.predictor.", pred)}
 
-    def reference(st: dict[str, torch.Tensor]) -> list[nn.Module]:
-        # SSL4EO-S12 linear_BE_moco_v3.py: keep module.base_encoder.* except .fc, strip, strict=False
-        net = _blank(arch, len(bands))
-        kept = {k[len("module.base_encoder."):]: v for k, v in st.items() if k.startswith("module.base_encoder.") and not k.startswith("module.base_encoder.fc")}
-        missing, unexpected = net.load_state_dict(kept, strict=False)
-        assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
-        return _tv_modules(net)
-
     ckpt = {"epoch": 100, "arch": arch, "state_dict": state, "optimizer": _optimizer_state(),
             "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0}}
-    return Family(f"moco-v3-{arch}-{len(bands)}b", arch, bands, ckpt, state, reference)
+    return Family(f"moco-v3-{arch}-{len(bands)}b", arch, bands, ckpt, state, _moco_reference(arch, len(bands), "module.base_encoder."))
 
 
 def dino(arch: str, bands: list[str]) -> Family:
