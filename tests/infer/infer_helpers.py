@@ -1,4 +1,7 @@
-"""Shared helpers of the gapeval infer tests: tiny GeoTIFFs and checkpoints in each adapter's real format."""
+"""Helpers of the gapeval infer tests: tiny GeoTIFFs, LDM layouts and checkpoints in each adapter's real format.
+
+(A module of its own, not conftest.py, so that ``from infer_helpers import …`` cannot pick up another conftest.)
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
 import torch
 from affine import Affine
-
-# Tiny convolutions are ~100x slower with 2 OpenMP threads on this oversubscribed 2-core machine than with one.
-torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 CRS = "EPSG:32618"
@@ -38,14 +37,6 @@ def s2_dn(bands: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = 800 + 600 * np.sin(3 * xx + 2 * yy)[None] + rng.normal(0, 60, (bands, size, size))
     return np.round(np.clip(base + 150 * np.arange(bands)[:, None, None], 1, 9000))
-
-
-@pytest.fixture
-def s2_tif(tmp_path: Path) -> Path:
-    """A 32 x 32 px 4-band (B04, B03, B02, B08) Sentinel-2-like DN GeoTIFF in its own folder."""
-    folder = tmp_path / "lr"
-    folder.mkdir()
-    return write_tif(folder / "scene.tif", s2_dn(), descriptions=("B04", "B03", "B02", "B08"))
 
 
 def read(path: Path) -> tuple[np.ndarray, dict, Affine, object, tuple]:
@@ -190,16 +181,6 @@ def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0, std: float =
 
 
 TINY_LDSR = {"mc": 32, "mult": (1, 2), "nres": 1, "attn": frozenset({1}), "ae_ch": 32, "ae_mult": (1, 2, 4), "ae_nres": 1, "timesteps": 1000}
-
-
-@pytest.fixture(scope="session")
-def ldsr_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random LDSR-S2 checkpoint in the Lightning layout (``torch.save({'state_dict': …})``), plus a ``loss.*`` tensor."""
-    state = random_state(ldsr_state_shapes(**TINY_LDSR), seed=1)
-    state["loss.perceptual_loss.net.slice1.0.weight"] = torch.zeros(4, 3, 3, 3)
-    path = tmp_path_factory.mktemp("ckpt") / "ldsr_tiny.ckpt"
-    torch.save({"state_dict": state, "global_step": 7}, path)
-    return path
 
 
 def load_fixture_shapes() -> dict[str, tuple[int, ...]]:

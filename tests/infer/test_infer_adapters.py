@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TRANSFORM, read, s2_dn, write_tif
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
+from infer_helpers import TRANSFORM, read, s2_dn, write_tif
 
 from gapeval.cli import main
 from gapeval.infer import resshift as rs

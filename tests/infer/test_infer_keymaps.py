@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_LDSR, ldm_autoencoder_shapes, ldm_unet_shapes, ldsr_state_shapes, load_fixture_shapes, random_state
 from diffusers import AutoencoderKL, UNet2DModel, VQModel
+from infer_helpers import TINY_LDSR, ldm_autoencoder_shapes, ldm_unet_shapes, ldsr_state_shapes, load_fixture_shapes, random_state
 
 from gapeval.infer import ldm_keys as K
 from gapeval.infer.ldsr_s2 import ema_key, split_checkpoint

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TRANSFORM, read, s2_dn, write_tif
+from infer_helpers import TRANSFORM, read, s2_dn, write_tif
 from skimage.exposure import match_histograms as sk_match
 
 from gapeval.infer.base import Adapter, batch_randn
