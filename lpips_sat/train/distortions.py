@@ -144,17 +144,20 @@ def hallucination(x, s, g):
     return x + _per(x, 0.5 + 1.5 * s) * detail
 
 
-def landcover(x, s, g):
-    n, _, h, w = x.shape
-    other = _other(x, g)
+def _paste_boxes(x: torch.Tensor, donor: torch.Tensor, fractions: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``x`` with one random box per sample, covering ``fractions`` of its area, copied from ``donor``."""
+    h, w = x.shape[-2:]
     out = x.clone()
-    for i, si in enumerate(s.tolist()):
-        frac = 0.15 + 0.35 * si
+    for i, frac in enumerate(fractions.tolist()):
         bh, bw = max(2, int(h * math.sqrt(frac))), max(2, int(w * math.sqrt(frac)))
         y0 = int(torch.randint(0, h - bh + 1, (1,), generator=g))
         x0 = int(torch.randint(0, w - bw + 1, (1,), generator=g))
-        out[i, :, y0 : y0 + bh, x0 : x0 + bw] = other[i, :, y0 : y0 + bh, x0 : x0 + bw]
+        out[i, :, y0 : y0 + bh, x0 : x0 + bw] = donor[i, :, y0 : y0 + bh, x0 : x0 + bw]
     return out
+
+
+def landcover(x, s, g):
+    return _paste_boxes(x, _other(x, g), 0.15 + 0.35 * s, g)
 
 
 def sharpen(x, s, g):
@@ -176,16 +179,7 @@ def posterize(x, s, g):
 
 
 def omission(x, s, g):
-    smooth = gaussian_blur(x, 3.0)
-    n, _, h, w = x.shape
-    out = x.clone()
-    for i, si in enumerate(s.tolist()):
-        frac = 0.2 + 0.5 * si
-        bh, bw = max(2, int(h * math.sqrt(frac))), max(2, int(w * math.sqrt(frac)))
-        y0 = int(torch.randint(0, h - bh + 1, (1,), generator=g))
-        x0 = int(torch.randint(0, w - bw + 1, (1,), generator=g))
-        out[i, :, y0 : y0 + bh, x0 : x0 + bw] = smooth[i, :, y0 : y0 + bh, x0 : x0 + bw]
-    return out
+    return _paste_boxes(x, gaussian_blur(x, 3.0), 0.2 + 0.5 * s, g)
 
 
 def _dct_matrix(n: int = 8) -> torch.Tensor:
