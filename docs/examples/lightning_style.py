@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import STEPS, TinySR, make_metric, toy_pairs
 from lpips_sat.running import LPIPSSatMetric
+from common import STEPS, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 
 class SRModule(nn.Module):

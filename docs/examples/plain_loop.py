@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from common import STEPS, TinySR, make_metric, toy_pairs
+from common import STEPS, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 
 def main() -> dict[str, float]:

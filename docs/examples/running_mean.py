@@ -10,12 +10,11 @@ distances for a bootstrap confidence interval (``gapeval.stats.bootstrap_ci``, n
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import make_metric, toy_pairs
 from lpips_sat.running import LPIPSSatMetric
+from common import make_metric, toy_pairs  # docs/examples/common.py
 
 
 def main() -> float:
