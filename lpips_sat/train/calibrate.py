@@ -67,6 +67,42 @@ class Triplets:
                         {k: torch.cat([t.base1[k] for t in items]) for k in items[0].base1})
 
 
+def save_judgments(path: Path, sets: dict[str, dict[str, Triplets]], backbone_sha256: str) -> None:
+    """Cache featurised judgments (safetensors; family names in the metadata) so head fitting can be re-run."""
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for set_name, by_feat in sets.items():
+        for feat, t in by_feat.items():
+            key = f"{set_name}|{feat}"
+            tensors.update({f"{key}|d0": t.d0, f"{key}|d1": t.d1, f"{key}|p": t.p})
+            tensors.update({f"{key}|b0|{k}": v for k, v in t.base0.items()})
+            tensors.update({f"{key}|b1|{k}": v for k, v in t.base1.items()})
+            meta[key] = json.dumps([t.fam_a, t.fam_b])
+    tmp = path.with_suffix(".tmp")
+    meta["__backbone_sha256__"] = backbone_sha256
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_judgments(path: Path, backbone_sha256: str) -> dict[str, dict[str, Triplets]]:
+    """Inverse of :func:`save_judgments`; refuses a cache made with another backbone."""
+    from safetensors import safe_open
+
+    out: dict[str, dict[str, Triplets]] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        if meta.pop("__backbone_sha256__", None) != backbone_sha256:
+            raise InputError(f"{path} was featurised with another backbone; drop --reuse-judgments")
+        for key, fams in meta.items():
+            set_name, feat = key.split("|")
+            fam_a, fam_b = json.loads(fams)
+            b0 = {k.split("|")[-1]: fh.get_tensor(k) for k in fh.keys() if k.startswith(f"{key}|b0|")}
+            b1 = {k.split("|")[-1]: fh.get_tensor(k) for k in fh.keys() if k.startswith(f"{key}|b1|")}
+            out.setdefault(set_name, {})[feat] = Triplets(fh.get_tensor(f"{key}|d0"), fh.get_tensor(f"{key}|d1"), fh.get_tensor(f"{key}|p"), fam_a, fam_b, b0, b1)
+    return out
+
+
 class Featurizer:
     """Backbone + normalisation turning images into per-channel mean squared tap differences."""
 
@@ -147,18 +183,29 @@ class RankNet(nn.Module):
         return self.net(x).squeeze(1)
 
 
-def fit_heads(t: Triplets, *, l2: float = 0.0, iters: int = 1500, lr: float = 1e-2, seed: int = 0, init: torch.Tensor | None = None) -> torch.Tensor:
-    """Train non-negative per-channel heads on ``t`` (BCE through :class:`RankNet`); returns the (sum C,) weights."""
+def fit_heads(t: Triplets, *, l2: float = 0.0, iters: int = 1500, lr: float = 1e-2, seed: int = 0,
+              groups: Sequence[int] | None = None) -> torch.Tensor:
+    """Train non-negative heads on ``t`` (BCE through :class:`RankNet`); returns the (sum C,) channel weights.
+
+    With ``groups`` (channels per tap), one weight per tap is learnt and shared by its channels: 5 parameters
+    instead of ~1000, the low-variance choice when judgments are few or families must transfer. ``l2`` pulls
+    the weights towards their mean (a uniform head) in relative units.
+    """
     torch.manual_seed(seed)
     scale = float(torch.cat([t.d0, t.d1]).sum(1).mean())
-    w = nn.Parameter(init.clone() if init is not None else torch.full((t.d0.shape[1],), 1.0 / max(scale, 1e-12)))
+    if groups is not None:
+        expand = torch.repeat_interleave(torch.eye(len(groups)), torch.tensor(list(groups)), dim=0)  # (sum C, taps)
+    else:
+        expand = None
+    n = len(groups) if groups is not None else t.d0.shape[1]
+    w = nn.Parameter(torch.full((n,), 1.0 / max(scale, 1e-12)))
     rank = RankNet()
     opt = torch.optim.Adam([w, *rank.parameters()], lr=lr, betas=(0.5, 0.999))
     target = 1 - t.p  # probability that b is closer
     w0 = w.detach().clone()
     for _ in range(iters):
-        d0, d1 = t.d0 @ w, t.d1 @ w
-        loss = F.binary_cross_entropy_with_logits(rank(d0, d1), target)
+        full = expand @ w if expand is not None else w
+        loss = F.binary_cross_entropy_with_logits(rank(t.d0 @ full, t.d1 @ full), target)
         if l2:
             loss = loss + l2 * ((w - w0.mean()) / w0.mean()).pow(2).mean()
         opt.zero_grad()
@@ -166,7 +213,7 @@ def fit_heads(t: Triplets, *, l2: float = 0.0, iters: int = 1500, lr: float = 1e
         opt.step()
         with torch.no_grad():
             w.clamp_(min=0.0)
-    return w.detach()
+    return (expand @ w if expand is not None else w).detach()
 
 
 def twoafc(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> float:
@@ -180,20 +227,22 @@ def involves(t: Triplets, families: Sequence[str]) -> torch.Tensor:
     return torch.tensor([a in fam or b in fam for a, b in zip(t.fam_a, t.fam_b)])
 
 
-def choose_l2(t: Triplets, candidates: Sequence[float], seed: int, iters: int) -> tuple[float, dict[str, float]]:
-    """Leave-one-damage-family-out CV within the training families; returns the best L2 and each score."""
+def choose_heads(t: Triplets, candidates: Sequence[float], channels: Sequence[int], seed: int, iters: int) -> tuple[dict, dict[str, float]]:
+    """Pick head form (per channel / per tap) and L2 by leave-one-damage-family-out CV within the training families."""
     damages = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "damage"]
+    options = [{"groups": None, "l2": l2} for l2 in candidates] + [{"groups": list(channels), "l2": 0.0}]
     scores = {}
-    for l2 in candidates:
+    for opt in options:
         accs = []
         for fam in damages:
             held = involves(t, [fam])
-            w = fit_heads(t.subset(~held), l2=l2, seed=seed, iters=iters)
+            w = fit_heads(t.subset(~held), l2=opt["l2"], groups=opt["groups"], seed=seed, iters=iters)
             v = t.subset(held)
             accs.append(twoafc(v.d0 @ w, v.d1 @ w, v.p))
-        scores[str(l2)] = float(np.mean(accs))
-        log.info("l2=%g leave-one-family-out 2AFC %.4f", l2, scores[str(l2)])
-    best = max(candidates, key=lambda c: scores[str(c)])
+        key = f"{'per_tap' if opt['groups'] else 'per_channel'}/l2={opt['l2']}"
+        scores[key] = float(np.mean(accs))
+        log.info("%s leave-one-family-out 2AFC %.4f", key, scores[key])
+    best = max(options, key=lambda o: scores[f"{'per_tap' if o['groups'] else 'per_channel'}/l2={o['l2']}"])
     return best, scores
 
 
@@ -255,6 +304,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="lpips-sat-s2-rn18")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--reuse-judgments", action="store_true", help="reuse OUT/judgments.safetensors (same backbone!) instead of regenerating")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,27 +330,35 @@ def run(args: argparse.Namespace) -> int:
     all_dams = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
     held_nuis = [f for f in HELDOUT_FAMILIES if FAMILIES[f].kind == "nuisance"]
     held_dams = [f for f in HELDOUT_FAMILIES if FAMILIES[f].kind == "damage"]
-    log.info("generating %d training judgments", args.n_train)
-    train = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed)
+    cache = out / "judgments.safetensors"
+    if args.reuse_judgments and cache.exists():
+        sets = load_judgments(cache, sha256_file(args.backbone))
+        log.info("reusing featurised judgments from %s", cache)
+    else:
+        log.info("generating %d training judgments", args.n_train)
+        sets = {"train": make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed)}
+        splits = {"heldout_region": CropSampler(val_imgs, PATCH + 2 * MARGIN, args.seed + 1)}
+        if scenes:
+            splits["heldout_scenes"] = CropSampler(scenes, PATCH + 2 * MARGIN, args.seed + 2)
+        for split, sampler in splits.items():
+            log.info("generating validation judgments on %s", split)
+            sets[f"{split}/train_families"] = make_judgments(sampler, args.n_val, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed + 10)
+            # held-out families: every judgment involves at least one of them
+            a = make_judgments(sampler, args.n_val // 2, all_nuis, held_dams, held_dams, featurizers, args.seed + 20)
+            b = make_judgments(sampler, args.n_val // 2, held_nuis, all_dams, held_nuis, featurizers, args.seed + 30)
+            sets[f"{split}/heldout_families"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
+        save_judgments(cache, sets, sha256_file(args.backbone))
+    train = sets.pop("train")
+    val_sets = sets
     if args.judgments:
         user = read_judgments_csv(args.judgments, featurizers["lpips_sat"])
         train["lpips_sat"] = Triplets.cat([train["lpips_sat"], user])
-    val_sets: dict[str, dict[str, Triplets]] = {}
-    splits = {"heldout_region": CropSampler(val_imgs, PATCH + 2 * MARGIN, args.seed + 1)}
-    if scenes:
-        splits["heldout_scenes"] = CropSampler(scenes, PATCH + 2 * MARGIN, args.seed + 2)
-    for split, sampler in splits.items():
-        log.info("generating validation judgments on %s", split)
-        val_sets[f"{split}/train_families"] = make_judgments(sampler, args.n_val, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed + 10)
-        # held-out families: every judgment involves at least one of them
-        a = make_judgments(sampler, args.n_val // 2, all_nuis, held_dams, held_dams, featurizers, args.seed + 20)
-        b = make_judgments(sampler, args.n_val // 2, held_nuis, all_dams, held_nuis, featurizers, args.seed + 30)
-        val_sets[f"{split}/heldout_families"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
-    best_l2, cv = choose_l2(train["lpips_sat"], args.l2, args.seed, min(args.iters, 600))
-    heads = fit_heads(train["lpips_sat"], l2=best_l2, seed=args.seed, iters=args.iters)
-    rand_heads = fit_heads(train["random_backbone"], l2=best_l2, seed=args.seed, iters=args.iters)
+    best, cv = choose_heads(train["lpips_sat"], args.l2, backbone.channels, args.seed, min(args.iters, 600))
+    best_l2 = best["l2"]
+    heads = fit_heads(train["lpips_sat"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
+    rand_heads = fit_heads(train["random_backbone"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     ones = torch.ones_like(heads)
-    report: dict = {"l2": best_l2, "l2_cv": cv, "n_train": len(train["lpips_sat"].p), "heldout_families": list(HELDOUT_FAMILIES),
+    report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p), "heldout_families": list(HELDOUT_FAMILIES),
                     "train_families": list(TRAIN_FAMILIES), "splits": {}}
     for name, tri in val_sets.items():
         t, r = tri["lpips_sat"], tri["random_backbone"]
@@ -322,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
     head_list = split_heads(heads, backbone.channels)
     meta = {k: v for k, v in bmeta.items() if k in ("arch", "bands", "mean", "std", "width_div", "recipe", "data", "steps_done")}
     meta.update({"name": args.name, "taps": json.dumps(list(TAPS)), "normalisation": "reflectance (DN/10000), then (x - mean) / std per band",
-                 "calibration": json.dumps({"l2": best_l2, "n_train": report["n_train"], "seed": args.seed, "heldout_families": list(HELDOUT_FAMILIES)}),
+                 "calibration": json.dumps({"l2": best_l2, "head_form": report["head_form"], "n_train": report["n_train"], "seed": args.seed, "heldout_families": list(HELDOUT_FAMILIES)}),
                  "source": "lpips-sat: trained on the shared Sentinel-2 L1C stack (CC0, Copernicus) and NAIP (public domain)",
                  "licence": "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016", "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives",
                  "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"})
