@@ -180,9 +180,10 @@ def histogram_match(image: np.ndarray, reference: np.ndarray, *, image_valid: np
     """Per-band quantile mapping of ``image`` onto the value distribution of ``reference`` (e.g. an SR output onto
     its LR input, as done by LDSR-S2 / opensr). The two may differ in size; the mapping is monotone per band.
 
-    Each distinct value of a band of ``image`` at mid-rank quantile ``q = (cum_count - count / 2) / n`` is replaced by
-    the ``reference`` band's quantile function at ``q`` (linear interpolation between its mid-rank quantiles).
-    Invalid pixels are left unchanged. Returns float32 (C, H, W).
+    Each distinct value of a band of ``image`` at cumulative frequency ``q`` gets the ``reference`` value at the same
+    cumulative frequency, linearly interpolated between the reference's distinct values (Gonzalez & Woods, Digital
+    Image Processing, 3.3.2; the mapping of ``skimage.exposure.match_histograms``). Invalid pixels are left
+    unchanged. Returns float32 (C, H, W).
     """
     image, reference = np.asarray(image, dtype=np.float32), np.asarray(reference, dtype=np.float32)
     if image.ndim != 3 or reference.ndim != 3 or image.shape[0] != reference.shape[0]:
@@ -196,8 +197,8 @@ def histogram_match(image: np.ndarray, reference: np.ndarray, *, image_valid: np
             raise InputError(f"histogram_match: band {b} has no valid pixels in the {'image' if src.size == 0 else 'reference'}")
         s_vals, s_inv, s_cnt = np.unique(src, return_inverse=True, return_counts=True)
         r_vals, r_cnt = np.unique(ref, return_counts=True)
-        s_q = (np.cumsum(s_cnt) - s_cnt / 2) / src.size
-        r_q = (np.cumsum(r_cnt) - r_cnt / 2) / ref.size
+        s_q = np.cumsum(s_cnt) / src.size
+        r_q = np.cumsum(r_cnt) / ref.size
         band = out[b]
         band[im_mask] = np.interp(s_q, r_q, r_vals)[s_inv.ravel()].astype(np.float32)
     return out

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from affine import Affine
 
 import gapeval
+from gapeval.degrade import histogram_match
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
@@ -163,29 +164,6 @@ def fill_invalid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         band = out[b]
         fill = float(band[valid].mean()) if valid.any() else 0.0
         band[~valid] = fill
-    return out
-
-
-def match_histograms(image: np.ndarray, reference: np.ndarray, image_valid: np.ndarray, reference_valid: np.ndarray) -> np.ndarray:
-    """Per-band histogram matching of ``image`` to ``reference`` (C, H, W) over valid pixels (CDF matching).
-
-    Each distinct value of a band gets the reference value at the same cumulative frequency, linearly
-    interpolated between the reference's distinct values (Gonzalez & Woods, Digital Image Processing, 3.3.2;
-    the same mapping as ``skimage.exposure.match_histograms``). Invalid pixels are left unchanged.
-    """
-    out = image.copy()
-    for b in range(image.shape[0]):
-        src = image[b][image_valid]
-        ref = reference[b][reference_valid]
-        if src.size == 0 or ref.size == 0:
-            continue
-        _, inverse, counts = np.unique(src, return_inverse=True, return_counts=True)
-        ref_values, ref_counts = np.unique(ref, return_counts=True)
-        src_cdf = np.cumsum(counts) / src.size
-        ref_cdf = np.cumsum(ref_counts) / ref.size
-        mapped = np.interp(src_cdf, ref_cdf, ref_values)
-        band = out[b]
-        band[image_valid] = mapped[inverse.reshape(-1)].astype(out.dtype)
     return out
 
 
@@ -369,8 +347,9 @@ class Pipeline:
 
             computed += self._run_batches(image, todo, lambda t, k=k: tile_seed(c.seed, key, t, k), done)
             img = blender.result()[:, : H * s, : W * s]
-            if self.histogram_match:
-                img = match_histograms(img, lr, upsample_mask(valid, s) & np.isfinite(img).all(axis=0), valid)
+            out_valid = upsample_mask(valid, s) & np.isfinite(img).all(axis=0)
+            if self.histogram_match and out_valid.any() and valid.any():
+                img = histogram_match(img, lr, image_valid=out_valid, reference_valid=valid)
             if c.samples == 1:
                 return img, None, computed, cached
             img64 = img.astype(np.float64)

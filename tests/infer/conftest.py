@@ -9,16 +9,6 @@ import torch
 from infer_helpers import TINY_LDSR, ldsr_state_shapes, random_state, s2_dn, write_tif
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions ran ~100x slower with 2 OpenMP threads than with 1 on the shared 2-core test machine
-    (68 ms vs 0.6 ms for a 32-channel 16 px conv); only this folder's tests are affected, the setting is restored."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def s2_tif(tmp_path: Path) -> Path:
     """A 32 x 32 px 4-band (B04, B03, B02, B08) Sentinel-2-like DN GeoTIFF in its own folder."""

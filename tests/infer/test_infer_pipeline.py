@@ -12,7 +12,8 @@ from skimage.exposure import match_histograms as sk_match
 
 from gapeval.infer.base import Adapter, batch_randn
 from gapeval.infer.checkpoints import CheckpointSource, checkpoint_sha256
-from gapeval.infer.pipeline import InferConfig, Pipeline, list_inputs, match_histograms, parse_shard, run, select_shard, tile_seed
+from gapeval.degrade import histogram_match
+from gapeval.infer.pipeline import InferConfig, Pipeline, list_inputs, parse_shard, run, select_shard, tile_seed
 from gapeval.infer.tiling import Tile
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -249,10 +250,10 @@ def test_histogram_matching_equals_skimage() -> None:
     img = rng.gamma(2.0, 0.05, (3, 40, 40)).astype(np.float32)
     ref = rng.normal(0.2, 0.05, (3, 10, 10)).astype(np.float32)
     ones_i, ones_r = np.ones((40, 40), bool), np.ones((10, 10), bool)
-    got = match_histograms(img, ref, ones_i, ones_r)
+    got = histogram_match(img, ref, image_valid=ones_i, reference_valid=ones_r)
     expected = np.stack([sk_match(img[b], ref[b]) for b in range(3)])
     assert np.allclose(got, expected, atol=1e-6)
     mask = ones_i.copy()
     mask[:5] = False
-    part = match_histograms(img, ref, mask, ones_r)
+    part = histogram_match(img, ref, image_valid=mask, reference_valid=ones_r)
     assert np.array_equal(part[:, :5], img[:, :5])
