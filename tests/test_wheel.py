@@ -1,16 +1,21 @@
 """Build the wheel, install it into a fresh virtual environment and run ``LPIPSSat()`` from outside the repository.
 
 This catches package data missing from the wheel (``lpips_sat/weights/*.safetensors``, ``index.json``): inside
-the checkout, ``weights_dir()`` would find ``weights/`` next to the sources and hide the gap. The venv uses
-``--system-site-packages`` for torch & co. (several GB) and installs only the wheel itself (``--no-deps``).
+the checkout, ``weights_dir()`` would find ``weights/`` next to the sources and hide the gap. Reinstalling torch
+& co. (several GB) into the fresh venv would be too slow, so the venv sees the *running* environment's
+site-packages through a ``.pth`` file (this also works when the tests themselves run inside a venv, where
+``--system-site-packages`` would expose the base interpreter instead) and gets only the wheel installed
+(``--no-deps --ignore-installed``); its own site-packages come first on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -61,9 +66,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     base = tmp_path_factory.mktemp("wheel")
     wheel = _build_wheel(base)
     venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=base)
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=base)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", wheel], cwd=base)
+    venv_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base).stdout.strip())
+    parent = [p for p in dict.fromkeys(site.getsitepackages() + [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]) if Path(p).is_dir()]
+    (venv_site / "_parent_environment.pth").write_text("\n".join(parent) + "\n")
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel], cwd=base)
     work = base / "elsewhere"
     work.mkdir()
     return wheel, python, work
