@@ -10,6 +10,7 @@ Features as a Perceptual Metric", eq. 1, on a Sentinel-2 backbone):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -82,7 +83,9 @@ class LPIPSSat(nn.Module):
         parts = weights if isinstance(weights, _Parts) else _parts_from_weights(weights)
         if input_range not in INPUT_RANGES:
             raise InputError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
-        self.backbone = parts.backbone
+        # channels-last weights and inputs: 1.1-1.25x faster ResNet forward on CPU (oneDNN) and the usual layout on
+        # CUDA; numbers agree with the default layout to float32 rounding (docs/performance.md)
+        self.backbone = parts.backbone.to(memory_format=torch.channels_last)
         channels = self.backbone.channels
         heads = parts.heads if parts.heads is not None else [torch.ones(1, c, 1, 1) for c in channels]
         self.heads = nn.ParameterList([nn.Parameter(h.reshape(1, c, 1, 1).float(), requires_grad=False) for h, c in zip(heads, channels)])
@@ -190,10 +193,10 @@ class LPIPSSat(nn.Module):
             if self.input_range != "dn":
                 raise InputError(f"`{name}` is an integer tensor ({x.dtype}); pass float reflectance (DN / 10000) or input_range='dn'")
         x = x.float()
-        stats = torch.stack([(~torch.isfinite(x)).sum().float(), torch.nan_to_num(x, 0.0, 0.0, 0.0).amax(), torch.nan_to_num(x, 0.0, 0.0, 0.0).amin()]).tolist()
-        bad, hi, lo = stats
-        if bad:
-            raise InputError(f"`{name}` contains {int(bad)} NaN/inf values; mask or fill nodata before calling the metric")
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one pass, no copy; NaN/inf anywhere make lo or hi non-finite
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(f"`{name}` contains {bad} NaN/inf values; mask or fill nodata before calling the metric")
         if self.input_range == "reflectance":
             if hi > MAX_REFLECTANCE:
                 raise InputError(f"`{name}` looks like digital numbers (max {hi:g} > {MAX_REFLECTANCE}); divide by 10000 (Sentinel-2 L1C/L2A) or pass input_range='dn'")
@@ -211,7 +214,7 @@ class LPIPSSat(nn.Module):
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
         if not prepared:
             x = self.prepare(x, name)
-        return [normalize_channels(f, self.eps) for f in self.backbone(x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x)]
+        return [normalize_channels(f, self.eps) for f in self.backbone(x.contiguous(memory_format=torch.channels_last))]
 
     def distance(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor], *, spatial: bool = False,
                  size: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
