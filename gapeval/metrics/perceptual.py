@@ -111,8 +111,8 @@ class TiledLPIPS:
                         continue
                     sel = [group[i] for i in idx]
                     pf = self.metric.features(self._tensor([filled(t.preds[name], t.valid[name], t.fill) for t in sel]), name)
-                    if use_cache:
-                        tf = [f[idx] for f in tfeat]
+                    if use_cache:  # the batch's own target features; index (a copy) only for a subset of tiles
+                        tf = tfeat if idx == list(range(len(group))) else [f[idx] for f in tfeat]
                     else:
                         tf = self.metric.features(self._tensor([filled(t.target, t.valid[name], t.fill) for t in sel]), "target")
                     dist = self.metric.distance(pf, tf)[0].double().cpu().numpy()
