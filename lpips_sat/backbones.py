@@ -227,12 +227,18 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+#: Checkpoint bands filled with zeros (not from a neighbour) when the input lacks them.
+ZERO_FILL = frozenset({"B10"})
+
+
 def adapt_input_bands(conv_weight: torch.Tensor, checkpoint_bands: Sequence[str], input_bands: Sequence[str]) -> torch.Tensor:
     """Re-order the first convolution's input channels from ``checkpoint_bands`` to ``input_bands``.
 
     A checkpoint band the input lacks is *filled from the spectrally nearest input band*: its filter is
     added onto that band's filter (equivalent to copying the nearest band into the missing one).
     This is the documented fallback for feeding 4-band R,G,B,NIR imagery to a 13-band SSL4EO-S12 model.
+    Bands of :data:`ZERO_FILL` (the B10 cirrus band, near zero over clear land and zero-filled by the SSL4EO-S12
+    authors for L2A input) are filled with zeros instead: their filter is dropped.
     """
     if conv_weight.shape[1] != len(checkpoint_bands):
         raise WeightsError(f"First convolution has {conv_weight.shape[1]} input channels but {len(checkpoint_bands)} checkpoint bands were declared")
@@ -240,6 +246,9 @@ def adapt_input_bands(conv_weight: torch.Tensor, checkpoint_bands: Sequence[str]
     out = conv_weight.new_zeros(conv_weight.shape[0], len(inputs), *conv_weight.shape[2:])
     for i, band in enumerate(checkpoint_bands):
         band = canonical(band)
+        if band not in inputs and band in ZERO_FILL:
+            log.info("Checkpoint band %s filled with zeros", band)
+            continue
         target = band if band in inputs else nearest_band(band, inputs)
         out[:, inputs.index(target)] += conv_weight[:, i]
         if band not in inputs:

@@ -156,6 +156,10 @@ class LPIPSSat(nn.Module):
             tensors, _ = load_weights(heads)
             head_tensors = [tensors[f"heads.{i}.weight"] for i in range(len(TAPS))]
         n = len(model_bands)
+        if entry is not None and mean is None and std is None and len(entry.mean) == len(ck_bands):
+            # the entry's normalisation is per checkpoint band: carry it to the model bands that feed them
+            mean = [entry.mean[ck_bands.index(b)] if b in ck_bands else 0.0 for b in model_bands]
+            std = [entry.std[ck_bands.index(b)] if b in ck_bands else 1.0 for b in model_bands]
         parts = _Parts(backbone, head_tensors, model_bands, list(mean) if mean else [0.0] * n, list(std) if std else [1.0] * n,
                        name=entry.name if entry else Path(text).name, sha256=None,
                        metadata={"arch": arch, "checkpoint": text, "checkpoint_bands": json.dumps(ck_bands)})

@@ -74,9 +74,19 @@ _EXTERNAL: tuple[tuple[str, str, tuple[str, ...], str, str, str, str, str], ...]
     ("satlas-rn50-si-rgb", "resnet50", ("B04", "B03", "B02"), "allenai/satlas-pretrain", "sentinel2_resnet50_si_rgb.pth", "supervised multi-task (SatlasPretrain)", "SatlasPretrain (Bastani et al. 2023)", "ODC-BY (weights)"),
 )
 
+#: Normalisations (mean, std on reflectance, per checkpoint band) that are not the identity; derivations in
+#: docs/backbones.md. SeCo: its quantile stretch + ImageNet statistics expressed on reflectance; Satlas: TCI/255
+#: with TCI ~ 255 x reflectance / 0.2 (an approximation: TCI saturates).
+_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "seco-rn18-1m": ((0.2454, 0.1885, 0.1471), (0.1158, 0.0887, 0.0750)),
+    "seco-rn50-1m": ((0.2454, 0.1885, 0.1471), (0.1158, 0.0887, 0.0750)),
+    "satlas-rn50-si-rgb": ((0.0, 0.0, 0.0), (0.2, 0.2, 0.2)),
+}
+
 REGISTRY: dict[str, WeightsEntry] = {
     row[0]: WeightsEntry(
-        name=row[0], arch=row[1], bands=row[2], mean=_ZERO13[: len(row[2])], std=_ONE13[: len(row[2])],
+        name=row[0], arch=row[1], bands=row[2],
+        mean=_NORMALISATION.get(row[0], (_ZERO13[: len(row[2])], None))[0], std=_NORMALISATION.get(row[0], (None, _ONE13[: len(row[2])]))[1],
         hub_id=row[3] or None, hub_filename=row[4], ssl_method=row[5], source=row[6], licence=row[7], heads="ones",
         description=f"{row[6]} {row[1]} ({row[5]}), {len(row[2])} bands; external, loaded from a local file or the hub",
     )

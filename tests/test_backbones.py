@@ -343,9 +343,9 @@ def test_undeclared_unusual_band_count_asks_for_bands(tmp_path: Path) -> None:
 # ---- band adaptation
 #: Nearest S2 band (centre wavelength, ESA S2A SRF) among R,G,B,NIR for each of the 13 L1C bands, by hand:
 #: B01 443 -> B02 492; B05 704 -> B04 665 (39 nm vs 129 to B08); B06 740 -> B04 (76 vs 92); B07 783 -> B08 (50);
-#: B8A/B09/B10/B11/B12 -> B08 (the longest available wavelength).
+#: B8A/B09/B11/B12 -> B08 (the longest available wavelength); B10 (cirrus) is zero-filled.
 NEAREST_OF_RGBN = {"B01": "B02", "B02": "B02", "B03": "B03", "B04": "B04", "B05": "B04", "B06": "B04", "B07": "B08",
-                   "B08": "B08", "B8A": "B08", "B09": "B08", "B10": "B08", "B11": "B08", "B12": "B08"}
+                   "B08": "B08", "B8A": "B08", "B09": "B08", "B10": None, "B11": "B08", "B12": "B08"}
 
 
 def test_13_band_network_adapted_to_4_bands_equals_filled_13_band_input(tmp_path: Path) -> None:
@@ -356,7 +356,7 @@ def test_13_band_network_adapted_to_4_bands_equals_filled_13_band_input(tmp_path
     original = family.reference(family.flat)  # untouched 13-band network
     x4 = torch.rand(2, 4, 64, 64) * 0.5  # R, G, B, NIR = B04, B03, B02, B08
     rgbn = ["B04", "B03", "B02", "B08"]
-    x13 = torch.stack([x4[:, rgbn.index(NEAREST_OF_RGBN[b])] for b in S2_13], dim=1)
+    x13 = torch.stack([x4[:, rgbn.index(NEAREST_OF_RGBN[b])] if NEAREST_OF_RGBN[b] else torch.zeros_like(x4[:, 0]) for b in S2_13], dim=1)
     with torch.no_grad():
         ours, theirs = adapted.backbone(adapted.prepare(x4)), _taps(original, x13)
     for i, (a, b) in enumerate(zip(ours, theirs)):

@@ -97,3 +97,29 @@ def test_twoafc_counts_ties_as_half():
     d = torch.tensor([1.0, 2.0, 3.0])
     assert twoafc(d, torch.tensor([2.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 1.0])) == pytest.approx(0.5)
     assert twoafc(d, d + 1, torch.tensor([0.8, 0.8, 0.8])) == pytest.approx(0.8)
+
+
+def test_user_judgments_csv(tmp_path):
+    """A user's CSV of (ref, a, b, p_a_closer) becomes featurised judgments; bad rows are named."""
+    from lpips_sat.backbones import ResNetTaps
+    from lpips_sat.errors import InputError
+    from lpips_sat.train.calibrate import Featurizer, read_judgments_csv
+
+    rng = np.random.default_rng(0)
+    ref = (rng.random((4, 40, 40)) * 0.3).astype(np.float32)
+    np.save(tmp_path / "ref.npy", ref)
+    np.save(tmp_path / "near.npy", ref + 0.001)
+    np.save(tmp_path / "far.npy", ref[:, ::-1].copy())
+    (tmp_path / "j.csv").write_text("ref,a,b,p_a_closer\nref.npy,near.npy,far.npy,0.9\nref.npy,far.npy,near.npy,0.2\n")
+    feat = Featurizer(ResNetTaps("resnet18", 4, width_div=8), [0.1] * 4, [0.1] * 4)
+    t = read_judgments_csv(tmp_path / "j.csv", feat)
+    assert t.p.tolist() == pytest.approx([0.9, 0.2])
+    assert t.d0.shape == t.d1.shape == (2, sum(ResNetTaps("resnet18", 4, width_div=8).channels))
+    assert float(t.d0[0].sum()) < float(t.d1[0].sum())  # near is nearer than far in feature space
+    assert torch.allclose(t.d0[0], t.d1[1]) and torch.allclose(t.d1[0], t.d0[1])
+    (tmp_path / "bad.csv").write_text("ref,a,b,p_a_closer\nref.npy,near.npy,far.npy,1.5\n")
+    with pytest.raises(InputError, match=r"bad.csv:2: p_a_closer"):
+        read_judgments_csv(tmp_path / "bad.csv", feat)
+    (tmp_path / "hdr.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(InputError, match="columns"):
+        read_judgments_csv(tmp_path / "hdr.csv", feat)
