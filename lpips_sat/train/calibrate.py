@@ -116,9 +116,10 @@ class Featurizer:
         return [normalize_channels(f) for f in self.backbone((x - self.mean) / self.std)]
 
     @torch.inference_mode()
-    def diffs(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        fr, fx = self.taps(ref), self.taps(x)
-        return torch.cat([(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)], dim=1)
+    def diffs(self, ref: torch.Tensor | list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Per-channel mean squared tap differences; ``ref`` may be its precomputed :meth:`taps`."""
+        fr = ref if isinstance(ref, list) else self.taps(ref)
+        return torch.cat([(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, self.taps(x))], dim=1)
 
 
 def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -165,7 +166,8 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
         p = (~swap).float()
         base0, base1 = baseline_distances(ref, a2), baseline_distances(ref, b2)
         for name, feat in featurizers.items():
-            out[name].append(Triplets(feat.diffs(ref, a2), feat.diffs(ref, b2), p, fam_a, fam_b, base0, base1))
+            fr = feat.taps(ref)
+            out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
         done += m
     return {k: Triplets.cat(v) for k, v in out.items()}
 
