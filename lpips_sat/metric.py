@@ -251,9 +251,18 @@ class LPIPSSat(nn.Module):
         a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
         if a.shape != b.shape:
             raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
-        feats = self.features(torch.cat([a, b]), prepared=True)
-        n = a.shape[0]
-        total, parts = self.distance([f[:n] for f in feats], [f[n:] for f in feats], spatial=spatial, size=tuple(sr.shape[-2:]))
+        if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
+            # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
+            # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)
+            with torch.no_grad():
+                fixed = self.features(b if a.requires_grad else a, prepared=True)
+            moving = self.features(a if a.requires_grad else b, prepared=True)
+            fa, fb = (moving, fixed) if a.requires_grad else (fixed, moving)
+        else:  # one pass over both images
+            feats = self.features(torch.cat([a, b]), prepared=True)
+            n = a.shape[0]
+            fa, fb = [f[:n] for f in feats], [f[n:] for f in feats]
+        total, parts = self.distance(fa, fb, spatial=spatial, size=tuple(sr.shape[-2:]))
         return (total, parts) if per_layer else total
 
     def extra_repr(self) -> str:
