@@ -218,7 +218,10 @@ class LPIPSSat(nn.Module):
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
         if not prepared:
             x = self.prepare(x, name)
-        return [normalize_channels(f, self.eps) for f in self.backbone(x.contiguous(memory_format=torch.channels_last))]
+        taps = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        for i, tap in enumerate(taps):
+            taps[i] = normalize_channels(tap, self.eps)  # replaced in the list, so each raw tap can be freed once normalised
+        return taps
 
     def distance(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor], *, spatial: bool = False,
                  size: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -228,8 +231,10 @@ class LPIPSSat(nn.Module):
         bilinearly upsampled to ``size`` and the result has shape (N, 1, H, W).
         """
         parts = []
+        graph = torch.is_grad_enabled() and any(f.requires_grad for f in (*feats_a, *feats_b))
         for fa, fb, head in zip(feats_a, feats_b, self.heads):
-            per_pixel = F.conv2d((fa - fb).pow(2), head.float())
+            diff = fa - fb
+            per_pixel = F.conv2d(diff.pow(2) if graph else diff.square_(), head.float())  # in place without a graph: one buffer less
             if spatial:
                 if size is None:
                     raise InputError("distance(spatial=True) needs size=(H, W)")
