@@ -97,6 +97,33 @@ def _finish(data: np.ndarray, path: Path, nodata: float | None, **kw: Any) -> Ra
     return Raster(data=data, valid=valid_mask(data, nodata), path=path, nodata=nodata, **kw)
 
 
+#: Cap (MiB) on GDAL's raster block cache, set once when gapeval first opens a GeoTIFF unless the ``GDAL_CACHEMAX``
+#: environment variable is set. Windows are read once (a halo re-reads part of the previous block row), so a few block
+#: rows suffice, whereas GDAL's default (5 % of RAM) keeps every block read so far: it grew the peak memory of scoring
+#: one 4096 x 4096 4-band pair by ~250 MiB and would grow it by ~1 GiB at 8192 x 8192 (docs/performance.md).
+GDAL_CACHE_MB = 128
+_gdal_cache_capped = False
+
+
+def cap_gdal_cache(mb: int = GDAL_CACHE_MB) -> None:
+    """Lower GDAL's block-cache limit to ``mb`` MiB for this process (never raises it; no-op if ``GDAL_CACHEMAX`` is set)."""
+    global _gdal_cache_capped
+    if _gdal_cache_capped or "GDAL_CACHEMAX" in os.environ:
+        return
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    limit = mb * 2**20
+    try:
+        current: int | None = int(get_gdal_config("GDAL_CACHEMAX"))
+        current = current * 2**20 if current < 100_000 else current  # GDAL reads values below 100000 as MiB
+    except (TypeError, ValueError):  # unset or a percentage
+        current = None
+    if current is None or current > limit:
+        set_gdal_config("GDAL_CACHEMAX", limit)
+        logger.debug("GDAL block cache capped at %d MiB (was %s bytes)", mb, current)
+    _gdal_cache_capped = True
+
+
 def _open_geotiff(path: Path) -> Any:
     """An open rasterio dataset (the caller closes it); an unreadable file raises InputError naming it."""
     import warnings
@@ -104,6 +131,7 @@ def _open_geotiff(path: Path) -> Any:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+    cap_gdal_cache()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
