@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("pretrain", type=Path)
     ap.add_argument("calibrate", type=Path)
     ap.add_argument("--name", default="lpips-sat-s2-rn18")
+    ap.add_argument("--note", action="append", default=[], help="a line for the pretraining section (e.g. how the run was resumed)")
     args = ap.parse_args()
     report = json.loads((args.calibrate / "report.json").read_text())
     fp16_ok = report["fp16_max_abs_diff"] <= 1e-3
@@ -98,6 +99,7 @@ def main() -> None:
         f"- Method: {meta.get('ssl_method', '')}; recipe `{json.dumps(recipe)}`.",
         f"- Steps done: {meta.get('steps_done')} of {recipe['steps']} (CPU, 2 cores shared with other work; the cosine schedule was planned for {recipe['steps']}).",
         f"- Loss (InfoNCE, running mean): {first:.3f} at the start -> {last:.3f} at step {steps}. Curve: `docs/img/pretrain_loss.png`.",
+    ] + [f"- Note: {n}" for n in args.note] + [
         f"- Seed {recipe['seed']}. Held out from pretraining: the bottom {recipe['holdout']:.0%} rows of every raster, the eo-learn reference scenes, and the families {', '.join(cal['heldout_families'])}.",
         "- Data (sha256 of each file read):", "",
         "| file | rows used | sha256 | source |", "|---|---|---|---|",
