@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import RESULTS, THREADS, measure, summary
-
 import memory_probe
+from conftest import RESULTS, THREADS, measure, summary
 
 SIZES = [1024, 2048]
 

@@ -61,7 +61,7 @@ def inputs(size: int, batch: int) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         a, b = metric.prepare(sr), metric.prepare(hr)
     both = torch.cat([a, b])
-    rgb = lambda x: (x[:, :3] / 0.3).clamp(0, 1) * 2 - 1  # noqa: E731 - reflectance -> lpips' [-1, 1]
+    rgb = lambda x: (x[:, :3] / 0.3).clamp(0, 1) * 2 - 1
     return {"sr": sr, "hr": hr, "a": a, "b": b, "both": both, "both_cl": both.contiguous(memory_format=torch.channels_last),
             "sr3": rgb(sr), "hr3": rgb(hr)}
 
@@ -178,42 +178,46 @@ def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _status(ok: bool, seen: bool) -> str:
+    return "met" if ok else ("MISSED" if seen else "not measured in this run")
+
+
+def _cells(results: dict, mode: str):
+    """``(size, batch, group, LPIPS-Sat min time)`` of every measured cell of ``mode``."""
+    for s in SIZES:
+        for b in BATCHES:
+            g = f"metric-{mode}-{s}px-b{b}"
+            t = _min(results, g, "lpips-sat")
+            if t is not None:
+                yield s, b, g, t
+
+
 @summary
 def metric_summary(results: dict) -> list[str]:
     lines = ["## LPIPS-Sat vs the bare backbone and the lpips package (CPU, ratios of minimum times)", ""]
-    lines += ["Forward (inference mode). `÷ limit` = LPIPS-Sat time / bare backbone on both images in the metric's channels-last "
+    lines += [("Forward (inference mode). `÷ limit` = LPIPS-Sat time / bare backbone on both images in the metric's channels-last "
               "layout; `÷ tv layout` = the same backbone in torchvision's default layout; `VGG ×`/`Alex ×` = lpips time / LPIPS-Sat time "
-              "(how many times faster LPIPS-Sat is).", "",
+              "(how many times faster LPIPS-Sat is)."), "",
               "| size | batch | LPIPS-Sat ms | ÷ limit | ÷ tv layout | VGG × | Alex × |", "|---|---|---|---|---|---|---|"]
     worst, vgg256 = 0.0, []
-    for s in SIZES:
-        for b in BATCHES:
-            g = f"metric-fwd-{s}px-b{b}"
-            t = _min(results, g, "lpips-sat")
-            if t is None:
-                continue
-            lim = _div(t, _min(results, g, "backbone-cl"))
-            worst = max(worst, lim or 0.0)
-            vgg = _div(_min(results, g, "lpips-vgg"), t)
-            if s == 256 and vgg is not None:
-                vgg256.append(vgg)
-            lines.append(f"| {s} | {b} | {fmt_ms(t)} | {fmt_ratio(lim)} | {fmt_ratio(_div(t, _min(results, g, 'backbone')))} | "
-                         f"{fmt_ratio(vgg)} | {fmt_ratio(_div(_min(results, g, 'lpips-alex'), t))} |")
-    lines += ["", "Forward + backward (gradient w.r.t. the prediction). `÷ limit` = LPIPS-Sat / (backbone forward+backward on the "
+    for s, b, g, t in _cells(results, "fwd"):
+        lim = _div(t, _min(results, g, "backbone-cl"))
+        worst = max(worst, lim or 0.0)
+        vgg = _div(_min(results, g, "lpips-vgg"), t)
+        if s == 256 and vgg is not None:
+            vgg256.append(vgg)
+        lines.append(f"| {s} | {b} | {fmt_ms(t)} | {fmt_ratio(lim)} | {fmt_ratio(_div(t, _min(results, g, 'backbone')))} | "
+                     f"{fmt_ratio(vgg)} | {fmt_ratio(_div(_min(results, g, 'lpips-alex'), t))} |")
+    lines += ["", ("Forward + backward (gradient w.r.t. the prediction). `÷ limit` = LPIPS-Sat / (backbone forward+backward on the "
               "prediction + forward on the target); `1-pass ×` = one concatenated pass back-propagated through both images / LPIPS-Sat "
-              "(the speed-up of the split loss path).", "",
+              "(the speed-up of the split loss path)."), "",
               "| size | batch | LPIPS-Sat ms | ÷ limit | 1-pass × | VGG × | Alex × |", "|---|---|---|---|---|---|---|"]
-    for s in SIZES:
-        for b in BATCHES:
-            g = f"metric-fwdbwd-{s}px-b{b}"
-            t = _min(results, g, "lpips-sat")
-            if t is None:
-                continue
-            lines.append(f"| {s} | {b} | {fmt_ms(t)} | {fmt_ratio(_div(t, _min(results, g, 'backbone-cl')))} | "
-                         f"{fmt_ratio(_div(_min(results, g, 'lpips-sat-1pass'), t))} | {fmt_ratio(_div(_min(results, g, 'lpips-vgg'), t))} | "
-                         f"{fmt_ratio(_div(_min(results, g, 'lpips-alex'), t))} |")
-    lines += ["", "Overhead around the backbone, each part timed alone (ms); `1 + parts/limit` is the overhead ratio from these "
-              "precise small timings (the direct ratio above is noisier).", "",
+    for s, b, g, t in _cells(results, "fwdbwd"):
+        lines.append(f"| {s} | {b} | {fmt_ms(t)} | {fmt_ratio(_div(t, _min(results, g, 'backbone-cl')))} | "
+                     f"{fmt_ratio(_div(_min(results, g, 'lpips-sat-1pass'), t))} | {fmt_ratio(_div(_min(results, g, 'lpips-vgg'), t))} | "
+                     f"{fmt_ratio(_div(_min(results, g, 'lpips-alex'), t))} |")
+    lines += ["", ("Overhead around the backbone, each part timed alone (ms); `1 + parts/limit` is the overhead ratio from these "
+              "precise small timings (the direct ratio above is noisier)."), "",
               "| size | batch | " + " | ".join(OVERHEAD_PARTS) + " | sum | limit ms | 1 + parts/limit |", "|---" * (len(OVERHEAD_PARTS) + 5) + "|"]
     for s, b in OVERHEAD_CELLS:
         parts = [_min(results, f"overhead-{s}px-b{b}", p) for p in OVERHEAD_PARTS]
@@ -223,7 +227,7 @@ def metric_summary(results: dict) -> list[str]:
         total = sum(parts)
         lines.append(f"| {s} | {b} | " + " | ".join(fmt_ms(p) for p in parts) + f" | {fmt_ms(total)} | {fmt_ms(lim)} | "
                      f"{fmt_ratio(1 + total / lim) if lim else '-'} |")
-    lines += ["", f"Target LPIPS-Sat ≤ 1.15x the limit (forward): worst cell {worst:.2f}x -> {'met' if worst <= 1.15 else 'MISSED'}.",
-              f"Target ≥ 2x faster than lpips-VGG at 256 px: {', '.join(f'{v:.2f}x' for v in vgg256) or '-'} -> "
-              f"{'met' if vgg256 and min(vgg256) >= 2 else 'MISSED'}."]
+    lines += ["", f"Target LPIPS-Sat ≤ 1.15x the limit (forward): worst cell {worst:.2f}x -> {_status(worst <= 1.15, worst > 0)}.",
+              (f"Target ≥ 2x faster than lpips-VGG at 256 px: {', '.join(f'{v:.2f}x' for v in vgg256) or '-'} -> "
+               f"{_status(bool(vgg256) and min(vgg256) >= 2, bool(vgg256))}.")]
     return lines

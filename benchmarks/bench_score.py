@@ -17,8 +17,9 @@ import functools
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,7 +55,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``target/scene{i}.tif`` and ``{set}/scene{i}.tif`` for the prediction sets (uint16 DN, scale 1e-4)."""
     import rasterio
     from affine import Affine
-
     from conftest import S2_STACK
 
     root = tmp_path_factory.mktemp("score")
@@ -86,7 +86,7 @@ class Timers:
         self._active: set[str] = set()
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["Timers"]:
+    def installed(self) -> Iterator[Timers]:
         originals = {}
         for (cls, name), cat in CATEGORIES.items():
             originals[(cls, name)] = getattr(cls, name)
@@ -175,8 +175,8 @@ def score_summary(results: dict) -> list[str]:
     if rec:
         p = rec["median_parts"]
         lines += ["| per pair | reading | classical | LPIPS-Sat | whole score() | LPIPS-Sat ÷ (reading + classical) |", "|---|---|---|---|---|---|",
-                  f"| ms (median of rounds) | {fmt_ms(p['reading'])} | {fmt_ms(p['classical'])} | {fmt_ms(p['lpips-sat'])} | {fmt_ms(p['total'])} | "
-                  f"{fmt_ratio(rec['ratio'])} |", "",
+                  (f"| ms (median of rounds) | {fmt_ms(p['reading'])} | {fmt_ms(p['classical'])} | {fmt_ms(p['lpips-sat'])} | {fmt_ms(p['total'])} | "
+                  f"{fmt_ratio(rec['ratio'])} |"), "",
                   f"Target reading + classical ≥ 5x faster than LPIPS-Sat: {rec['ratio']:.2f}x -> {'met' if rec['ratio'] >= 5 else 'MISSED'}.", ""]
     w1, w2 = results.get(("score-folder-4x1024px", "workers=1")), results.get(("score-folder-4x1024px", "workers=2"))
     if w1:

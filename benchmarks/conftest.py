@@ -164,9 +164,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     head = [
         "# Benchmark summary",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; torch {info['torch']} with {info['torch_threads']} "
+        (f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; torch {info['torch']} with {info['torch_threads']} "
         f"thread(s); load average {_START.get('load', (0,))[0]:.1f} at start, {load_end[0]:.1f} at end; "
-        f"run took {time.time() - _START.get('time', time.time()):.0f} s.",
+        f"run took {time.time() - _START.get('time', time.time()):.0f} s."),
         "",
     ]
     lines = list(head)

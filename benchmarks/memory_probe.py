@@ -51,9 +51,9 @@ def make_pair(folder: Path, size: int) -> None:
     cols = _reflect(np.arange(size), src.shape[2])
     rng = np.random.default_rng(size)
     gain = np.array([1.03, 0.98, 1.01, 0.97], np.float32)[:, None, None]
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32618", tiled=True,
-                   blockxsize=512, blockysize=512, compress="deflate", zlevel=1, predictor=2, BIGTIFF="IF_SAFER",
-                   transform=Affine(2.5, 0, 435730, 0, -2.5, 4179460))
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16", "crs": "EPSG:32618", "tiled": True,
+                   "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1, "predictor": 2, "BIGTIFF": "IF_SAFER",
+                   "transform": Affine(2.5, 0, 435730, 0, -2.5, 4179460)}
     paths = {k: folder / k / "scene.tif" for k in ("target", "pred")}
     for p in paths.values():
         p.parent.mkdir(parents=True, exist_ok=True)
