@@ -37,6 +37,24 @@ def _family_table(report: dict, split: str) -> list[str]:
     return lines
 
 
+def _targets(report: dict) -> list[str]:
+    """The issue's targets checked against the held-out-family splits (>= 90 %, >= 10 points above PSNR and SSIM)."""
+    lines = ["Targets (issue: >= 90 % on held-out families, >= 10 points above PSNR and SSIM):", ""]
+    for name, s in report["splits"].items():
+        if not name.endswith("heldout_families"):
+            continue
+        a = s["2afc"]
+        ours, psnr, ssim = 100 * a["LPIPS-Sat"], 100 * a["PSNR"], 100 * a["SSIM"]
+        lines.append(f"- `{name}`: {ours:.1f} % ({'met' if ours >= 90 else 'missed'}); {ours - psnr:+.1f} points vs PSNR "
+                     f"({'met' if ours - psnr >= 10 else 'missed'}); {ours - ssim:+.1f} points vs SSIM ({'met' if ours - ssim >= 10 else 'missed'}).")
+    lines += ["", "Where the targets are missed: SSIM normalises local luminance and contrast, so it is nearly blind to the held-out",
+              "`haze` nuisance (contrast loss plus path reflectance), the family most held-out judgments involve; LPIPS-Sat sees",
+              "haze as a small but real change. LPIPS-Sat's weak families are `posterize` and `ringing` (see the table below).",
+              "With this backbone the calibrated heads add little over all-ones heads; the gain over an untrained backbone",
+              "(same heads recipe) is what the self-supervised pretraining buys."]
+    return lines
+
+
 def _loss_plot(loss_csv: Path, out_png: Path) -> tuple[int, float, float]:
     import matplotlib
 
@@ -107,13 +125,14 @@ def main() -> None:
         "",
         "## Calibration (2AFC heads)", "",
         f"- {cal['n_train']} synthetic judgments on the training region; LPIPS ranking network + BCE, heads clamped >= 0, Adam betas (0.5, 0.999).",
-        f"- Head L2 chosen by leave-one-damage-family-out CV within training families: {report['l2']} (CV 2AFC: {json.dumps(report['l2_cv'])}).",
+        f"- Head form and L2 chosen by leave-one-damage-family-out CV within the training families: {report.get('head_form', 'per_channel')}, L2 {report['l2']}",
+        f"  (CV 2AFC: {', '.join(f'{k} {100 * v:.2f} %' for k, v in report['l2_cv'].items())}). Per-tap heads share one weight per tap.",
         f"- 2AFC on the training judgments: {100 * report['train_2afc']:.1f} %.", "",
         "## Validation (held-out region, held-out scenes, held-out families)", "",
         "2AFC agreement (%) with the synthetic judgments. `heldout_region`: bottom rows of the Virginia S2 stack and NAIP tiles;",
         "`heldout_scenes`: the five eo-learn Sentinel-2 scenes (Slovenia), never seen in pretraining or calibration.",
         "`heldout_families`: every judgment involves a family never used for training (haze, blocking, checkerboard, stripes).", "",
-    ] + _table(report) + [""] + _family_table(report, "heldout_scenes/heldout_families" if "heldout_scenes/heldout_families" in report["splits"] else "heldout_region/heldout_families") + [
+    ] + _table(report) + [""] + _targets(report) + [""] + _family_table(report, "heldout_scenes/heldout_families" if "heldout_scenes/heldout_families" in report["splits"] else "heldout_region/heldout_families") + [
         "", "Properties on real held-out patches:", "",
         f"- identity: max distance {props['identity_max']:.1e}; symmetry: max |d(a,b) - d(b,a)| {props['symmetry_max_abs_diff']:.1e};",
         f"- a 1-px shift scores lower than a sigma = 1.5 px blur on {100 * props['shift1px_below_blur1.5_fraction']:.0f} % of {props['n_patches']} patches"
