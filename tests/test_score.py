@@ -364,9 +364,10 @@ def test_cli_exit_codes(dataset, capsys):
         ]
     )
     assert code == 1 and "nowhere" in capsys.readouterr().err
-    code = main(["score", "--pred", str(dataset / "pred" / "blur"), "--target", str(dataset / "hr"), "--out", str(dataset / "o2")])
+    code = main(["score", "--pred", str(dataset / "pred" / "blur"), "--target", str(dataset / "hr"), "--out", str(dataset / "o2"),
+                 "--weights", "no-such-weights"])
     err = capsys.readouterr().err
-    assert code == 1 and "random-tiny" in err  # default weights not installed yet: the message says what to do
+    assert code == 1 and "no-such-weights" in err and "lpips-sat-s2-rn18" in err  # unknown weights: the known names are listed
     with pytest.raises(SystemExit) as exc:
         main(["score", "--pred", str(dataset / "pred" / "blur"), "--out", str(out)])
     assert exc.value.code == 2
