@@ -123,10 +123,15 @@ def get_entry(name: str) -> WeightsEntry:
     return REGISTRY[name]
 
 
+_SHIPPED_LOADED = False
+
+
 def _load_shipped() -> None:
     """Register every shipped weights file listed in ``weights/index.json`` (name, file, sha256, metadata)."""
-    if any(e.file for e in REGISTRY.values()):
+    global _SHIPPED_LOADED
+    if _SHIPPED_LOADED:
         return
+    _SHIPPED_LOADED = True
     try:
         index_path = weights_dir() / "index.json"
     except MissingFileError:

@@ -205,6 +205,11 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     entry = WeightsEntry(name="tiny-test", arch="resnet18", bands=m.model_bands, mean=(0.1,) * 4, std=(0.1,) * 4, file=path.name,
                          sha256=sha256_file(path), heads="calibrated", source="unit test", licence="CC0-1.0")
+    from lpips_sat.registry import _load_shipped
+
+    _load_shipped()  # then hide the shipped entries: this test's weights folder holds only tiny-test
+    for name in [k for k, e in REGISTRY.items() if e.file]:
+        monkeypatch.delitem(REGISTRY, name)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     monkeypatch.setattr("lpips_sat.registry.weights_dir", lambda: tmp_path)
     return path
