@@ -124,7 +124,10 @@ class Featurizer:
 
 def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Pixel-metric *distances* (lower = closer): MSE (ranks as PSNR), 1 - SSIM, SAM, L1 (torchmetrics)."""
-    from torchmetrics.functional.image import spectral_angle_mapper, structural_similarity_index_measure
+    try:
+        from torchmetrics.functional.image import spectral_angle_mapper, structural_similarity_index_measure
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        raise ImportError('lpips-sat calibrate scores its pixel-metric baselines with torchmetrics: pip install "lpips-sat[train]"') from exc
 
     ssim = structural_similarity_index_measure(x.double(), ref.double(), data_range=1.0, reduction="none")
     sam = spectral_angle_mapper(x.double().clamp_min(1e-6), ref.double().clamp_min(1e-6), reduction="none")
