@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
-from lpips_sat.bands import DEFAULT_BANDS
 from lpips_sat.errors import InputError
 from lpips_sat.metric import normalize_channels
 from lpips_sat.registry import load_weights, save_weights, sha256_file
@@ -439,10 +438,12 @@ def property_checks(weights: Path, images: Sequence[np.ndarray], n: int = 64) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lpips-sat calibrate", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return run(parser.parse_args(argv))
+    """``python -m lpips_sat.train.calibrate`` (same options as ``lpips-sat calibrate``)."""
+    import sys
+
+    from lpips_sat.train import module_main
+
+    return module_main(sys.modules[__name__], "lpips-sat calibrate", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -173,10 +173,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lpips-sat pretrain", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return run(parser.parse_args(argv))
+    """``python -m lpips_sat.train.pretrain`` (same options as ``lpips-sat pretrain``)."""
+    import sys
+
+    from lpips_sat.train import module_main
+
+    return module_main(sys.modules[__name__], "lpips-sat pretrain", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
