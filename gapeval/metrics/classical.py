@@ -11,6 +11,7 @@ computation on the valid pixels only. Formulas and sources: ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,9 +97,22 @@ class ErrorSums:
 
 def error_sums(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> ErrorSums:
     """:class:`ErrorSums` of ``pred`` against ``target`` over the ``valid`` pixels."""
-    p, t, v = _check(pred, target, valid)
-    d = p[:, v] - t[:, v]
-    return ErrorSums(int(v.sum()), (d * d).sum(axis=1), np.abs(d).sum(axis=1), t[:, v].sum(axis=1))
+    return _error_sums(*_check(pred, target, valid))
+
+
+def _error_sums(p: np.ndarray, t: np.ndarray, v: np.ndarray) -> ErrorSums:
+    """:func:`error_sums` on arrays already checked by :func:`_check` (float64, mask of finite valid pixels).
+
+    A fully valid window reduces the plain arrays over (rows, cols) instead of a boolean-mask copy: the same values
+    summed in numpy's pairwise order rather than the copy's sequential one (last-digit differences only)."""
+    n = int(np.count_nonzero(v))
+    if n == v.size:
+        d, tv, axes = p - t, t, (1, 2)
+    else:
+        d, tv, axes = p[:, v] - t[:, v], t[:, v], 1
+    sq = d * d
+    np.abs(d, out=d)
+    return ErrorSums(n, sq.sum(axis=axes), d.sum(axis=axes), tv.sum(axis=axes))
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None, *, data_range: float) -> float:
@@ -156,25 +170,72 @@ def ssim_map(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = No
     """
     if data_range <= 0:
         raise InputError(f"data_range must be positive, got {data_range}")
-    p, t, v = _check(pred, target, valid)
-    m = v.astype(np.float64)
+    return _ssim_map(*_check(pred, target, valid), data_range)
 
-    def g(a: np.ndarray) -> np.ndarray:
-        return gaussian_filter(a, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
 
-    w = g(m)
-    ok = v & (w > 0)
-    wsafe = np.where(w > 0, w, 1.0)
+@functools.cache
+def _filtered_one() -> float:
+    """The SSIM Gaussian filter of an all-ones image (every pixel equal: the kernel's sum as the filter adds it)."""
+    ones = gaussian_filter(np.ones((4 * SSIM_RADIUS + 3,) * 2), SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+    if not (ones == ones[0, 0]).all():  # pragma: no cover - would mean scipy's filter is position dependent
+        raise AssertionError("Gaussian filter of ones is not constant")
+    return float(ones[0, 0])
+
+
+def _ssim_map(p: np.ndarray, t: np.ndarray, v: np.ndarray, data_range: float) -> np.ndarray:
+    """:func:`ssim_map` on arrays already checked by :func:`_check`.
+
+    The five local moments of a band are filtered in one call on a (5, rows, cols) stack (sigma 0 along the
+    stack axis: the same separable passes as five separate calls). ``x`` and ``y`` are zero off the mask, so the
+    masked products ``m x``, ``m x y``, ... equal the plain ones; a fully valid window also skips the ``where``."""
+    full = bool(v.all())
+    sigma = (0.0, SSIM_SIGMA, SSIM_SIGMA)
+    if full:  # G*1 is the same constant at every pixel (reflect mode): filter a small block of ones instead
+        wsafe: float | np.ndarray = _filtered_one()
+        ok = v
+    else:
+        w = gaussian_filter(v.astype(np.float64), SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+        ok = v & (w > 0)
+        wsafe = np.where(w > 0, w, 1.0)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    out = np.full(p.shape, np.nan)
+    out = np.empty(p.shape)
+    stack = np.empty((5, *p.shape[1:]))
+    moments = np.empty_like(stack)
     for k in range(p.shape[0]):
-        x, y = np.where(v, p[k], 0.0), np.where(v, t[k], 0.0)
-        mx, my = g(m * x) / wsafe, g(m * y) / wsafe
-        sxx = g(m * x * x) / wsafe - mx * mx
-        syy = g(m * y * y) / wsafe - my * my
-        sxy = g(m * x * y) / wsafe - mx * my
-        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-        out[k] = np.where(ok, s, np.nan)
+        x, y = stack[0], stack[1]
+        if full:
+            x[...], y[...] = p[k], t[k]
+        else:
+            np.copyto(x, np.where(v, p[k], 0.0))
+            np.copyto(y, np.where(v, t[k], 0.0))
+        np.multiply(x, x, out=stack[2])
+        np.multiply(y, y, out=stack[3])
+        np.multiply(x, y, out=stack[4])
+        gaussian_filter(stack, sigma, truncate=SSIM_TRUNCATE, mode="reflect", output=moments)
+        if not (full and wsafe == 1.0):  # dividing by exactly 1.0 changes nothing
+            moments /= wsafe
+        mx, my, sxx, syy, sxy = moments
+        mxy = mx * my
+        sxx -= mx * mx
+        syy -= my * my
+        sxy -= mxy
+        # s = ((2 mx my + c1)(2 sxy + c2)) / ((mx^2 + my^2 + c1)(sxx + syy + c2)), same operation order as written
+        num = 2 * mx
+        num *= my
+        num += c1
+        sxy *= 2
+        sxy += c2
+        num *= sxy
+        mx *= mx
+        my *= my
+        mx += my
+        mx += c1
+        sxx += syy
+        sxx += c2
+        mx *= sxx
+        np.divide(num, mx, out=out[k])
+    if not ok.all():
+        out[:, ~ok] = np.nan
     return out
 
 
@@ -209,12 +270,23 @@ def ssim(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None, 
 
 def sam_sums(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, int]:
     """Sum of spectral angles (degrees) over valid pixels whose spectra are both non-zero, and their count."""
-    p, t, v = _check(pred, target, valid)
-    a, b = p[:, v], t[:, v]
-    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    return _sam_sums(*_check(pred, target, valid))
+
+
+def _sam_sums(p: np.ndarray, t: np.ndarray, v: np.ndarray) -> tuple[float, int]:
+    """:func:`sam_sums` on arrays already checked by :func:`_check`."""
+    a, b = (p, t) if v.all() else (p[:, v], t[:, v])  # (bands, rows, cols) views or (bands, n) copies
+    na, nb = np.sqrt((a * a).sum(axis=0)), np.sqrt((b * b).sum(axis=0))  # as np.linalg.norm(axis=0)
     keep = (na > 0) & (nb > 0)
-    cos = (a[:, keep] * b[:, keep]).sum(axis=0) / (na[keep] * nb[keep])
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).sum()), int(keep.sum())
+    if keep.all():
+        cos = (a * b).sum(axis=0)
+        na *= nb
+    else:
+        cos = (a[:, keep] * b[:, keep]).sum(axis=0)
+        na = na[keep] * nb[keep]
+    cos /= na
+    np.clip(cos, -1.0, 1.0, out=cos)
+    return float(np.degrees(np.arccos(cos, out=cos), out=cos).sum()), int(np.count_nonzero(keep))
 
 
 def sam(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> float:
@@ -270,15 +342,18 @@ class ClassicalAccumulator:
         """Add one window. ``core``: slices of the core in the arrays; ``interior``: core-shaped mask of pixels
         far enough from the image edges for SSIM (default: all)."""
         rs, cs = core if core is not None else (slice(None), slice(None))
-        pc, tc, vc = pred[:, rs, cs], target[:, rs, cs], valid[rs, cs]
-        self.sums += error_sums(pc, tc, vc)
-        total, n = sam_sums(pc, tc, vc)
+        p, t, v = _check(pred, target, valid)  # converted and checked once for every metric
+        pc, tc, vc = p[:, rs, cs], t[:, rs, cs], v[rs, cs]
+        self.sums += _error_sums(pc, tc, vc)
+        total, n = _sam_sums(pc, tc, vc)
         self.sam_sum += total
         self.sam_n += n
-        smap = ssim_map(pred, target, valid, data_range=self.data_range)[:, rs, cs]
-        keep = np.isfinite(smap).all(axis=0) & (interior if interior is not None else True)
-        self.ssim_sum += smap[:, keep].sum(axis=1)
-        self.ssim_n += int(keep.sum())
+        smap = _ssim_map(p, t, v, self.data_range)[:, rs, cs]
+        keep = np.isfinite(smap).all(axis=0)
+        if interior is not None:
+            keep &= interior
+        self.ssim_sum += smap.sum(axis=(1, 2)) if keep.all() else smap[:, keep].sum(axis=1)
+        self.ssim_n += int(np.count_nonzero(keep))
 
     @property
     def n_valid(self) -> int:
