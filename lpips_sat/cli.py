@@ -42,17 +42,21 @@ EVAL_HINT = 'pip install "lpips-sat[eval]"'
 def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndarray, Any]:
     """Read a GeoTIFF, PNG/JPEG or ``.npy`` file as (bands, rows, cols) float32 plus its :class:`gapeval.io.Raster`.
 
-    ``scale`` divides the pixel values (e.g. 10000 for Sentinel-2 DN). Pixels flagged invalid (nodata in every
+    ``scale`` divides the pixel values (e.g. 10000 for Sentinel-2 DN); without it, a GeoTIFF's own band
+    scale/offset metadata is applied (as ``gapeval score`` does). Pixels flagged invalid (nodata in every
     band, NaN/inf) are refused: the metric has no masked mode, and filling them silently would change the distance.
     Raises:
         MissingFileError: no such file. InputError: unreadable file or invalid pixels.
         LPIPSSatError: the optional reader (rasterio / Pillow) is not installed.
     """
-    from gapeval.io import read_raster
+    from gapeval.io import band_gain_offset, raster_info, read_raster
 
     path = Path(path)
     try:
         raster = read_raster(path, scale=scale)
+        if scale is None:
+            gain, offset = band_gain_offset(raster_info(path), list(range(raster.data.shape[0])), None)
+            raster.data = raster.data * gain[:, None, None] + offset[:, None, None]
     except ImportError as exc:  # rasterio (GeoTIFF) and Pillow (PNG/JPEG) are optional extras
         raise LPIPSSatError(f"{path}: reading {path.suffix} files needs {exc.name or 'an optional package'}; install it with {EVAL_HINT}") from exc
     invalid = int((~raster.valid).sum())

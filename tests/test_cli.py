@@ -267,3 +267,18 @@ def test_real_training_commands_have_help(command, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main([command, "--help"])
     assert info.value.code == 0 and "--data" in capsys.readouterr().out
+
+
+def test_compare_uses_the_files_band_scale_metadata(capsys) -> None:
+    """The shipped examples are uint16 DN with GDAL scale 1e-4: compare reads them as reflectance without options."""
+    rasterio = pytest.importorskip("rasterio")
+    root = Path(__file__).resolve().parents[1] / "examples"
+    hr, sr = root / "hr" / "town.tif", root / "pred" / "bicubic" / "town.tif"
+    code, out, _ = run(["compare", hr, sr], capsys)
+    assert code == 0
+    with rasterio.open(hr) as a, rasterio.open(sr) as b:
+        assert a.scales[0] == pytest.approx(1e-4)
+        x = torch.from_numpy(a.read().astype("float32") / 10000)[None]
+        y = torch.from_numpy(b.read().astype("float32") / 10000)[None]
+    expected = float(LPIPSSat()(y, x))  # compare(a, b) scores b against a; the metric is symmetric anyway
+    assert float(out.split()[0]) == pytest.approx(expected, rel=1e-4)
