@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from gapeval.io import atomic_path, write_text_atomic
+from gapeval.report import CSS, html_table, md_table
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +203,7 @@ def write_gap_report(result: Mapping[str, Any], out: Path, samples: Mapping[str,
           f"{result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. Gap = A - B over matched scenes; "
           f"CI: paired BCa bootstrap ({result['config']['n_resamples']} resamples).", ""]
     for title, header, rows in tables:
-        md += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(r) + " |" for r in rows]
-        md.append("")
+        md += [f"## {title}", ""] + md_table(header, rows) + [""]
     for title, p in figures.items():
         md += [f"## {title}", "", f"![{title}](figures/{p.name})", ""]
     if result.get("skipped"):
@@ -217,15 +216,11 @@ def write_gap_report(result: Mapping[str, Any], out: Path, samples: Mapping[str,
 def _html(result: Mapping[str, Any], tables: Sequence[tuple[str, list[str], list[list[str]]]], figures: Mapping[str, Path]) -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>gapeval gap report</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-             "img{max-width:100%}</style></head><body>", "<h1>Domain-gap report</h1>",
+             f"<style>{CSS}</style></head><body>", "<h1>Domain-gap report</h1>",
              f"<p>Runs: {esc(', '.join(result['runs']))}. {result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. "
              "Gap = A &minus; B over matched scenes; CI: paired BCa bootstrap.</p>"]
     for title, header, rows in tables:
-        parts.append(f"<h2>{esc(title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
-        parts.append("</table>")
+        parts.append(f"<h2>{esc(title)}</h2>" + html_table(header, rows))
     for title, p in figures.items():
         parts.append(f"<h2>{esc(title)}</h2><img src='figures/{esc(p.name)}' alt='{esc(title)}'>")
     parts.append("</body></html>")

@@ -46,6 +46,35 @@ HEADLINE = (
 PREVIEW = 256
 
 
+#: Style shared by every gapeval HTML report (score and gap).
+CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+    "th{background:#f0f0f0}td:nth-child(2),td:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
+    "small{color:#666}.scroll{overflow-x:auto}code{background:#f4f4f4;padding:0 3px}"
+    ".warn{background:#fff3cd;padding:.5em;border:1px solid #e0c060}"
+)
+
+
+def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table (``|`` in cells escaped) as a list of lines."""
+    esc = [[str(c).replace("|", "\\|") for c in r] for r in [list(head), *body]]
+    return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
+
+
+def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """An HTML table; a cell ``value [lo, hi]`` shows its interval small on a second line."""
+    e = html.escape
+    th = "".join(f"<th>{e(h)}</th>" for h in head)
+    trs = "".join(
+        "<tr>"
+        + "".join(f"<td>{e(c).replace(' [', '<br><small>[', 1).replace(']', ']</small>') if ' [' in c else e(c)}</td>" for c in map(str, r))
+        + "</tr>"
+        for r in body
+    )
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
+
+
 def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder."""
     from gapeval.score import PAIRS_CSV, SUMMARY_JSON, _parse
@@ -343,10 +372,7 @@ def _markdown(
     figures: Mapping[str, str],
     grids: Mapping[str, str],
 ) -> str:
-    def table(head: list[str], body: list[list[str]]) -> list[str]:
-        esc = [[c.replace("|", "\\|") for c in r] for r in [head] + body]
-        return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
-
+    table = md_table
     inputs = summary["inputs"]
     lines = ["# gapeval score report", "", f"Created {summary['created']} · config `{summary['config_hash']}`", ""]
     lines += [
@@ -385,15 +411,7 @@ def _html(
 ) -> str:
     e = html.escape
 
-    def table(head: list[str], body: list[list[str]]) -> str:
-        th = "".join(f"<th>{e(h)}</th>" for h in head)
-        trs = "".join(
-            "<tr>"
-            + "".join(f"<td>{e(c).replace(' [', '<br><small>[', 1).replace(']', ']</small>') if ' [' in c else e(c)}</td>" for c in r)
-            + "</tr>"
-            for r in body
-        )
-        return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
+    table = html_table
 
     def md_inline(text: str) -> str:
         out = e(text)
@@ -406,13 +424,7 @@ def _html(
     inputs = summary["inputs"]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gapeval score report</title><style>",
-        (
-            "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}"
-            "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-            "th{background:#f0f0f0}td:nth-child(2),td:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
-            "small{color:#666}.scroll{overflow-x:auto}code{background:#f4f4f4;padding:0 3px}"
-            ".warn{background:#fff3cd;padding:.5em;border:1px solid #e0c060}"
-        ),
+        CSS,
         "</style></head><body>",
         "<h1>gapeval score report</h1>",
         f"<p>Created {e(summary['created'])} · config <code>{e(summary['config_hash'])}</code></p><ul>",
