@@ -54,6 +54,16 @@ class Raster:
         return float(self.valid.mean()) if self.valid.size else 0.0
 
 
+def _existing_suffix(path: Path) -> str:
+    """The lower-case suffix of ``path`` after checking the file exists and has a supported type."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: file does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    return suffix
+
+
 def read_raster(path: str | Path, *, window: Any = None, scale: float | None = None) -> Raster:
     """Read a GeoTIFF (windowed if ``window``), PNG/JPEG or ``.npy`` file as float32 bands-first.
 
@@ -65,17 +75,13 @@ def read_raster(path: str | Path, *, window: Any = None, scale: float | None = N
         MissingFileError: no such file. InputError: unreadable/corrupt file or unsupported suffix.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: file does not exist")
-    suffix = path.suffix.lower()
+    suffix = _existing_suffix(path)
     if suffix in RASTER_SUFFIXES:
         raster = _read_geotiff(path, window)
     elif suffix in IMAGE_SUFFIXES:
         raster = _read_image(path)
-    elif suffix in ARRAY_SUFFIXES:
-        raster = _read_npy(path)
     else:
-        raise InputError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        raster = _read_npy(path)
     if scale is not None:
         if scale <= 0:
             raise InputError(f"scale must be positive, got {scale}")
@@ -358,9 +364,7 @@ def raster_info(path: str | Path) -> RasterInfo:
         MissingFileError: no such file. InputError: corrupt/unreadable file or unsupported type.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: file does not exist")
-    suffix = path.suffix.lower()
+    suffix = _existing_suffix(path)
     if suffix in RASTER_SUFFIXES:
         with _open_geotiff(path) as ds:
             georef = ds.crs is not None
@@ -388,10 +392,8 @@ def raster_info(path: str | Path) -> RasterInfo:
         if mode not in ("L", "RGB", "RGBA", "LA", "P"):
             raise InputError(f"{path}: only 8-bit PNG/JPEG are supported, got image mode {mode}")
         return RasterInfo(path, bands, height, width, "uint8")
-    if suffix in ARRAY_SUFFIXES:
-        arr = _load_npy(path, mmap=True)
-        return RasterInfo(path, arr.shape[0], arr.shape[1], arr.shape[2], str(arr.dtype))
-    raise InputError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    arr = _load_npy(path, mmap=True)
+    return RasterInfo(path, arr.shape[0], arr.shape[1], arr.shape[2], str(arr.dtype))
 
 
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
