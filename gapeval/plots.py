@@ -144,6 +144,12 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def _significance(s: Mapping[str, Any]) -> str:
+    """``yes`` / ``no`` / ``no (underpowered)``: too few scenes for Holm significance (see ``gapeval.gap.power_notes``)."""
+    text = _fmt(s.get("significant"))
+    return f"{text} (underpowered)" if text == "no" and s.get("underpowered") else text
+
+
 def _tables(result: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table of the report."""
     tables = []
@@ -155,7 +161,7 @@ def _tables(result: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[s
                 rows.append([m, _fmt(s.get("n")), "", "", "", "", "", "", "", "", s.get("note", "")])
                 continue
             rows.append([m, _fmt(s["n"]), _fmt(s["mean_a"]), _fmt(s["mean_b"]), _fmt(s["gap"]), f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]",
-                         _fmt(s["p_value"], 3), _fmt(s.get("p_holm"), 3), _fmt(s.get("significant")), _fmt(s["cohens_dz"], 3), _fmt(s["rank_biserial"], 3)])
+                         _fmt(s["p_value"], 3), _fmt(s.get("p_holm"), 3), _significance(s), _fmt(s["cohens_dz"], 3), _fmt(s["rank_biserial"], 3)])
         title = f"Gap: {c['name']} (A = {c['a']}, B = {c['b']}, {c['n_matched']} matched scenes)"
         if c.get("unmatched"):
             title += " — unmatched scenes left out: " + "; ".join(f"{k}: {len(v)}" for k, v in c["unmatched"].items())
@@ -202,6 +208,7 @@ def write_gap_report(result: Mapping[str, Any], out: Path, samples: Mapping[str,
           f"Runs: {', '.join(result['runs'])}. Metrics tested: {', '.join(result['metrics'])}. "
           f"{result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. Gap = A - B over matched scenes; "
           f"CI: paired BCa bootstrap ({result['config']['n_resamples']} resamples).", ""]
+    md += [f"- {note}" for note in result.get("notes") or []] + ([""] if result.get("notes") else [])
     for title, header, rows in tables:
         md += [f"## {title}", ""] + md_table(header, rows) + [""]
     for title, p in figures.items():
@@ -219,6 +226,8 @@ def _html(result: Mapping[str, Any], tables: Sequence[tuple[str, list[str], list
              f"<style>{CSS}</style></head><body>", "<h1>Domain-gap report</h1>",
              f"<p>Runs: {esc(', '.join(result['runs']))}. {result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. "
              "Gap = A &minus; B over matched scenes; CI: paired BCa bootstrap.</p>"]
+    if result.get("notes"):
+        parts.append("<ul class='warn'>" + "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) + "</ul>")
     for title, header, rows in tables:
         parts.append(f"<h2>{esc(title)}</h2>" + html_table(header, rows))
     for title, p in figures.items():
