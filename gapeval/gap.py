@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,7 +38,7 @@ import numpy as np
 
 from gapeval.io import write_text_atomic
 from gapeval.metrics import direction
-from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison
+from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
 from lpips_sat.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -653,6 +654,8 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         s["p_holm"] = float(p)
         s["significant"] = bool(np.isfinite(p) and p < config.alpha)
         s["ci_excludes_zero"] = bool(np.isfinite(s["ci_low"]) and (s["ci_low"] > 0 or s["ci_high"] < 0))
+        s["min_p"] = smallest_wilcoxon_p(int(s["n"]))  # the scene count bounds the power (zero differences are data)
+        s["underpowered"] = bool(s["min_p"] * len(flat) >= config.alpha)
 
     result = {
         "tool": "gapeval gap",
@@ -667,6 +670,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "rankings": rankings(runs, metrics, design.conditions, config.group_by),
         "skipped": skipped,
     }
+    result["notes"] = power_notes(comparisons, len(flat), config.alpha)
     from gapeval.score import _jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
 
     out.mkdir(parents=True, exist_ok=True)
@@ -678,14 +682,48 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     return result
 
 
+def scenes_needed(n_tests: int, alpha: float) -> int:
+    """Fewest non-zero scene differences for which the exact two-sided Wilcoxon test can pass Holm's first threshold
+    ``alpha / n_tests`` (smallest p ``2 / 2**n``, see :func:`gapeval.stats.smallest_wilcoxon_p`)."""
+    return int(math.floor(math.log2(2.0 * max(1, n_tests) / alpha))) + 1
+
+
+def power_notes(comparisons: Sequence[Mapping[str, Any]], n_tests: int, alpha: float) -> list[str]:
+    """Plain-language notes on Holm and small samples for the CLI and the report (empty when nothing to say).
+
+    Flags comparisons whose scene count makes Holm significance unreachable (``underpowered``) and explains a CI that
+    excludes 0 next to "n.s.": the CI is one metric's unadjusted interval, Holm controls the error over every test.
+    """
+    tested = [(c, m, s) for c in comparisons for m, s in c["metrics"].items() if "p_holm" in s]
+    if not tested:
+        return []
+    notes = [] if n_tests < 2 else [f"Holm: the {n_tests} Wilcoxon tests (every metric of every comparison) share a family-wise error rate of {alpha:g}, "
+             f"so the smallest p-value must be below {alpha / n_tests:.2g} before any test counts as significant."]
+    weak = [(c, m, s) for c, m, s in tested if s.get("underpowered")]
+    if weak:
+        names = sorted({c["name"] for c, _, _ in weak})
+        n_max = max(int(s["n"]) for _, _, s in weak)
+        notes.append(f"Underpowered: with n scenes the exact two-sided Wilcoxon test cannot give p below 2/2^n "
+                     f"({n_max} scenes: {smallest_wilcoxon_p(n_max):.3g}), so {len(weak)} of {len(tested)} tests "
+                     f"({', '.join(names)}) cannot be significant whatever the data; {scenes_needed(n_tests, alpha)} or more "
+                     "scenes are needed at this number of tests (or test fewer metrics with --metrics).")
+    mixed = [1 for _, _, s in tested if s.get("ci_excludes_zero") and not s.get("significant")]
+    if mixed:
+        notes.append(f"{len(mixed)} test(s) show a 95 % CI that excludes 0 but are n.s.: the bootstrap CI is for one metric alone, not "
+                     "adjusted for the other tests, and with few scenes it is too narrow; read these as a consistent direction in "
+                     "this sample, not an established gap.")
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def add_arguments(parser) -> None:
     """``gapeval gap`` arguments."""
     parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR[#SET]",
                         help="a scored condition: name and its `gapeval score` results folder, #SET picks a prediction set (repeat)")
-    how = parser.add_mutually_exclusive_group(required=True)
+    how = parser.add_mutually_exclusive_group()
     how.add_argument("--design", help="YAML design: runs, conditions, comparisons (see docs/gap.md)")
-    how.add_argument("--pairs", nargs="+", metavar="A:B", help="comparisons as run names, gap = A - B")
+    how.add_argument("--pairs", nargs="+", metavar="A:B",
+                     help="comparisons as run names, gap = A - B (default with exactly two --run: first - second)")
     parser.add_argument("--out", required=True, help="output folder for gap.json and the report")
     parser.add_argument("--metrics", help="comma-separated metric columns (default: every numeric metric column)")
     parser.add_argument("--per-band", action="store_true", help="also test per-band columns such as psnr_B04")
@@ -712,8 +750,15 @@ def run(args) -> int:
     if args.design:
         design = load_design(args.design)
         design.runs = {**design.runs, **runs}
-    else:
+    elif args.pairs:
         design = Design(runs, parse_pairs(args.pairs))
+    elif len(runs) == 2:
+        a, b = runs
+        design = Design(runs, [(f"{a} - {b}", a, b)])
+    else:
+        print(f"gapeval gap: error: {len(runs)} run(s) given: pass --pairs A:B (or --design FILE), or exactly two --run "
+              "(the gap is then first - second)", file=sys.stderr)
+        return 2
     config = GapConfig(metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None, per_band=args.per_band,
                        allow_unmatched=args.allow_unmatched, images=not args.no_images, pred_scale=args.pred_scale,
                        target_scale=args.target_scale, pred_bands=args.pred_bands, target_bands=args.target_bands, feature_tile=args.feature_tile, hf_cutoff=args.hf_cutoff, group_by=args.group_by,
@@ -728,11 +773,13 @@ def run(args) -> int:
         print(f"{comp['name']}  (n = {comp['n_matched']} matched scenes)")
         for m, s in comp["metrics"].items():
             if "gap" in s:
-                flag = "significant" if s["significant"] else "n.s."
+                flag = "significant" if s["significant"] else "n.s. (underpowered)" if s.get("underpowered") else "n.s."
                 print(f"  {m:24s} gap {s['gap']:+.4g}  95% CI [{s['ci_low']:+.4g}, {s['ci_high']:+.4g}]  p_holm {s['p_holm']:.3g}  {flag}")
     for name, d in result["distribution"].items():
         print(f"{name}: FD {d.get('fd', float('nan')):.4g}  KID {d.get('kid', float('nan')):.4g} ± {d.get('kid_std', float('nan')):.2g}  "
               f"HF ratio {d.get('hf_ratio_mean', float('nan')):.3g}")
+    for note in result["notes"]:
+        print(f"note: {note}")
     if metric is not None and str(metric.name).startswith("random"):
         print(f"note: weights {metric.name!r} are a random network for testing; FD and KID values are not meaningful")
     print(f"gapeval gap: wrote {Path(args.out) / 'gap.json'} and the report")
