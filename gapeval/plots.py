@@ -42,10 +42,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _all_zero(s: Mapping[str, Any]) -> bool:
+    """A gap of exactly 0 with CI [0, 0]: every scene identical in both runs (an empty panel)."""
+    return s["gap"] == 0 and s.get("ci_low") == 0 and s.get("ci_high") == 0
+
+
 def forest_plot(comparisons: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: Path) -> Path | None:
     """One panel per metric; one row per comparison: mean gap (A - B) with its bootstrap CI; filled marker when
-    Holm-significant. Returns ``None`` when there is nothing to plot."""
-    metrics = [m for m in metrics if any("gap" in c["metrics"].get(m, {}) for c in comparisons)]
+    Holm-significant. Metrics whose every gap is exactly 0 (CI [0, 0]) get no panel; ``None`` when nothing is left."""
+    metrics = [m for m in metrics if any("gap" in c["metrics"].get(m, {}) and not _all_zero(c["metrics"][m]) for c in comparisons)]
     if not metrics:
         return None
     plt = _pyplot()
@@ -110,24 +115,43 @@ def psd_plot(freq: Sequence[float], hr: Sequence[float] | None, runs: Mapping[st
     return _save(fig, path)
 
 
-def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Sequence[str], path: Path, bins: int = 60) -> Path:
-    """Reflectance histograms per band: HR targets (filled) and each run's SR outputs (lines). ``samples[name]`` and
-    ``hr`` are (C, k) arrays."""
+def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Sequence[str], path: Path, bins: int = 40) -> Path | None:
+    """Reflectance histograms per band: HR targets (filled grey) and each run's SR outputs (step lines, one colour per
+    run, never translucent), with one legend for the figure. ``samples[name]`` and ``hr`` are (C, k) arrays. Bands
+    whose values are all equal (no spread to draw) are left out; ``None`` when none is left."""
+    from matplotlib.ticker import MaxNLocator
+
+    keep = []
+    for b, band in enumerate(bands):
+        allv = np.concatenate([hr[b]] + [s[b] for s in samples.values()])
+        allv = allv[np.isfinite(allv)]
+        if allv.size and allv.max() > allv.min():
+            keep.append((b, band))
+    if not keep:
+        return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(bands), figsize=(3.3 * len(bands), 3), squeeze=False)
-    for b, (ax, band) in enumerate(zip(axes.flat, bands)):
-        hi = float(np.quantile(hr[b], 0.998)) if hr.shape[1] else 1.0
-        lo = float(np.quantile(hr[b], 0.002)) if hr.shape[1] else 0.0
-        edges = np.linspace(lo, hi, bins + 1)
-        ax.hist(hr[b], bins=edges, density=True, color="0.8", label="HR target")
+    fig, axes = plt.subplots(1, len(keep), figsize=(3.4 * len(keep), 3.2), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (b, band) in zip(axes.flat, keep):
+        ref = hr[b] if hr.shape[1] and np.ptp(hr[b]) > 0 else np.concatenate([s[b] for s in samples.values()])
+        lo, hi = float(np.quantile(ref, 0.002)), float(np.quantile(ref, 0.998))
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        if hr.shape[1]:
+            handles.setdefault("HR target", ax.hist(hr[b], bins=edges, density=True, color="0.82", label="HR target")[2][0])
         for i, (name, s) in enumerate(samples.items()):
             dens, _ = np.histogram(s[b], bins=edges, density=True)
-            ax.plot((edges[:-1] + edges[1:]) / 2, dens, color=f"C{i % 10}", lw=1.2, label=name)
+            (line,) = ax.step(edges, np.append(dens, dens[-1]), where="post", color=f"C{i % 10}", lw=1.3, label=name)
+            handles.setdefault(name, line)
         ax.set_title(band, fontsize=9)
         ax.set_xlabel("reflectance", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(labelsize=8)
+    axes.flat[0].set_ylabel("density", fontsize=8)
+    ncol = min(len(handles), 6)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncol, fontsize=8, frameon=False)
+    legend_rows = math.ceil(len(handles) / ncol)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.22 * legend_rows) / fig.get_figheight()))
     return _save(fig, path)
 
 
@@ -202,7 +226,9 @@ def write_gap_report(result: Mapping[str, Any], out: Path, samples: Mapping[str,
         if pp:
             figures["Power spectral density"] = pp
     if samples:
-        figures["Band histograms"] = band_histograms(samples["runs"], samples["hr"], samples["bands"], fig_dir / "band_histograms.png")
+        bh = band_histograms(samples["runs"], samples["hr"], samples["bands"], fig_dir / "band_histograms.png")
+        if bh:
+            figures["Band histograms"] = bh
     tables = _tables(result)
     md = ["# Domain-gap report (gapeval gap)", "",
           f"Runs: {', '.join(result['runs'])}. Metrics tested: {', '.join(result['metrics'])}. "

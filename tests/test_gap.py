@@ -332,3 +332,24 @@ def test_missing_image_files_name_the_run_and_the_way_out(tmp_path, scenes):
     b = write_pairs(tmp_path / "b", rows)
     with pytest.raises(MissingFileError, match=r"run 'a', scene 'scene_00'.*--no-images"):
         gap_analysis(Design({"a": a, "b": b}, [("a - b", "a", "b")]), tmp_path / "out", GapConfig(n_resamples=100), metric=LPIPSSat.random())
+
+
+def test_degenerate_figure_panels_are_skipped(tmp_path):
+    from PIL import Image
+
+    from gapeval.plots import band_histograms, forest_plot
+
+    rng = np.random.default_rng(0)
+    const = np.full((2, 500), 0.1)
+    assert band_histograms({"a": const.copy()}, const.copy(), ["B04", "B08"], tmp_path / "none.png") is None
+    varied = const.copy()
+    varied[1] = rng.uniform(0, 0.4, 500)
+    path = band_histograms({"a": varied.copy()}, varied, ["B04", "B08"], tmp_path / "one.png")  # only B08 varies
+    both = band_histograms({"a": varied + rng.normal(0, 0.01, (2, 500))}, varied + rng.normal(0, 0.01, (2, 500)), ["B04", "B08"],
+                           tmp_path / "two.png")
+    with Image.open(path) as one, Image.open(both) as two:
+        assert one.size[0] < 0.75 * two.size[0]  # one panel instead of two
+    zero = {"gap": 0.0, "ci_low": 0.0, "ci_high": 0.0, "significant": False}
+    moved = {"gap": 0.1, "ci_low": 0.05, "ci_high": 0.15, "significant": True}
+    assert forest_plot([{"name": "x", "metrics": {"m": zero}}], ["m"], tmp_path / "f.png") is None
+    assert forest_plot([{"name": "x", "metrics": {"m": zero, "n": moved}}], ["m", "n"], tmp_path / "f.png") is not None
