@@ -131,4 +131,28 @@ def test_bad_inputs_raise_input_error() -> None:
     with pytest.raises(InputError, match="NaN"):
         opensr_test_metrics(_block_mean(hr, 4), bad, hr)
     with pytest.raises(InputError, match="border"):
-        opensr_test_metrics(_block_mean(hr[:, :32, :32], 4), hr[:, :32, :32], hr[:, :32, :32])
+        opensr_test_metrics(_block_mean(hr[:, :36, :36], 4), hr[:, :36, :36], hr[:, :36, :36])
+
+
+def test_accumulator_is_the_border_weighted_mean_of_window_values() -> None:
+    from gapeval.metrics.opensr import COLUMNS, TILES_COLUMN, OpenSRAccumulator
+
+    path, bands, _ = SCENES[0]
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    hr = _read(path)[bands, 300:428, 500:676]  # 128 x 176: windows of 128 x 128 and 128 x 48
+    lr = _block_mean(hr, 4)
+    sr = torch.nn.functional.interpolate(torch.from_numpy(lr)[None], scale_factor=4, mode="bilinear")[0].numpy()
+    acc = OpenSRAccumulator()
+    for cols in (slice(0, 128), slice(128, 176)):
+        lcols = slice(cols.start // 4, cols.stop // 4)
+        acc.update(lr[:, :, lcols], sr[:, :, cols], hr[:, :, cols], complete=True)
+    acc.update(lr[:, :, :9], sr[:, :, :36], hr[:, :, :36], complete=True)  # < 2 LR px inside the border: left out
+    acc.update(lr[:, :, :32], sr[:, :, :128], hr[:, :, :128], complete=False)  # an invalid pixel: left out
+    a = opensr_test_metrics(lr[:, :, :32], sr[:, :, :128], hr[:, :, :128])
+    b = opensr_test_metrics(lr[:, :, 32:44], sr[:, :, 128:176], hr[:, :, 128:176])
+    wa, wb = 96 * 96, 96 * 16
+    res = acc.result()
+    assert res[TILES_COLUMN] == 2
+    for key, col in COLUMNS.items():
+        assert res[col] == pytest.approx((a[key] * wa + b[key] * wb) / (wa + wb), rel=1e-9), col

@@ -220,8 +220,8 @@ def opensr_test_metrics(lr: Any, sr: Any, hr: Any, settings: OpenSRSettings = DE
             f"opensr-test protocol: scale x{scale} with LR {tuple(lr_t.shape[1:])} and HR {tuple(hr_t.shape[1:])}: the scale must divide "
             f"the {b} px border mask and the HR height be scale x LR height (opensr-test 1.3.3 fails otherwise)"
         )
-    if min(hr_t.shape[1:]) <= 2 * b + 1 or min(lr_t.shape[1:]) <= 2 * (b // scale) + 1:
-        raise InputError(f"opensr-test protocol: HR {tuple(hr_t.shape[1:])} px leaves nothing inside the {b} px border mask")
+    if min(hr_t.shape[1:]) < min_size(scale, settings):
+        raise InputError(f"opensr-test protocol: HR {tuple(hr_t.shape[1:])} px leaves less than 2 LR px inside the {b} px border mask")
     for name, t in (("lr", lr_t), ("sr", sr_t), ("hr", hr_t)):
         if not torch.isfinite(t).all():
             raise InputError(f"opensr-test protocol: {name} has NaN/inf pixels (the protocol has no nodata mask)")
@@ -258,4 +258,76 @@ def opensr_test_metrics(lr: Any, sr: Any, hr: Any, settings: OpenSRSettings = DE
     return {k: out[k] for k in KEYS}
 
 
-__all__ = ["DEFAULT", "KEYS", "OpenSRSettings", "histogram_match_exact", "normalised_difference", "opensr_test_metrics", "phase_shift", "translate"]
+# ------------------------------------------------------------------------------------------ over windows
+
+#: ``pairs.csv`` column of each opensr-test value, and the column counting the windows computed.
+COLUMNS = {
+    "reflectance": "opensr_reflectance",
+    "spectral": "opensr_spectral",
+    "spatial": "opensr_spatial",
+    "synthesis": "opensr_synthesis",
+    "im_metric": "opensr_improvement",
+    "om_metric": "opensr_omission",
+    "ha_metric": "opensr_hallucination",
+}
+TILES_COLUMN = "opensr_tiles"
+
+
+def min_size(scale: int, settings: OpenSRSettings = DEFAULT) -> int:
+    """Smallest HR side (px) the protocol takes at ``scale``: the border on both sides plus 2 LR pixels."""
+    return 2 * settings.border + 2 * scale
+
+
+def check_scale(ratio: float, where: str, settings: OpenSRSettings = DEFAULT) -> int:
+    """The integer scale of an LR/HR pixel-size ``ratio`` usable by the protocol (it must divide the border mask).
+
+    Raises:
+        InputError: a non-integer ratio or one that does not divide the border (naming ``where``).
+    """
+    scale = round(ratio)
+    if abs(ratio - scale) > 1e-6 or scale < 1 or settings.border % scale:
+        raise InputError(
+            f"{where}: --protocol opensr-test needs an integer LR/HR pixel-size ratio that divides its {settings.border} px border "
+            f"(2, 4, 8 or 16), got {ratio:g}"
+        )
+    return scale
+
+
+@dataclass
+class OpenSRAccumulator:
+    """The opensr-test protocol over the windows of one scene: each window is one opensr-test triplet; the scene
+    value is the mean of the window values weighted by the pixels inside their border masks (per value, over the
+    windows where it is finite). Windows with an invalid pixel or too small for the border mask are left out."""
+
+    settings: OpenSRSettings = DEFAULT
+    _sum: dict[str, float] | None = None
+    _weight: dict[str, float] | None = None
+    tiles: int = 0
+
+    def update(self, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, complete: bool) -> None:
+        """Add one window (``complete``: every pixel of the three is valid)."""
+        b = self.settings.border
+        if not complete or min(hr.shape[1:]) < min_size(round(hr.shape[-1] / lr.shape[-1]), self.settings):
+            return
+        values = opensr_test_metrics(lr, sr, hr, self.settings)
+        weight = float((hr.shape[1] - 2 * b) * (hr.shape[2] - 2 * b))
+        if self._sum is None:
+            self._sum, self._weight = dict.fromkeys(KEYS, 0.0), dict.fromkeys(KEYS, 0.0)
+        assert self._weight is not None
+        for key, value in values.items():
+            if np.isfinite(value):
+                self._sum[key] += value * weight
+                self._weight[key] += weight
+        self.tiles += 1
+
+    def result(self) -> dict[str, float]:
+        """``opensr_*`` columns (NaN when no window was computed) and ``opensr_tiles``."""
+        out = {}
+        for key, col in COLUMNS.items():
+            w = self._weight[key] if self._weight else 0.0
+            out[col] = self._sum[key] / w if w and self._sum else float("nan")
+        out[TILES_COLUMN] = float(self.tiles)
+        return out
+
+
+__all__ = ["COLUMNS", "DEFAULT", "KEYS", "TILES_COLUMN", "OpenSRAccumulator", "OpenSRSettings", "check_scale", "min_size", "histogram_match_exact", "normalised_difference", "opensr_test_metrics", "phase_shift", "translate"]
