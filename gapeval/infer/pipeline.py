@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from affine import Affine
 
 import gapeval
-from gapeval.degrade import histogram_match
+from gapeval.align import histogram_match
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
