@@ -31,7 +31,7 @@ class AdapterInfo:
         weights: where published weights are (never downloaded unless a hub id is given).
         licence: licence of code and weights.
         source: paper / code the adapter follows.
-        hub_patterns: files fetched for a hub repository id (diffusers layouts).
+        hub_parts: part folders fetched for a hub repository id (diffusers layouts; one weights format each).
     """
 
     name: str
@@ -46,14 +46,14 @@ class AdapterInfo:
     weights: str
     licence: str
     source: str
-    hub_patterns: tuple[str, ...] | None = None
+    hub_parts: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def resolve_checkpoint(self, spec: str) -> CheckpointSource:
-        """Resolve ``--checkpoint`` (downloading hub ids with this adapter's file patterns)."""
-        return resolve(spec, hub_patterns=self.hub_patterns)
+        """Resolve ``--checkpoint`` (downloading hub ids: this adapter's part folders, one weights format each)."""
+        return resolve(spec, hub_parts=self.hub_parts)
 
     def load(self, source: CheckpointSource, options: SamplingOptions, device: str = "cpu", precision: str = "auto") -> Adapter:
         """Build the adapter from a resolved checkpoint."""
@@ -75,7 +75,7 @@ ADAPTERS: dict[str, AdapterInfo] = {a.name: a for a in (
         bands=("B04", "B03", "B02"), scale=4, normalisation=_RGB, sampler="DDIM, 100 steps, eta 1.0 (scheduler config of the checkpoint)",
         tile=128, checkpoint="diffusers folder (unet/, vqvae/, scheduler/) or hub id", weights="huggingface.co/CompVis/ldm-super-resolution-4x-openimages",
         licence="Apache-2.0 (see the model card)", source="Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models",
-        hub_patterns=("unet/*", "vqvae/*", "scheduler/*", "model_index.json")),
+        hub_parts=("unet", "vqvae", "scheduler")),
     AdapterInfo(
         name="sd-x4-upscaler", family="text-conditioned latent diffusion upscaler (Stable Diffusion x4)", module="gapeval.infer.sd_upscaler",
         bands=("B04", "B03", "B02"), scale=4, normalisation=_RGB,
@@ -83,21 +83,22 @@ ADAPTERS: dict[str, AdapterInfo] = {a.name: a for a in (
         tile=128, checkpoint="diffusers folder (unet/, vae/, scheduler/, low_res_scheduler/[, text_encoder/, tokenizer/]) or hub id",
         weights="huggingface.co/stabilityai/stable-diffusion-x4-upscaler", licence="CreativeML Open RAIL++-M (use restrictions apply)",
         source="Stability AI, Stable Diffusion x4 upscaler",
-        hub_patterns=("unet/*", "vae/*", "scheduler/*", "low_res_scheduler/*", "model_index.json")),
+        hub_parts=("unet", "vae", "scheduler", "low_res_scheduler")),
     AdapterInfo(
         name="resshift", family="residual-shifting diffusion, few-step (ResShift; SinSR one-step)", module="gapeval.infer.resshift",
         bands=("B04", "B03", "B02"), scale=4, normalisation="per checkpoint (default: " + _RGB + ")",
-        sampler="ResShift Markov chain (eta schedule, kappa) in a VQ-f4 latent; --steps 1 = one-step (SinSR-distilled weights)", tile=64,
-        checkpoint="gapeval resshift .safetensors (Swin-UNet + VQModel + schedule in the metadata)",
-        weights="user-supplied (published ResShift/SinSR .pth use the authors' module names; no key map ships)",
+        sampler="ResShift Markov chain (eta schedule, kappa) in a VQ-f4 latent: v1 15 steps, v3 4 steps, SinSR 1 step (the defaults)", tile=64,
+        checkpoint="folder with the published denoiser .pth (resshift_realsrx4_s15_v1 / _s4_v3, SinSR_v1) + autoencoder_vq_f4.pth "
+                   "(schedule from the file name or resshift.json), or a gapeval resshift .safetensors",
+        weights="github.com/zsyOAOA/ResShift and github.com/wyf0912/SinSR releases (loaded strictly under upstream's names)",
         licence="ResShift/SinSR weights: NTU S-Lab License 1.0 (non-commercial); gapeval code Apache-2.0",
         source="Yue et al. 2023 (ResShift, NeurIPS); Wang et al. 2024 (SinSR, CVPR)"),
     AdapterInfo(
-        name="sr3", family="pixel-space conditional diffusion (SR3)", module="gapeval.infer.sr3",
+        name="sr3", family="SR3-style trainable baseline (pixel-space conditional diffusion; not SR3's published noise-level conditioning or schedule)", module="gapeval.infer.sr3",
         bands=("B04", "B03", "B02", "B08"), scale=4, normalisation="per checkpoint: 2 * reflectance / ref_max - 1 (default ref_max 0.5)",
         sampler="DDIM 50 steps eta 0 (default) or DDPM (--sampler ddpm)", tile=64,
         checkpoint="gapeval sr3 .safetensors written by `gapeval train sr3`", weights="trained by the user (gapeval train sr3)",
-        licence="yours (subject to the training data's licence)", source="Saharia et al. 2022, Image Super-Resolution via Iterative Refinement"),
+        licence="yours (subject to the training data's licence)", source="after Saharia et al. 2022 (SR3): same [x_t, bicubic LR] conditioning, but the UNet is conditioned on the discrete timestep with a linear 1e-4..2e-2 / 1000-step schedule, not on the continuous noise level sqrt(alpha_bar) with SR3's 1e-6..1e-2 / 2000-step schedule"),
 )}
 
 
