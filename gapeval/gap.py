@@ -12,8 +12,11 @@ Data flow of :func:`gap_analysis`:
     -> gap.json, report.md/html with figures (forest plot, PSD curves, band histograms, ranking tables)
 
 LR consistency: runs scored with ``gapeval score --lr`` carry the opensr-test style consistency columns
-(``refl_l1``, ``spectral_sam_deg``, ``shift_px``, ``improvement``/``omission``/``hallucination``); their gaps are
-computed like every other metric column.
+(``refl_l1``, ``spectral_sam_deg``, ``shift_px``, ``improvement``/``omission``/``hallucination``), or with
+``--protocol opensr-test`` the ``opensr_*`` columns; their gaps are computed like every other metric column. Whatever
+columns a run wrote are read; the corrections ``--align``/``--harmonize`` applied (``align_*``, ``harm_*``) are
+bookkeeping, not metrics. Two runs scored with different ``--protocol``/``--align``/``--harmonize`` are not compared
+unless ``allow_mixed`` (:func:`check_settings`).
 
 Statistical notes: pairs are scenes, the unit of replication; pixels within an image are not independent, so the
 pixel-level Wasserstein/KS values are descriptive distances (no p-values). FD and KID are computed on tiles (default
@@ -50,7 +53,8 @@ KEY_COLUMNS = ("pair", "key", "name", "rel_path", "relpath", "relative_path", "s
 #: Numeric columns that are bookkeeping, not quality metrics.
 NON_METRIC = re.compile(r"(^|_)(path|sha256|sha1|sha|hash|md5|bytes|width|height|rows|cols|index|idx|seed|seconds|time|time_s|"
                         r"elapsed|valid_fraction|invalid_fraction|valid_frac|n_pixels|n_valid|count|band_count|n_bands|tiles|n_tiles|"
-                        r"patches|lr_ratio|scale|ratio_px)$")
+                        r"patches|lr_ratio|scale|ratio_px)$"
+                        r"|^(align|harm)_")  # corrections score applied (--align/--harmonize), not quality
 #: Per-band columns (``psnr_B04``) are only tested with ``per_band=True``.
 PER_BAND = re.compile(r"_(B0[1-9]|B1[0-2]|B8A)$", re.IGNORECASE)
 #: Per-pair metric that the image analysis adds to each run's table: log10 of the SR/HR high-frequency energy ratio
@@ -58,6 +62,9 @@ PER_BAND = re.compile(r"_(B0[1-9]|B1[0-2]|B8A)$", re.IGNORECASE)
 HF_METRIC = "log10_hf_ratio"
 #: Column naming the prediction set in score's pairs.csv (one results folder can hold several sets).
 SET_COLUMN = "pred_set"
+#: Settings of ``gapeval score`` that change what its columns mean (``summary.json`` ``config`` key -> the value of runs
+#: scored before the option existed); two runs compared must agree on them unless ``allow_mixed``.
+SCORING_SETTINGS = {"protocol": "gapeval", "align": "none", "harmonize": "none"}
 
 
 # ---------------------------------------------------------------------------------------------- reading runs
@@ -205,6 +212,43 @@ def _hash_columns(a: Run, b: Run) -> list[str]:
     return [c for c in a.columns if c in b.columns and "target" in c.lower() and re.search(r"sha|hash|md5", c.lower())]
 
 
+def scoring_settings(run: Run) -> dict[str, str] | None:
+    """The :data:`SCORING_SETTINGS` a run was scored with, from its ``summary.json``; ``None`` without one."""
+    config = run.summary.get("config") if run.summary else None
+    if not isinstance(config, Mapping):
+        return None
+    return {k: str(config.get(k) or default) for k, default in SCORING_SETTINGS.items()}
+
+
+def check_settings(runs: Mapping[str, Run], comparisons: Sequence[tuple[str, str, str]], *, allow_mixed: bool = False) -> list[str]:
+    """Refuse comparisons whose two runs were scored with different protocol/alignment/harmonisation settings.
+
+    A gap between such runs measures the settings as much as the models (aligned vs raw targets, or the two
+    protocols' different columns). Returns one line per mixed comparison (and per run without ``summary.json``,
+    whose settings cannot be checked) for the record.
+    Raises:
+        InputError: a mixed comparison without ``allow_mixed``.
+    """
+    lines, mixed = [], []
+    unknown = sorted({n for _, a, b in comparisons for n in (a, b) if scoring_settings(runs[n]) is None})
+    for n in unknown:
+        lines.append(f"run {n!r}: no summary.json in {runs[n].directory}, so its --protocol/--align/--harmonize settings are not known")
+    for label, a, b in comparisons:
+        sa, sb = scoring_settings(runs[a]), scoring_settings(runs[b])
+        if sa is None or sb is None:
+            continue
+        diff = [k for k in SCORING_SETTINGS if sa[k] != sb[k]]
+        if diff:
+            text = ", ".join(f"--{k} {sa[k]} vs {sb[k]}" for k in diff)
+            mixed.append(f"comparison {label!r}: runs {a!r} and {b!r} were scored with different settings ({text})")
+    if mixed and not allow_mixed:
+        raise InputError("; ".join(mixed) + ". Their columns do not measure the same thing: score both runs with the same settings, "
+                         "or pass --allow-mixed to compare them anyway")
+    for line in lines + mixed:
+        log.warning("%s", line)
+    return lines + mixed
+
+
 # ---------------------------------------------------------------------------------------------- configuration
 @dataclass
 class GapConfig:
@@ -214,6 +258,7 @@ class GapConfig:
         metrics: metric columns to test (default: every numeric metric column common to the runs).
         per_band: also test per-band columns such as ``psnr_B04``.
         allow_unmatched: compare on the scenes common to both runs instead of failing.
+        allow_mixed: compare runs scored with different ``--protocol``/``--align``/``--harmonize`` (default: an error).
         confidence, n_resamples, seed: paired bootstrap CI (BCa, :func:`gapeval.stats.bootstrap_ci`).
         alpha: family-wise error rate for the Holm-adjusted Wilcoxon p-values (the family: every test in this analysis).
         images: analyse the images listed in ``pairs.csv`` (features, PSD, histograms); off: tables only.
@@ -231,6 +276,7 @@ class GapConfig:
     metrics: list[str] | None = None
     per_band: bool = False
     allow_unmatched: bool = False
+    allow_mixed: bool = False
     confidence: float = 0.95
     n_resamples: int = 2000
     seed: int = 0
@@ -628,6 +674,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         if a == b:
             raise InputError(f"comparison {label!r} compares run {a!r} with itself")
     runs = {name: read_run(name, d) for name, d in design.runs.items()}
+    settings_notes = check_settings(runs, design.comparisons, allow_mixed=config.allow_mixed)
     common = set.intersection(*(set(r.metrics(config.metrics, config.per_band)) for r in runs.values()))
     if not common:
         listing = "; ".join(f"{r.name}: {r.metrics(None, config.per_band)}" for r in runs.values())
@@ -677,7 +724,8 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "tool": "gapeval gap",
         "config": asdict(config),
         "metric": {"name": getattr(metric, "name", None), "sha256": getattr(metric, "sha256", None), "bands": [str(b) for b in getattr(metric, "bands", ())]} if config.images else None,
-        "runs": {n: {"dir": str(r.directory), "n_pairs": len(r.keys), "key_column": r.key_column, "conditions": design.conditions.get(n, {})} for n, r in runs.items()},
+        "runs": {n: {"dir": str(r.directory), "n_pairs": len(r.keys), "key_column": r.key_column, "conditions": design.conditions.get(n, {}),
+                     "scoring": scoring_settings(r)} for n, r in runs.items()},
         "metrics": metrics,
         "n_tests": len(flat),
         "comparisons": comparisons,
@@ -686,7 +734,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "rankings": rankings(runs, metrics, design.conditions, config.group_by),
         "skipped": skipped,
     }
-    result["notes"] = power_notes(comparisons, len(flat), config.alpha)
+    result["notes"] = settings_notes + power_notes(comparisons, len(flat), config.alpha)
     from gapeval.score import _jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
 
     out.mkdir(parents=True, exist_ok=True)
@@ -744,6 +792,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metrics", help="comma-separated metric columns (default: every numeric metric column)")
     parser.add_argument("--per-band", action="store_true", help="also test per-band columns such as psnr_B04")
     parser.add_argument("--allow-unmatched", action="store_true", help="compare on the scenes common to both runs")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="compare runs scored with different --protocol/--align/--harmonize settings (default: an error)")
     parser.add_argument("--no-images", action="store_true", help="only the tables: no features, spectra or histograms")
     parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space: registry name or .safetensors (default: the shipped "
                         "weights; 'random-tiny' = a random network for tests)")
@@ -777,7 +827,7 @@ def run(args) -> int:
               "(the gap is then first - second)", file=sys.stderr)
         return 2
     config = GapConfig(metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None, per_band=args.per_band,
-                       allow_unmatched=args.allow_unmatched, images=not args.no_images, pred_scale=args.pred_scale,
+                       allow_unmatched=args.allow_unmatched, allow_mixed=args.allow_mixed, images=not args.no_images, pred_scale=args.pred_scale,
                        target_scale=args.target_scale, pred_bands=args.pred_bands, target_bands=args.target_bands, feature_tile=args.feature_tile, hf_cutoff=args.hf_cutoff, group_by=args.group_by,
                        n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
     metric = None

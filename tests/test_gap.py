@@ -353,3 +353,54 @@ def test_degenerate_figure_panels_are_skipped(tmp_path):
     moved = {"gap": 0.1, "ci_low": 0.05, "ci_high": 0.15, "significant": True}
     assert forest_plot([{"name": "x", "metrics": {"m": zero}}], ["m"], tmp_path / "f.png") is None
     assert forest_plot([{"name": "x", "metrics": {"m": zero, "n": moved}}], ["m", "n"], tmp_path / "f.png") is not None
+
+
+# ---------------------------------------------------------------------------------------------- scoring settings
+def _with_summary(folder: Path, **config) -> Path:
+    (folder / "summary.json").write_text(json.dumps({"command": "gapeval score", "config": config}))
+    return folder
+
+
+def test_runs_scored_with_different_settings_are_refused_unless_allowed(tmp_path, scenes, capsys):
+    keys, d, _ = scenes
+    a = _with_summary(write_pairs(tmp_path / "a", table_rows(keys, d, 30 - 10 * d)), protocol="gapeval", align="shift", harmonize="linear")
+    b = _with_summary(write_pairs(tmp_path / "b", table_rows(keys, d + 0.01, 30 - 10 * d)), protocol="gapeval", align="none", harmonize="linear")
+    design = Design({"a": a, "b": b}, [("a - b", "a", "b")])
+    with pytest.raises(InputError, match=r"'a - b'.*--align shift vs none.*--allow-mixed"):
+        gap_analysis(design, tmp_path / "out", fast())
+    res = gap_analysis(design, tmp_path / "out", fast(allow_mixed=True))
+    assert res["comparisons"][0]["metrics"]["lpips_sat"]["gap"] == pytest.approx(-0.01)
+    assert any("different settings" in n for n in res["notes"])
+    assert res["runs"]["a"]["scoring"] == {"protocol": "gapeval", "align": "shift", "harmonize": "linear"}
+    # the CLI: exit 1 with the reason, then --allow-mixed
+    assert cli.main(["gap", "--run", f"a={a}", "--run", f"b={b}", "--out", str(tmp_path / "cli"), "--no-images"]) == 1
+    assert "--allow-mixed" in capsys.readouterr().err
+    assert cli.main(["gap", "--run", f"a={a}", "--run", f"b={b}", "--out", str(tmp_path / "cli"), "--no-images", "--allow-mixed"]) == 0
+    # a protocol difference is refused too; runs from before the options existed count as gapeval/none/none
+    c = _with_summary(write_pairs(tmp_path / "c", table_rows(keys, d, 30 - 10 * d)), protocol="opensr-test")
+    old = _with_summary(write_pairs(tmp_path / "old", table_rows(keys, d, 30 - 10 * d)), weights="x")
+    with pytest.raises(InputError, match="--protocol opensr-test vs gapeval"):
+        gap_analysis(Design({"c": c, "old": old}, [("c - old", "c", "old")]), tmp_path / "out", fast())
+    same = _with_summary(write_pairs(tmp_path / "same", table_rows(keys, d, 30 - 10 * d)), protocol="gapeval", align="none", harmonize="none")
+    notes = gap_analysis(Design({"s": same, "old": old}, [("s - old", "s", "old")]), tmp_path / "out", fast())["notes"]
+    assert not any("settings" in n for n in notes)
+    bare = write_pairs(tmp_path / "bare", table_rows(keys, d, 30 - 10 * d))  # no summary.json: allowed, said so
+    notes = gap_analysis(Design({"s": same, "bare": bare}, [("s - bare", "s", "bare")]), tmp_path / "out", fast())["notes"]
+    assert any("'bare': no summary.json" in n for n in notes)
+
+
+def test_alignment_columns_are_bookkeeping_and_opensr_columns_are_metrics(tmp_path, scenes):
+    keys, d, _ = scenes
+    extra = {"align_dx": np.full(30, 0.5), "harm_gain_B04": np.full(30, 1.1), "opensr_improvement": d, "opensr_tiles": np.ones(30)}
+    cols = COLUMNS + list(extra)
+    folder = tmp_path / "r"
+    folder.mkdir()
+    with (folder / "pairs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for row in table_rows(keys, d, 30 - 10 * d, **extra):
+            w.writerow({"pred_set": "sr", "status": "ok", "config_hash": "h", "pred_sha256": "p", "target_sha256": "t", **row})
+    run = read_run("r", folder)
+    metrics = run.metrics(None, per_band=True)
+    assert "opensr_improvement" in metrics
+    assert not {"align_dx", "harm_gain_B04", "opensr_tiles"} & set(metrics)

@@ -87,9 +87,10 @@ ADAPTERS: dict[str, AdapterInfo] = {a.name: a for a in (
     AdapterInfo(
         name="resshift", family="residual-shifting diffusion, few-step (ResShift; SinSR one-step)", module="gapeval.infer.resshift",
         bands=("B04", "B03", "B02"), scale=4, normalisation="per checkpoint (default: " + _RGB + ")",
-        sampler="ResShift Markov chain (eta schedule, kappa) in a VQ-f4 latent; --steps 1 = one-step (SinSR-distilled weights)", tile=64,
-        checkpoint="gapeval resshift .safetensors (Swin-UNet + VQModel + schedule in the metadata)",
-        weights="user-supplied (published ResShift/SinSR .pth use the authors' module names; no key map ships)",
+        sampler="ResShift Markov chain (eta schedule, kappa) in a VQ-f4 latent: v1 15 steps, v3 4 steps, SinSR 1 step (the defaults)", tile=64,
+        checkpoint="folder with the published denoiser .pth (resshift_realsrx4_s15_v1 / _s4_v3, SinSR_v1) + autoencoder_vq_f4.pth "
+                   "(schedule from the file name or resshift.json), or a gapeval resshift .safetensors",
+        weights="github.com/zsyOAOA/ResShift and github.com/wyf0912/SinSR releases (loaded strictly under upstream's names)",
         licence="ResShift/SinSR weights: NTU S-Lab License 1.0 (non-commercial); gapeval code Apache-2.0",
         source="Yue et al. 2023 (ResShift, NeurIPS); Wang et al. 2024 (SinSR, CVPR)"),
     AdapterInfo(
