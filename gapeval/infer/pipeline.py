@@ -375,10 +375,10 @@ class Pipeline:
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                if self.batch == 1:
+                if len(chunk) == 1:
                     raise InputError(f"{self.adapter.name}: out of memory even with one {self.tile} px tile per batch; "
                                      "use a smaller --tile or --precision bf16/fp16") from exc
-                self.batch = max(1, self.batch // 2)
+                self.batch = max(1, len(chunk) // 2)  # halve what failed (the batch may exceed the tiles left)
                 log.warning("out of memory with %d tiles per batch; retrying with %d", len(chunk), self.batch)
                 if self.adapter.device.type == "cuda":
                     torch.cuda.empty_cache()
