@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from affine import Affine
 
 import gapeval
-from gapeval.degrade import histogram_match
+from gapeval.align import histogram_match
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
@@ -375,10 +375,10 @@ class Pipeline:
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                if self.batch == 1:
+                if len(chunk) == 1:
                     raise InputError(f"{self.adapter.name}: out of memory even with one {self.tile} px tile per batch; "
                                      "use a smaller --tile or --precision bf16/fp16") from exc
-                self.batch = max(1, self.batch // 2)
+                self.batch = max(1, len(chunk) // 2)  # halve what failed (the batch may exceed the tiles left)
                 log.warning("out of memory with %d tiles per batch; retrying with %d", len(chunk), self.batch)
                 if self.adapter.device.type == "cuda":
                     torch.cuda.empty_cache()

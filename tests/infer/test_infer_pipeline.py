@@ -120,6 +120,18 @@ def test_oom_halves_batch_and_keeps_results(s2_tif: Path, source: CheckpointSour
     assert pipe.batch == 2 and max(toy.batches) <= 2
     run(Toy(), source, config(tmp_path / "b", batch=1), [s2_tif])
     assert np.array_equal(read(tmp_path / "a" / "scene.tif")[0], read(tmp_path / "b" / "scene.tif")[0])
+    # a batch far above the tile count halves what failed, never retrying a chunk of the same size
+    pipe3 = Pipeline(Toy(), source, config(tmp_path / "d", batch=1024))
+    tried = []
+
+    def record(lr, gens):
+        tried.append(lr.shape[0])
+        return flaky(lr, gens)
+
+    pipe3.sample_fn = record
+    pipe3.process(s2_tif)
+    failed = [n for n in tried if n > 2]
+    assert failed == sorted(set(failed), reverse=True) and pipe3.batch == 2
     pipe2 = Pipeline(Toy(), source, config(tmp_path / "c", batch=1))
     pipe2.sample_fn = lambda lr, gens: (_ for _ in ()).throw(RuntimeError("CUDA error: out of memory"))
     with pytest.raises(InputError, match="out of memory even with one"):
