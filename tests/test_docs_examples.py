@@ -75,3 +75,22 @@ def test_integration_doc_names_existing_examples() -> None:
     text = (ROOT / "docs" / "integration.md").read_text()
     for name in ("plain_loop.py", "lightning_style.py", "basicsr_registry.py", "running_mean.py"):
         assert f"docs/examples/{name}" in text and (EXAMPLES / name).exists()
+
+
+def test_documented_gap_example_command_writes_only_under_out(capsys) -> None:
+    """The worked gap example's documented command must not rewrite tracked docs: ``--write-docs`` is for maintainers,
+    absent from the docs' commands and from ``--help``."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/domain_gap_example.md", "docs/gap.md"):
+        commands = [line for line in (root / doc).read_text().splitlines() if "gap_example.py" in line and "--out" in line]
+        assert all("--write-docs" not in c for c in commands), (doc, commands)
+    assert re.search(r"^python3 scripts/gap_example\.py --out \S+$", (root / "docs/domain_gap_example.md").read_text(), re.M)
+    spec = importlib.util.spec_from_file_location("gap_example", root / "scripts/gap_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert done.value.code == 0 and "--out" in help_text and "--write-docs" not in help_text

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from affine import Affine
 
 import gapeval
+from gapeval.align import histogram_match
 from gapeval.bands import band_order
-from gapeval.degrade import histogram_match
 from gapeval.folders import list_images
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource

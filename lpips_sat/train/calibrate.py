@@ -31,6 +31,7 @@ from torch import nn
 
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
+from lpips_sat.hub import save_folder
 from lpips_sat.metric import normalize_channels
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
@@ -397,11 +398,13 @@ def run(args: argparse.Namespace) -> int:
     report["properties"] = property_checks(out / f"{args.name}.safetensors", val_imgs + scenes)
     report["sha256_fp16"] = sha16
     report["sha256_fp32"] = sha256_file(full32)
+    report["model_folder"] = str(save_folder(out / args.name, tensors, meta))  # hub layout: LPIPSSat.from_pretrained / push_to_hub
     report["backbone_sha256"] = sha256_file(args.backbone)
     report["seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v["2afc"] for k, v in report["splits"].items()}, indent=2))
     print(f"weights: {out / (args.name + '.safetensors')} (fp16, sha256 {sha16}); fp16 vs fp32 max |diff| {report['fp16_max_abs_diff']:.2e}")
+    print(f"model folder (config, model card, fp32 weights): {report['model_folder']}; load with LPIPSSat.from_pretrained, upload with push_to_hub")
     return 0
 
 
