@@ -270,7 +270,7 @@ def split_heads(w: torch.Tensor, channels: Sequence[int]) -> list[torch.Tensor]:
 
 def read_judgments_csv(path: str | Path, featurizer: Featurizer) -> Triplets:
     """User judgments: CSV with columns ref, a, b, p_a_closer (image paths relative to the CSV, reflectance)."""
-    from gapeval.io import read_raster
+    from lpips_sat.raster import read_raster
 
     path = Path(path)
     rows = list(csv.DictReader(open(path, newline="")))
@@ -423,7 +423,6 @@ def _fp16_check(path32: Path, path16: Path, images: Sequence[np.ndarray], n: int
 def property_checks(weights: Path, images: Sequence[np.ndarray], n: int = 64) -> dict[str, float]:
     """On real held-out patches: identity, symmetry, and how often a 1-px shift scores below a sigma=1.5 blur."""
     from lpips_sat.metric import LPIPSSat
-
     from lpips_sat.train.distortions import fourier_shift, gaussian_blur
 
     m = LPIPSSat(weights)
