@@ -13,8 +13,9 @@ Points that matter in a real Lightning project:
 * the metric is a sub-module, so Lightning moves it to the GPU with the model; it stays in eval mode and
   frozen even though Lightning calls ``.train()`` on the whole module every epoch;
 * optimise ``self.net.parameters()`` only (the metric's parameters have ``requires_grad=False`` anyway);
-* the validation metric accumulates with ``LPIPSSatMetric`` and is reset at epoch end; in DDP, all-reduce
-  its ``total`` and ``n`` buffers (or use ``merge``) before ``compute()``.
+* the validation metric accumulates with ``LPIPSSatMetric`` and is reset at epoch end; with torchmetrics
+  installed it is a ``torchmetrics.Metric``, so under DDP ``compute()`` sums ``total`` and ``n`` over all ranks
+  itself (``self.log("val_lpips_sat", self.val_lpips)`` also works).
 """
 
 from __future__ import annotations
