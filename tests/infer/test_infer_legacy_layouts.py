@@ -1,4 +1,4 @@
-"""The published diffusers checkpoints (pre-0.17 attention names) load strictly, in .bin and .safetensors, and run."""
+"""The published checkpoint layouts (diffusers pre-0.17 attention names, opensr-model Lightning) load strictly and run."""
 
 from __future__ import annotations
 
@@ -145,3 +145,14 @@ def test_hub_id_fetches_only_the_selected_files(monkeypatch: pytest.MonkeyPatch,
     assert source.hub_id == "CompVis/ldm-super-resolution-4x-openimages" and adapter.unet is not None
     assert sorted(calls[0]) == sorted(["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vqvae/config.json",
                                        "vqvae/diffusion_pytorch_model.bin", "scheduler/scheduler_config.json"])
+
+
+def test_ldsr_lightning_layout_runs_on_a_32px_tile(ldsr_ckpt: Path, tmp_path: Path) -> None:
+    """The fourth published layout (opensr-model Lightning .ckpt, tiny, real key names) through the same 32 px check."""
+    scene = _scene(tmp_path)
+    out = tmp_path / "out"
+    assert main(["infer", "--model", "ldsr-s2", "--input", str(scene), "--out", str(out), "--checkpoint", str(ldsr_ckpt), "--steps", "2",
+                 "--tile", "32", "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
+    data, tags, transform, crs, desc = read(out / "tile.tif")
+    assert data.shape == (4, 128, 128) and np.isfinite(data).all() and desc == ("B04", "B03", "B02", "B08")
+    assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618" and tags["model"] == "ldsr-s2"
