@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
+from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, distance_upper_bound, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat import hub
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
@@ -253,7 +253,7 @@ class LPIPSSat(nn.Module):
         the folder is then uploaded to ``repo_id`` (see :meth:`push_to_hub` for ``push_kwargs``).
         """
         tensors, meta = self.export()
-        folder = hub.save_folder(save_directory, tensors, meta, score_range=self.score_range, license=license, tags=tags, datasets=datasets, dtype=dtype)
+        folder = hub.save_folder(save_directory, tensors, meta, license=license, tags=tags, datasets=datasets, dtype=dtype)
         if push_to_hub:
             if not repo_id:
                 raise InputError("save_pretrained(push_to_hub=True) needs repo_id='owner/name'")
@@ -370,12 +370,10 @@ class LPIPSSat(nn.Module):
     def score_range(self) -> tuple[float, float]:
         """``(0, upper)``: every distance (and every value of a spatial map) lies in this interval.
 
-        Each tap's features are post-ReLU (non-negative) and unit-normalised, so ``|f_a - f_b|^2 = |f_a|^2 + |f_b|^2
-        - 2 f_a.f_b <= 2`` and ``sum_c w_c (f_a - f_b)_c^2 <= 2 max_c w_c`` at every pixel; spatial means and
-        bilinear upsampling keep that bound. The upper end is reached only by disjoint feature supports, so real
-        distances stay far below it.
+        ``upper = 2 * sum over taps of the largest head weight`` (:func:`lpips_sat.backbones.distance_upper_bound`);
+        it is reached only by disjoint feature supports, so real distances stay far below it.
         """
-        return 0.0, 2.0 * float(sum(h.max() for h in self.heads))
+        return 0.0, distance_upper_bound(self.heads)
 
     def extra_repr(self) -> str:
         norm = "" if self.normalize is None else f", normalize={self.normalize}"
