@@ -39,9 +39,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
 from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,11 @@ def _summary_value(run: Run, *names: str) -> Any:
 
 def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: float | None, wanted: Sequence[str], flag: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` as reflectance in the ``wanted`` band order (NaN where invalid) with gapeval's shared readers."""
-    from gapeval.io import RasterSource, band_gain_offset, check_reflectance, grid_of, raster_info, select_bands
+    from gapeval.bands import select_bands
+    from gapeval.grids import grid_of
+    from gapeval.reflectance import check_reflectance
+    from gapeval.sources import RasterSource
+    from lpips_sat.raster import band_gain_offset, raster_info
 
     info = raster_info(path)
     idx = select_bands(info, bands, wanted, flag.replace("scale", "bands"))
@@ -485,8 +489,20 @@ def _sample_pixels(image: np.ndarray, valid: np.ndarray, k: int, rng: np.random.
     return vals
 
 
-def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, cache_dir: Path | None) -> tuple[dict[str, ImageStats], ImageStats]:
-    """SR statistics per run and HR statistics (each target once) from the files listed in the runs' tables."""
+def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, cache_dir: Path | None,
+                   progress: bool = False) -> tuple[dict[str, ImageStats], ImageStats]:
+    """SR statistics per run and HR statistics (each target once) from the files listed in the runs' tables;
+    ``progress`` shows a tqdm bar (stderr) over the images."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(len(r.keys) for r in runs.values()), unit="image", desc="gapeval gap: images", disable=not progress)
+    try:
+        return _analyse_images(runs, config, metric, cache_dir, bar)
+    finally:
+        bar.close()
+
+
+def _analyse_images(runs: Mapping[str, Run], config: GapConfig, metric: Any, cache_dir: Path | None, bar: Any) -> tuple[dict[str, ImageStats], ImageStats]:
     wanted = tuple(metric.bands)
     rng = np.random.default_rng(config.seed)
     hr_stats, hr_done = ImageStats(), {}
@@ -498,12 +514,14 @@ def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, c
         preds, targets = run.column("pred_path", "pred", "sr_path"), run.column("target_path", "target", "hr_path")
         if preds is None or targets is None:
             stats_.skipped.append(f"{run.directory / PAIRS_FILE} has no pred_path/target_path columns")
+            bar.update(len(run.keys))
             continue
         pscale = config.pred_scale if config.pred_scale is not None else _summary_value(run, "pred_scale")
         tscale = config.target_scale if config.target_scale is not None else _summary_value(run, "target_scale")
         pbands = config.pred_bands or _summary_value(run, "pred_bands")
         tbands = config.target_bands or _summary_value(run, "target_bands")
         for i, (key, ptext, ttext) in enumerate(zip(run.keys, preds, targets)):
+            bar.update(1)
             ppath, tpath = _resolve_path(ptext, run), _resolve_path(ttext, run)
             try:
                 sr, sv = load_reflectance(ppath, bands=pbands, scale=pscale, wanted=wanted, flag="--pred-scale")
@@ -636,13 +654,15 @@ def rankings(runs: Mapping[str, Run], metrics: Sequence[str], conditions: Mappin
     return tables
 
 
-def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = None, *, metric: Any = None, report: bool = True) -> dict[str, Any]:
+def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = None, *, metric: Any = None, report: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
     """Run the whole analysis and write ``gap.json`` (+ report files) into ``out``; returns the JSON content.
 
     Args:
         design: runs (name -> results folder), comparisons (label, a, b), optional conditions and LR folders.
         metric: an :class:`lpips_sat.LPIPSSat` for the feature space (default: the shipped ``LPIPSSat()``);
             only needed when ``config.images``.
+        progress: a progress bar (stderr) over the images analysed.
     Raises:
         InputError / MissingFileError: see :func:`read_run` and :func:`match`; unknown run names in comparisons;
             runs without a common metric.
@@ -672,10 +692,10 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     skipped: dict[str, list[str]] = {}
     if config.images:
         if metric is None:
-            from gapeval.score import load_metric
+            from gapeval.scoring.weights import load_metric
 
             metric = load_metric(None)[0]
-        per_run, hr_stats = analyse_images(runs, config, metric=metric, cache_dir=out / "cache" / "features")
+        per_run, hr_stats = analyse_images(runs, config, metric=metric, cache_dir=out / "cache" / "features", progress=progress)
         for name, st in per_run.items():
             _add_image_metrics(runs[name], st)
             distances[name] = distribution_distances(st, hr_stats, config, [str(b) for b in metric.bands])
@@ -719,10 +739,10 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "skipped": skipped,
     }
     result["notes"] = settings_notes + power_notes(comparisons, len(flat), config.alpha)
-    from gapeval.score import _jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
+    from gapeval.results import jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "gap.json", json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "gap.json", json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     if report:
         from gapeval.plots import write_gap_report
 
@@ -792,6 +812,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="seed of bootstrap, KID subsets and pixel samples")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar of the image analysis")
 
 
 def run(args) -> int:
@@ -815,10 +836,10 @@ def run(args) -> int:
                        n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
     metric = None
     if config.images:
-        from gapeval.score import load_metric
+        from gapeval.scoring.weights import load_metric
 
         metric = load_metric(args.weights, args.device)[0]
-    result = gap_analysis(design, args.out, config, metric=metric)
+    result = gap_analysis(design, args.out, config, metric=metric, progress=not args.no_progress)
     for comp in result["comparisons"]:
         print(f"{comp['name']}  (n = {comp['n_matched']} matched scenes)")
         for m, s in comp["metrics"].items():

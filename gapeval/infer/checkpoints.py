@@ -299,7 +299,7 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta
     """Write float32 tensors + metadata atomically as safetensors; return the file's sha256."""
     from safetensors.torch import save_file
 
-    from gapeval.io import atomic_path
+    from lpips_sat.atomic import atomic_path
 
     path = Path(path)
     tmp = atomic_path(path)
