@@ -113,7 +113,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-range", choices=("reflectance", "dn"), default="reflectance",
                    help="pixel values are reflectance (DN / 10000) or Sentinel-2 digital numbers (default: reflectance)")
     p.add_argument("--scale", type=float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
-    p.add_argument("--weights", default=None, help="registry name or .safetensors file (default: the shipped lpips-sat-s2-rn18)")
+    p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")

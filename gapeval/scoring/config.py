@@ -18,6 +18,8 @@ DEFAULT_TILE = 512
 #: What a prediction's own invalid pixels (NaN/inf/nodata where the target is valid) do to its pair: ``fail`` marks
 #: the pair failed (no numbers; exit 3), ``mask`` scores only the prediction's valid pixels (and counts the others).
 INVALID_PRED_POLICIES = ("fail", "mask")
+#: ``--protocol`` values: gapeval's own LR-consistency/correctness columns, or opensr-test 1.3.3's (docs/metrics.md).
+PROTOCOLS = ("gapeval", "opensr-test")
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,14 @@ class ScoreConfig:
     hf_threshold: float = HF_THRESHOLD
     lambdas: tuple[float, float, float] = CORRECTNESS_LAMBDAS
     pattern: str | None = None
+    protocol: str = "gapeval"
     invalid_pred: str = "fail"
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "opensr-test" and not self.with_lr:
+            raise InputError("--protocol opensr-test needs the LR inputs (--lr DIR): all its values compare SR with LR")
         if not self.data_range > 0:
             raise InputError(f"--data-range must be positive, got {self.data_range}")
         if self.tile < MIN_SIZE:
