@@ -51,7 +51,8 @@ from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOL
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
 from lpips_sat.errors import InputError
-from lpips_sat.metric import LPIPSSat
+from lpips_sat.metric import MIN_SIZE, LPIPSSat
+from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
@@ -294,6 +295,14 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
     return None, text
 
 
+def _tile_size(text: str) -> int:
+    """``--tile``: at least LPIPS-Sat's smallest input and a multiple of the correctness patch (8 px)."""
+    value = int_at_least(MIN_SIZE)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 px (the correctness patch), got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gapeval score``."""
     parser.add_argument(
@@ -314,8 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
-    parser.add_argument("--workers", type=int, default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="scenes scored in parallel threads (default 1)")
+    parser.add_argument("--device", type=device, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,
@@ -330,7 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             f"--{role}-scale",
-            type=float,
+            type=positive_float,
             metavar="S",
             help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata",
         )
@@ -349,8 +358,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
-    parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
-    parser.add_argument("--sr-factor", type=float, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument("--data-range", type=positive_float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
+    parser.add_argument("--sr-factor", type=ratio_above_one, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -358,8 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
         "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
     )
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
+    parser.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
