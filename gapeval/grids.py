@@ -99,7 +99,10 @@ def grid_of(info: RasterInfo, target: Grid | None = None) -> Grid:
     if info.georeferenced and (target is None or target.georeferenced):
         return Grid(info.transform, info.crs, info.height, info.width, True)
     if target is None:
-        return Grid(Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0), CRS.from_user_input(PLACEHOLDER_CRS), info.height, info.width, False)
+        # top-left corner at (0, height), not (0, 0): GDAL's warper returns nothing for the geotransform (0, 1, 0, 0, 0, -1)
+        # (every LR-consistency value of non-georeferenced inputs came out NaN)
+        top = float(info.height)
+        return Grid(Affine(1.0, 0.0, 0.0, 0.0, -1.0, top), CRS.from_user_input(PLACEHOLDER_CRS), info.height, info.width, False)
     transform = target.transform @ Affine.scale(target.width / info.width, target.height / info.height)
     return Grid(transform, target.crs, info.height, info.width, False)
 

@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapeval.metrics.opensr import COLUMNS as _OPENSR, TILES_COLUMN as OPENSR_TILES
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
+
+#: ``pairs.csv`` columns of ``--protocol opensr-test`` (opensr-test's key -> column).
+OPENSR_COLUMNS = dict(_OPENSR)
 
 if TYPE_CHECKING:
     from gapeval.scoring.config import ScoreConfig
@@ -62,7 +66,9 @@ def columns(config: ScoreConfig) -> list[str]:
     """Column order of ``pairs.csv`` for ``config`` (per-band columns use the metric's band names)."""
     cols = list(LEAD_COLUMNS) + ["psnr", "ssim", "sam_deg", "ergas", "rmse", "mae"]
     cols += [f"{m}_{b}" for m in ("psnr", "ssim", "rmse", "mae") for b in config.bands]
-    if config.with_lr:
+    if config.with_lr and config.protocol == "opensr-test":
+        cols += [*OPENSR_COLUMNS.values(), OPENSR_TILES]
+    elif config.with_lr:
         cols += [
             "refl_l1",
             *[f"refl_l1_{b}" for b in config.bands],
@@ -80,7 +86,7 @@ def columns(config: ScoreConfig) -> list[str]:
 
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
-    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches")]
+    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)]
 
 
 # ------------------------------------------------------------------------------------------------ cells

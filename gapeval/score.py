@@ -43,7 +43,7 @@ from gapeval.results import (
     write_summary,
 )
 from gapeval.scoring import runner
-from gapeval.scoring.config import DEFAULT_TILE, RANDOM_WEIGHTS, ScoreConfig
+from gapeval.scoring.config import DEFAULT_TILE, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
 from gapeval.scoring.plan import FileHashes, plan_pairs
 from gapeval.scoring.weights import load_metric
 from lpips_sat.errors import InputError
@@ -109,6 +109,7 @@ def score(
     workers: int = 1,
     device: str | None = None,
     progress: bool = False,
+    protocol: str = "gapeval",
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
 
@@ -133,6 +134,8 @@ def score(
         overwrite: replace an existing ``pairs.csv`` (otherwise an error unless ``resume``).
         workers: scenes scored in parallel threads. device: ``cpu``, ``cuda``, ``auto``.
         progress: show a tqdm progress bar (stderr).
+        protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
+            ``docs/metrics.md``).
     Returns:
         :class:`ScoreResult` with ``records`` (one dict per pair, metrics as floats, NaN where not applicable)
         and ``summary`` (per prediction set and metric: n, mean, median, std, ci_low, ci_high).
@@ -161,6 +164,7 @@ def score(
         tile=tile,
         sr_factor=sr_factor,
         pattern=pattern,
+        protocol=protocol,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
     cols = columns(config)
@@ -226,6 +230,7 @@ def _summary(
         "command": "gapeval score",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": dict(inputs),
+        "protocol": config.protocol if config.with_lr else None,
         "config": asdict(config),
         "config_hash": config.hash(),
         "weights": {"name": config.weights, "sha256": config.weights_sha256, "testing_only": config.weights.startswith("random-")},
@@ -295,13 +300,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
     parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
     parser.add_argument("--sr-factor", type=float, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="gapeval",
+        help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
+        "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
+    )
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
     parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0, or raises an LPIPSSatError."""
+    """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0 (2: usage), or raises an LPIPSSatError."""
+    if args.protocol == "opensr-test" and not args.lr:
+        print("gapeval score: error: --protocol opensr-test needs --lr DIR (every opensr-test value compares SR with LR)", file=sys.stderr)
+        return 2
     preds: dict[str, str] = {}
     for text in args.pred:
         name, path = _pred_arg(text)
@@ -335,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        protocol=args.protocol,
     )
     print(format_table(result.summary))
     if result.summary["weights"]["testing_only"]:
@@ -351,7 +367,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(
-    summary: Mapping[str, Any], metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px")
+    summary: Mapping[str, Any],
+    metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px", "opensr_reflectance", "opensr_spatial"),
 ) -> str:
     """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
     sets = summary["pred_sets"]

@@ -1,5 +1,6 @@
 """Windowed access to one file: :class:`RasterSource` reads selected, scaled bands window by window (optionally
-resampled onto another grid) in bounded memory; :class:`RasterWriter` writes a GeoTIFF window by window, atomically."""
+resampled onto another grid) in bounded memory; :class:`ArraySource` does the same for an array in memory;
+:class:`RasterWriter` writes a GeoTIFF window by window, atomically."""
 
 from __future__ import annotations
 
@@ -128,6 +129,24 @@ class RasterSource:
         return out, ok
 
 
+
+
+class ArraySource(RasterSource):
+    """A (bands, rows, cols) array in memory behind the :class:`RasterSource` interface (every band, no scaling, no
+    nodata value: non-finite pixels are invalid), named ``<name>`` in messages. Used by ``gapeval.metrics.compute``
+    so that arrays take the very path files take."""
+
+    def __init__(self, data: np.ndarray, name: str, grid: Grid) -> None:
+        info = RasterInfo(Path(f"<{name}>"), data.shape[0], data.shape[1], data.shape[2], str(data.dtype))
+        bands = data.shape[0]
+        super().__init__(info, grid, range(bands), np.ones(bands), np.zeros(bands))
+        self._data = data
+
+    def open(self) -> None:
+        self._arr = self._data
+
+    def close(self) -> None:
+        self._arr = None
 
 
 class RasterWriter:

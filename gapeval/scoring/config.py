@@ -15,6 +15,8 @@ from lpips_sat.metric import MIN_SIZE
 RANDOM_WEIGHTS = "random-tiny"
 #: Default window (px) for reading, classical metrics and LPIPS-Sat tiles.
 DEFAULT_TILE = 512
+#: ``--protocol`` values: gapeval's own LR-consistency/correctness columns, or opensr-test 1.3.3's (docs/metrics.md).
+PROTOCOLS = ("gapeval", "opensr-test")
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,13 @@ class ScoreConfig:
     hf_threshold: float = HF_THRESHOLD
     lambdas: tuple[float, float, float] = CORRECTNESS_LAMBDAS
     pattern: str | None = None
+    protocol: str = "gapeval"
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "opensr-test" and not self.with_lr:
+            raise InputError("--protocol opensr-test needs the LR inputs (--lr DIR): all its values compare SR with LR")
         if not self.data_range > 0:
             raise InputError(f"--data-range must be positive, got {self.data_range}")
         if self.tile < MIN_SIZE:

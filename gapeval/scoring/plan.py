@@ -11,6 +11,7 @@ from typing import Any
 from gapeval.bands import select_bands
 from gapeval.folders import Pairing
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
+from gapeval.metrics.opensr import check_scale
 from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
 from lpips_sat.errors import InputError
@@ -85,7 +86,27 @@ def plan_scene(
     if lr is not None:
         lin, lgrid = _make_input(lr, config, "lr", tgrid, hashes)
         plan.lr, plan.ratio = lin, lr_ratio(lgrid, tgrid, lr, target)
+    check_protocol(plan, config)
     return plan
+
+
+def check_protocol(plan: ScenePlan, config: ScoreConfig) -> None:
+    """Grid conditions of ``--protocol opensr-test``: an integer LR/HR ratio dividing its border mask, a target whose
+    size is a multiple of it, and windows (``--tile``) on whole LR pixels.
+
+    Raises:
+        InputError: naming the LR and target files.
+    """
+    if config.protocol != "opensr-test" or plan.lr is None or plan.ratio is None:
+        return
+    where = f"{plan.lr.source.path} and {plan.target.source.path}"
+    scale = check_scale(plan.ratio, where)
+    grid, lgrid = plan.target.source.grid, plan.lr.source.grid
+    if (grid.height, grid.width) != (scale * lgrid.height, scale * lgrid.width) or config.tile % scale:
+        raise InputError(
+            f"{where}: --protocol opensr-test needs the target ({grid.width}x{grid.height} px) to be exactly x{scale} the LR "
+            f"({lgrid.width}x{lgrid.height} px) and --tile ({config.tile}) a multiple of {scale}"
+        )
 
 
 def _unchanged(row: Mapping[str, Any], pred: Path, target: Path, lr: Path | None, hashes: FileHashes) -> bool:
