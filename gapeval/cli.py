@@ -1,11 +1,13 @@
 """``gapeval`` command line: one sub-command per module, each exposing ``add_arguments(parser)`` and ``run(args)``.
 
-Exit codes: 0 success, 1 data error (a file or value is wrong; the message names it), 2 usage error.
+Exit codes: 0 success, 1 data error (a file or value is wrong; the message names it) or a missing optional
+package (the message names the extra to install), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from lpips_sat.cli import add_module_commands, dispatch
@@ -22,6 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Import names of the ``[eval]`` extra's packages; every gapeval command needs them.
+EVAL_MODULES = ("rasterio", "scipy", "matplotlib", "tqdm", "yaml", "PIL", "huggingface_hub")
+
+
+def missing_eval_modules() -> list[str]:
+    """The ``[eval]`` packages that are not installed (found without importing them)."""
+    return [m for m in EVAL_MODULES if importlib.util.find_spec(m) is None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser (every sub-command's module is imported to add its arguments)."""
     parser = argparse.ArgumentParser(prog="gapeval", description=__doc__.splitlines()[0])
@@ -32,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gapeval`` script."""
+    missing = missing_eval_modules()
+    if missing:
+        print(
+            f"gapeval: error: gapeval needs the optional packages of the [eval] extra (missing: {', '.join(missing)}); "
+            'install them with: pip install "lpips-sat[eval]"',
+            file=sys.stderr,
+        )
+        return 1
     return dispatch(build_parser(), argv)
 
 

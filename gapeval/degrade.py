@@ -38,9 +38,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from gapeval.align import BandTransform, fit_band_transform, histogram_match  # noqa: F401 - re-exported: their home is gapeval.align
-from gapeval.io import SUFFIXES, Grid, list_images, read_raster, write_raster
+from gapeval.folders import list_images
+from gapeval.grids import Grid
 from lpips_sat.bands import canonical, resolve
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.raster import SUFFIXES, read_raster, write_raster
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +399,8 @@ def degrade_file(src: Path, dst: Path, config: DegradeConfig, *, hr_scale: float
                     return "skipped"
         except Exception:  # noqa: BLE001 - an unreadable partial file is simply redone
             pass
-    from gapeval.io import band_gain_offset, check_reflectance, raster_info
+    from gapeval.reflectance import check_reflectance
+    from lpips_sat.raster import band_gain_offset, raster_info
 
     raster = read_raster(src)
     gain, offset = band_gain_offset(raster_info(src), list(range(raster.data.shape[0])), hr_scale)  # --hr-scale, else file scales

@@ -39,9 +39,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
 from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,11 @@ def _summary_value(run: Run, *names: str) -> Any:
 
 def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: float | None, wanted: Sequence[str], flag: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` as reflectance in the ``wanted`` band order (NaN where invalid) with gapeval's shared readers."""
-    from gapeval.io import RasterSource, band_gain_offset, check_reflectance, grid_of, raster_info, select_bands
+    from gapeval.bands import select_bands
+    from gapeval.grids import grid_of
+    from gapeval.reflectance import check_reflectance
+    from gapeval.sources import RasterSource
+    from lpips_sat.raster import band_gain_offset, raster_info
 
     info = raster_info(path)
     idx = select_bands(info, bands, wanted, flag.replace("scale", "bands"))
@@ -688,7 +692,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     skipped: dict[str, list[str]] = {}
     if config.images:
         if metric is None:
-            from gapeval.score import load_metric
+            from gapeval.scoring.weights import load_metric
 
             metric = load_metric(None)[0]
         per_run, hr_stats = analyse_images(runs, config, metric=metric, cache_dir=out / "cache" / "features", progress=progress)
@@ -735,10 +739,10 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "skipped": skipped,
     }
     result["notes"] = settings_notes + power_notes(comparisons, len(flat), config.alpha)
-    from gapeval.score import _jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
+    from gapeval.results import jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "gap.json", json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "gap.json", json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     if report:
         from gapeval.plots import write_gap_report
 
@@ -832,7 +836,7 @@ def run(args) -> int:
                        n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
     metric = None
     if config.images:
-        from gapeval.score import load_metric
+        from gapeval.scoring.weights import load_metric
 
         metric = load_metric(args.weights, args.device)[0]
     result = gap_analysis(design, args.out, config, metric=metric, progress=not args.no_progress)

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import atomic_path, write_text_atomic
 from gapeval.report import CSS, html_table, md_table
+from lpips_sat.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 

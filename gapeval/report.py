@@ -9,9 +9,7 @@ wrote it, else computed on the shown crop when a metric is given).
 
 from __future__ import annotations
 
-import csv
 import html
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -20,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
 from gapeval.metrics import METRICS
+from gapeval.results import MAPS_DIR, load_results
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -73,19 +72,6 @@ def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
         for r in body
     )
     return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
-
-
-def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder."""
-    from gapeval.score import PAIRS_CSV, SUMMARY_JSON, _parse
-
-    out_dir = Path(out_dir)
-    for name in (PAIRS_CSV, SUMMARY_JSON):
-        if not (out_dir / name).is_file():
-            raise MissingFileError(f"{out_dir / name} does not exist; run `gapeval score --out {out_dir}` first")
-    with open(out_dir / PAIRS_CSV, newline="") as fh:
-        rows = [_parse(r) for r in csv.DictReader(fh)]
-    return rows, json.loads((out_dir / SUMMARY_JSON).read_text())
 
 
 def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2) -> Path:
@@ -223,7 +209,7 @@ def _save(fig: Any, axes: np.ndarray, used: int, path: Path, top: float = 1.0) -
 
 
 def _config_from(summary: Mapping[str, Any]) -> Any:
-    from gapeval.score import ScoreConfig
+    from gapeval.scoring.config import ScoreConfig
 
     cfg = dict(summary["config"])
     names = {f.name for f in fields(ScoreConfig)}
@@ -248,9 +234,12 @@ def _pair_grid(
     import matplotlib.pyplot as plt
     from rasterio.windows import Window
 
-    from gapeval.io import RasterSource, grid_of, raster_info, window_slices
+    from gapeval.grids import grid_of
     from gapeval.metrics.perceptual import TiledLPIPS
-    from gapeval.score import MAPS_DIR, plan_scene
+    from gapeval.scoring.plan import plan_scene
+    from gapeval.sources import RasterSource
+    from gapeval.windows import window_slices
+    from lpips_sat.raster import raster_info
 
     config = _config_from(summary)
     bands = list(config.bands)

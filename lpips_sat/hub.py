@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from lpips_sat.backbones import distance_upper_bound
 from lpips_sat.errors import LPIPSSatError, MissingFileError, OfflineError, WeightsError
 from lpips_sat.registry import save_weights, sha256_file
 
@@ -111,9 +112,10 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *, score_range: Sequence[float],
+def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *,
                 license: str | None = None, tags: Sequence[str] = (), datasets: Sequence[str] = (), dtype: torch.dtype = torch.float32) -> Path:
-    """Write a hub model folder (each file atomically); ``metadata`` needs ``arch``, ``bands``, ``mean``, ``std``, ``taps``.
+    """Write a hub model folder (each file atomically) from weights-file ``tensors`` (``backbone.*``, ``heads.{i}.weight``)
+    and safetensors ``metadata`` (needs ``arch``, ``bands``, ``mean``, ``std``, ``taps``).
 
     ``license`` defaults to the hub id found in ``metadata["licence"]`` (else ``other``).
     """
@@ -123,9 +125,11 @@ def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sha = save_weights(folder / WEIGHTS_NAME, tensors, metadata, dtype=dtype)
-    heads = [v for k, v in tensors.items() if k.startswith("heads.")]
-    kind = "ones" if heads and all(bool((h == 1).all()) for h in heads) else "calibrated"
-    config = build_config(metadata, sha256=sha, heads=kind, score_range=score_range)
+    heads = [tensors[k] for k in sorted(k for k in tensors if k.startswith("heads."))]
+    if not heads:
+        raise WeightsError("cannot save a model folder without heads.{i}.weight tensors (use all-ones heads for an uncalibrated metric)")
+    kind = "ones" if all(bool((h == 1).all()) for h in heads) else "calibrated"
+    config = build_config(metadata, sha256=sha, heads=kind, score_range=(0.0, distance_upper_bound(heads)))
     _atomic_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     card = model_card(config, metadata, license=license or hub_licence(metadata.get("licence", "")),
                       tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])), datasets=list(datasets))

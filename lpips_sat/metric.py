@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
+from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, distance_upper_bound, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat import hub
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
@@ -71,8 +71,9 @@ class LPIPSSat(nn.Module):
     """Learned perceptual distance between two multispectral images (Sentinel-2 reflectance).
 
     Args:
-        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), or a path to a ``.safetensors``
-            file written by ``lpips-sat calibrate``.
+        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), a path to a ``.safetensors``
+            file written by ``lpips-sat calibrate``, or a model folder written by :meth:`save_pretrained`
+            (hub ids: :meth:`from_pretrained`).
         bands: band order of the tensors you pass (preset such as ``"planetscope-4b"``, or band names);
             default: the model's own order (R, G, B, NIR = B04, B03, B02, B08).
         input_range: ``"reflectance"`` (DN / 10000, about 0..1.5) or ``"dn"`` (divided by 10000 here).
@@ -228,10 +229,9 @@ class LPIPSSat(nn.Module):
                 raise MissingFileError(f"{text} is neither a model folder, a registry name ({', '.join(sorted(REGISTRY))}) nor a hub id owner/name")
             folder = hub.download(text, revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
                                   local_files_only=local_files_only)
-        config = hub.read_config(folder)
-        parts = _parts_from_weights(folder / hub.WEIGHTS_NAME, sha256=config["sha256"])
-        hub.check_consistent(config, parts.metadata, str(folder))
-        parts.name = text if from_hub else (config["name"] or folder.name)  # a hub model is known by its repo id
+        parts = _parts_from_folder(folder)
+        if from_hub:
+            parts.name = text  # a hub model is known by its repo id
         return cls(parts, **kwargs)
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -253,7 +253,7 @@ class LPIPSSat(nn.Module):
         the folder is then uploaded to ``repo_id`` (see :meth:`push_to_hub` for ``push_kwargs``).
         """
         tensors, meta = self.export()
-        folder = hub.save_folder(save_directory, tensors, meta, score_range=self.score_range, license=license, tags=tags, datasets=datasets, dtype=dtype)
+        folder = hub.save_folder(save_directory, tensors, meta, license=license, tags=tags, datasets=datasets, dtype=dtype)
         if push_to_hub:
             if not repo_id:
                 raise InputError("save_pretrained(push_to_hub=True) needs repo_id='owner/name'")
@@ -370,12 +370,10 @@ class LPIPSSat(nn.Module):
     def score_range(self) -> tuple[float, float]:
         """``(0, upper)``: every distance (and every value of a spatial map) lies in this interval.
 
-        Each tap's features are post-ReLU (non-negative) and unit-normalised, so ``|f_a - f_b|^2 = |f_a|^2 + |f_b|^2
-        - 2 f_a.f_b <= 2`` and ``sum_c w_c (f_a - f_b)_c^2 <= 2 max_c w_c`` at every pixel; spatial means and
-        bilinear upsampling keep that bound. The upper end is reached only by disjoint feature supports, so real
-        distances stay far below it.
+        ``upper = 2 * sum over taps of the largest head weight`` (:func:`lpips_sat.backbones.distance_upper_bound`);
+        it is reached only by disjoint feature supports, so real distances stay far below it.
         """
-        return 0.0, 2.0 * float(sum(h.max() for h in self.heads))
+        return 0.0, distance_upper_bound(self.heads)
 
     def extra_repr(self) -> str:
         norm = "" if self.normalize is None else f", normalize={self.normalize}"
@@ -390,9 +388,21 @@ def _known_name(text: str) -> bool:
     return True
 
 
+def _parts_from_folder(folder: Path) -> _Parts:
+    """Load a model folder (:mod:`lpips_sat.hub` layout), checking its sha256 and config against the weights file."""
+    config = hub.read_config(folder)
+    parts = _parts_from_weights(folder / hub.WEIGHTS_NAME, sha256=config["sha256"])
+    hub.check_consistent(config, parts.metadata, str(folder))
+    parts.name = config["name"] or folder.name
+    return parts
+
+
 def _parts_from_weights(weights: str | Path, sha256: str | None = None) -> _Parts:
-    """Load a registry name or a safetensors path into :class:`_Parts`, verifying sha256 (shipped files, or ``sha256``)."""
+    """Load a registry name, a model folder or a safetensors path into :class:`_Parts`, verifying sha256 (shipped
+    files, folders, or ``sha256``)."""
     text = str(weights)
+    if Path(text).is_dir():
+        return _parts_from_folder(Path(text))
     if text.endswith(".safetensors") or Path(text).is_file():
         tensors, meta = load_weights(text, sha256=sha256)
         name, sha = Path(text).name, sha256

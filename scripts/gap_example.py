@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from gapeval.degrade import degrade_folder, get_profile, resample  # noqa: E402
 from gapeval.gap import Design, GapConfig, gap_analysis, load_reflectance  # noqa: E402
-from gapeval.io import Grid, write_raster  # noqa: E402
+from gapeval.grids import Grid  # noqa: E402
+from lpips_sat.raster import write_raster  # noqa: E402
 
 S2_STACK = ROOT.parent / "shared" / "data" / "s2" / "s2_l1c_virginia_13band_10m.tif"
 BANDS = ("B04", "B03", "B02", "B08")
@@ -86,7 +87,7 @@ def super_resolve(lr_dir: Path, hr_dir: Path, out: Path, model: str) -> None:
     """Upsample every LR file onto its HR grid with GDAL cubic interpolation (``bicubic``), optionally unsharp-masked."""
     from scipy.ndimage import gaussian_filter
 
-    from gapeval.io import raster_info
+    from lpips_sat.raster import raster_info
 
     out.mkdir(parents=True, exist_ok=True)
     for hr_path in sorted(hr_dir.glob("*.tif")):
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from gapeval.score import load_metric, score
+    from gapeval.score import score
+    from gapeval.scoring.weights import load_metric
 
     t0 = time.time()
     out = Path(args.out)

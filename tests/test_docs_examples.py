@@ -55,6 +55,16 @@ def test_basicsr_registry(tiny_examples, capsys) -> None:
         ns["LOSS_REGISTRY"].register()(ns["LPIPSSatLoss"])
 
 
+def test_pyiqa_registry(tiny_examples, capsys) -> None:
+    ns = tiny_examples("pyiqa_registry.py")
+    result = ns["main"]()
+    assert result["lower_better"] is True and "pyiqa-style 'lpips_sat'" in capsys.readouterr().out
+    low, high = (float(v) for v in result["score_range"].split(","))
+    assert low == 0.0 and all(low <= d <= high for d in result["distances"]) and max(result["distances"]) > 0
+    with pytest.raises(KeyError, match="already registered"):
+        ns["ARCH_REGISTRY"].register()(ns["LPIPSSatArch"])
+
+
 def test_running_mean(tiny_examples, capsys) -> None:
     mean = tiny_examples("running_mean.py")["main"]()
     out = capsys.readouterr().out
@@ -73,7 +83,7 @@ def test_example_runs_as_a_script_on_real_scenes(tmp_path: Path) -> None:
 
 def test_integration_doc_names_existing_examples() -> None:
     text = (ROOT / "docs" / "integration.md").read_text()
-    for name in ("plain_loop.py", "lightning_style.py", "basicsr_registry.py", "running_mean.py"):
+    for name in ("plain_loop.py", "lightning_style.py", "basicsr_registry.py", "pyiqa_registry.py", "running_mean.py"):
         assert f"docs/examples/{name}" in text and (EXAMPLES / name).exists()
 
 

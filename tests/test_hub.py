@@ -172,3 +172,22 @@ def test_push_to_hub_then_from_pretrained_over_http(tmp_path) -> None:
     # the download fetched exactly the two files the loader needs
     assert [p for m, p in requests if m == "GET"] == ["/someone/lpips-sat-test/resolve/main/config.json",
                                                       "/someone/lpips-sat-test/resolve/main/model.safetensors"]
+
+
+def test_a_folder_is_accepted_wherever_weights_are(tmp_path, capsys) -> None:
+    """``LPIPSSat(folder)`` and ``lpips-sat compare --weights folder`` load the folder (sha256 from its config)."""
+    import numpy as np
+
+    from lpips_sat.cli import main
+
+    metric = LPIPSSat.random(seed=9)
+    folder = metric.save_pretrained(tmp_path / "m")
+    direct = LPIPSSat(folder)
+    assert direct.sha256 == json.loads((folder / CONFIG_NAME).read_text())["sha256"]
+    sr, hr = _pair(1, size=64)
+    assert torch.equal(direct(sr, hr), metric(sr, hr))
+    np.save(tmp_path / "a.npy", sr[0].numpy())
+    np.save(tmp_path / "b.npy", hr[0].numpy())
+    assert main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(folder), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["distance"] == pytest.approx(float(metric(sr, hr)[0]), rel=1e-6) and out["sha256"] == direct.sha256

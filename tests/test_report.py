@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gapeval.report import load_results, write_report
+from gapeval.report import write_report
+from gapeval.results import load_results
 from gapeval.score import score
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import MissingFileError

@@ -15,11 +15,12 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio
 
 import gapeval.score as score_mod
+import gapeval.scoring.scene as scene_mod
 from gapeval.cli import main
-from gapeval.io import read_raster, write_raster
 from gapeval.score import score
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.raster import read_raster, write_raster
 
 torch.set_num_threads(1)  # tiny networks: threads only add overhead on a shared machine
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -266,7 +267,7 @@ def test_folder_errors_and_corrupt_files(dataset, metric):
 
 def test_interrupted_run_resumes_without_losing_rows(dataset, metric, monkeypatch):
     out = dataset / "out"
-    real = score_mod.score_scene
+    real = scene_mod.score_scene
     calls = []
 
     def interrupted(plan, *args, **kwargs):
@@ -275,7 +276,7 @@ def test_interrupted_run_resumes_without_losing_rows(dataset, metric, monkeypatc
             raise KeyboardInterrupt
         return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(score_mod, "score_scene", interrupted)
+    monkeypatch.setattr(scene_mod, "score_scene", interrupted)
     with pytest.raises(KeyboardInterrupt):
         score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric, out=out)
     lines = (out / "pairs.csv").read_text().splitlines()
@@ -285,7 +286,7 @@ def test_interrupted_run_resumes_without_losing_rows(dataset, metric, monkeypatc
     with pytest.raises(InputError, match="--resume"):
         score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric, out=out)
     calls.clear()
-    monkeypatch.setattr(score_mod, "score_scene", lambda plan, *a, **k: (calls.append(plan.key), real(plan, *a, **k))[1])
+    monkeypatch.setattr(scene_mod, "score_scene", lambda plan, *a, **k: (calls.append(plan.key), real(plan, *a, **k))[1])
     res = score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric, out=out, resume=True)
     assert sorted(calls) == sorted(set(SCENES) - {lines[1].split(",")[1]})  # only the scenes not yet written
     fresh = score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric)

@@ -27,13 +27,17 @@ import torch
 import torch.nn.functional as F
 from affine import Affine
 
+from gapeval.bands import select_bands
+from gapeval.grids import Grid
 from gapeval.infer.base import ValueMap, autocast, resolve_precision
 from gapeval.infer.checkpoints import save_safetensors
 from gapeval.infer.pipeline import list_inputs
 from gapeval.infer.sr3 import DEFAULT_SCHEDULE, NAME, build_unet, condition, model_config, unet_config
-from gapeval.io import Grid, band_gain_offset, check_not_tiny, check_reflectance, raster_info, read_raster, select_bands, write_text_atomic
+from gapeval.reflectance import check_not_tiny, check_reflectance
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.bands import resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
+from lpips_sat.raster import band_gain_offset, raster_info, read_raster
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import torch
 from infer_helpers import TRANSFORM, read, s2_dn, write_tif
 from skimage.exposure import match_histograms as sk_match
 
+from gapeval.degrade import histogram_match
 from gapeval.infer.base import Adapter, batch_randn
 from gapeval.infer.checkpoints import CheckpointSource, checkpoint_sha256
-from gapeval.degrade import histogram_match
 from gapeval.infer.pipeline import InferConfig, Pipeline, list_inputs, parse_shard, run, select_shard, tile_seed
 from gapeval.infer.tiling import Tile
 from lpips_sat.errors import InputError, MissingFileError
@@ -59,7 +59,7 @@ def test_geometry_tags_and_identity(s2_tif: Path, source: CheckpointSource, tmp_
     assert crs.to_string() == "EPSG:32618" and desc == BANDS
     assert tags["model"] == "toy" and tags["checkpoint_sha256"] == source.sha256 and tags["seed"] == "3" and tags["steps"] == "0"
     assert tags["sampler"] == "toy" and tags["gapeval_version"] == "0.1.0" and tags["units"] == "reflectance"
-    refl = s2_dn().astype(np.float32) * np.float32(1 / 10000) + np.float32(0)  # gapeval.io.band_gain_offset's conversion
+    refl = s2_dn().astype(np.float32) * np.float32(1 / 10000) + np.float32(0)  # lpips_sat.raster.band_gain_offset's conversion
     expected = np.repeat(np.repeat(refl, 4, 1), 4, 2)
     assert np.array_equal(data, expected)  # identity model through tiles + blending: exact
 

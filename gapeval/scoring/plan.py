@@ -1,0 +1,130 @@
+"""Before any pixel is read: check each scene's headers (bands, scale, size, grids) and decide which pairs need
+scoring (a resumed run skips pairs already scored with this configuration and unchanged files)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gapeval.bands import select_bands
+from gapeval.folders import Pairing
+from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
+from gapeval.scoring.config import ScoreConfig
+from gapeval.sources import RasterSource
+from lpips_sat.errors import InputError
+from lpips_sat.metric import MIN_SIZE
+from lpips_sat.raster import band_gain_offset, raster_info
+from lpips_sat.registry import sha256_file
+
+
+@dataclass
+class SceneInput:
+    """One file of a scene, opened lazily: its windowed source, sha256, and whether it is resampled onto the target."""
+
+    source: RasterSource
+    sha256: str
+    flag: str  # option that sets this file's scale, quoted in errors
+    warp: bool = False
+
+
+@dataclass
+class ScenePlan:
+    """One target with the predictions still to score and its optional LR input, checked and ready to read."""
+
+    key: str
+    target: SceneInput
+    preds: dict[str, SceneInput]
+    lr: SceneInput | None = None
+    ratio: float | None = None  # LR pixel size / target pixel size
+
+
+class FileHashes:
+    """sha256 of files, each computed once."""
+
+    def __init__(self) -> None:
+        self._done: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        if path not in self._done:
+            self._done[path] = sha256_file(path)
+        return self._done[path]
+
+
+def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None, hashes: FileHashes) -> tuple[SceneInput, Grid]:
+    info = raster_info(path)
+    declared, scale = {
+        "pred": (config.pred_bands, config.pred_scale),
+        "target": (config.target_bands, config.target_scale),
+        "lr": (config.lr_bands, config.lr_scale),
+    }[role]
+    bands = select_bands(info, declared, config.bands, f"--{role}-bands")
+    gain, offset = band_gain_offset(info, bands, scale)
+    grid = grid_of(info, target)
+    return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale"), grid
+
+
+def plan_scene(
+    key: str, target: Path, preds: Mapping[str, Path], lr: Path | None, config: ScoreConfig, hashes: FileHashes | None = None
+) -> ScenePlan:
+    """Check one scene's headers (bands, scale, size, grids) and build its :class:`ScenePlan`.
+
+    Raises:
+        InputError: wrong band count/order, image too small, grids that differ without ``resample``, LR extent.
+    """
+    hashes = hashes or FileHashes()
+    tin, tgrid = _make_input(target, config, "target", None, hashes)
+    if min(tgrid.height, tgrid.width) < MIN_SIZE:
+        raise InputError(f"{target}: {tgrid.width}x{tgrid.height} px is smaller than LPIPS-Sat's minimum of {MIN_SIZE}x{MIN_SIZE}")
+    plan = ScenePlan(key, tin, {})
+    for name, path in preds.items():
+        pin, pgrid = _make_input(path, config, "pred", tgrid, hashes)
+        pin.warp = check_same_grid(pgrid, tgrid, path, target, config.resample)
+        plan.preds[name] = pin
+    if lr is not None:
+        lin, lgrid = _make_input(lr, config, "lr", tgrid, hashes)
+        plan.lr, plan.ratio = lin, lr_ratio(lgrid, tgrid, lr, target)
+    return plan
+
+
+def _unchanged(row: Mapping[str, Any], pred: Path, target: Path, lr: Path | None, hashes: FileHashes) -> bool:
+    """Whether a scored row's input files still have the sha256 it recorded."""
+    return (
+        row["pred_sha256"] == hashes(pred)
+        and row["target_sha256"] == hashes(target)
+        and row["lr_sha256"] == (hashes(lr) if lr else "")
+    )
+
+
+def plan_pairs(
+    pairing: Pairing,
+    sets: Iterable[str],
+    config: ScoreConfig,
+    done: Mapping[tuple[str, str], Mapping[str, Any]],
+    hashes: FileHashes,
+) -> tuple[list[ScenePlan], set[tuple[str, str]]]:
+    """Plans of the scenes with pairs to score, and the ``(set, key)`` of scored rows whose files changed (``stale``).
+
+    A pair in ``done`` is skipped when its files are unchanged; otherwise it is scored again.
+    """
+    sets = list(sets)
+    plans: list[ScenePlan] = []
+    stale: set[tuple[str, str]] = set()
+    for key in pairing.keys:
+        target = pairing.targets[key]
+        lr = pairing.lr.get(key) if pairing.lr else None
+        todo = {}
+        for name in sets:
+            path = pairing.preds[name].get(key)
+            if path is None:
+                continue
+            row = done.get((name, key))
+            if row is not None:
+                if _unchanged(row, path, target, lr, hashes):
+                    continue
+                stale.add((name, key))
+            todo[name] = path
+        if todo:
+            plans.append(plan_scene(key, target, todo, lr, config, hashes))
+    return plans, stale
