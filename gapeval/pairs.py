@@ -42,7 +42,13 @@ from gapeval.align import (
     histogram_match,
     resample,
 )
-from gapeval.io import SUFFIXES, RasterInfo, RasterSource, append_line, band_gain_offset, check_reflectance, list_images, raster_info, read_lines_complete, write_raster, write_text_atomic
+from gapeval.folders import list_images
+from gapeval.grids import Grid, same_crs
+from gapeval.reflectance import check_reflectance
+from gapeval.results import append_line, read_lines_complete
+from gapeval.sources import RasterSource
+from lpips_sat.atomic import write_text_atomic
+from lpips_sat.raster import SUFFIXES, RasterInfo, band_gain_offset, raster_info, write_raster
 from lpips_sat.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -203,18 +209,14 @@ def load_scenes(folder: str | Path, *, scale: float | None, mask_band: int | Non
     return scenes
 
 
-def _grid(info: RasterInfo) -> Any:
-    from gapeval.io import Grid
-
+def _grid(info: RasterInfo) -> Grid:
     return Grid(info.transform, info.crs, info.height, info.width, True)
 
 
 def _bounds_in(grid: Any, crs: Any) -> tuple[float, float, float, float]:
     from rasterio.warp import transform_bounds
 
-    from gapeval.io import _same_crs
-
-    if _same_crs(grid.crs, crs):
+    if same_crs(grid.crs, crs):
         return grid.bounds
     return transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
 
@@ -230,8 +232,6 @@ def pair_scenes(hr: Sequence[Scene], lr: Sequence[Scene], *, reproject: bool) ->
     Raises:
         InputError: an overlapping pair in different CRSs without ``reproject``; no pair overlaps at all.
     """
-    from gapeval.io import _same_crs
-
     pairs = []
     for low in sorted(lr, key=lambda s: s.path.as_posix()):
         lg = _grid(low.info)
@@ -239,7 +239,7 @@ def pair_scenes(hr: Sequence[Scene], lr: Sequence[Scene], *, reproject: bool) ->
             hg = _grid(high.info)
             if _intersection(lg.bounds, _bounds_in(hg, lg.crs)) is None:
                 continue
-            if not _same_crs(hg.crs, lg.crs) and not reproject:
+            if not same_crs(hg.crs, lg.crs) and not reproject:
                 raise InputError(f"{high.path}: CRS {hg.crs} differs from the LR scene {low.path} ({lg.crs}); "
                                  "reproject the HR scenes first or pass --reproject (cubic resampling onto the LR grid)")
             pairs.append((low, high))
@@ -342,9 +342,7 @@ def prepare_hr(high: Scene, lr: LRGrid, scale: int, halo: int) -> HRWork:
     fractional HR position), else reprojected (cubic) onto the LR grid subdivided ``scale`` times plus ``halo``."""
     from affine import Affine
 
-    from gapeval.io import Grid, _same_crs
-
-    if _same_crs(high.info.crs, lr.crs):
+    if same_crs(high.info.crs, lr.crs):
         data, valid = read_scene(high)
         col, row = ~high.info.transform @ (lr.transform.c, lr.transform.f)  # pixel-corner coordinates of the LR corner
         # HR pixel k has its centre at corner coordinate k + 0.5; the first HR sub-pixel centre of the LR corner pixel

@@ -48,7 +48,7 @@ def _bounds(transform, w: int, h: int) -> tuple[float, float, float, float]:
 
 
 def _write(path: Path, data: np.ndarray, transform, crs) -> Path:
-    from gapeval.io import write_raster
+    from lpips_sat.raster import write_raster
 
     write_raster(path, data.astype(np.float32), transform=transform, crs=crs, descriptions=("B04", "B03", "B02", "B08"))
     return path
