@@ -14,6 +14,7 @@ The Python API is :func:`score` (also callable as ``gapeval.score(...)``); the c
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -35,22 +36,28 @@ from gapeval.results import (
     PAIRS_CSV,
     SUMMARY_JSON,
     PairsTable,
+    ResultsLock,
     columns,
     format_cell,
     parse_row,
+    prepare_out_dir,
+    remove_stale_temporaries,
     summarize_rows,
     versions,
     write_summary,
 )
 from gapeval.scoring import runner
-from gapeval.scoring.config import DEFAULT_TILE, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
-from gapeval.scoring.plan import FileHashes, plan_pairs
+from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
+from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
 from lpips_sat.errors import InputError
 from lpips_sat.metric import LPIPSSat
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
+
+#: Exit status of a run in which some pairs failed and the others were scored (docs/reliability.md).
+EXIT_PARTIAL = 3
 
 
 @dataclass
@@ -106,6 +113,8 @@ def score(
     report: bool = False,
     resume: bool = False,
     overwrite: bool = False,
+    strict_bands: bool = False,
+    invalid_pred: str = "fail",
     workers: int = 1,
     device: str | None = None,
     progress: bool = False,
@@ -132,6 +141,10 @@ def score(
         maps: write georeferenced LPIPS-Sat maps; report: write the HTML/Markdown report (both need ``out``).
         resume: skip pairs already in ``out/pairs.csv`` with this configuration and unchanged files.
         overwrite: replace an existing ``pairs.csv`` (otherwise an error unless ``resume``).
+        invalid_pred: ``"fail"`` (default): a prediction with NaN/inf/nodata pixels where the target is valid fails its
+            pair (status ``failed``, no numbers); ``"mask"``: score only its valid pixels (``pred_invalid_fraction``).
+        strict_bands: refuse files whose band order would be assumed (no ``*_bands`` and no band names); otherwise
+            the assumed order is recorded in ``summary["inputs"]["assumed_band_order"]``.
         workers: scenes scored in parallel threads. device: ``cpu``, ``cuda``, ``auto``.
         progress: show a tqdm progress bar (stderr).
         protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
@@ -165,27 +178,60 @@ def score(
         sr_factor=sr_factor,
         pattern=pattern,
         protocol=protocol,
+        invalid_pred=invalid_pred,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
+    hashes = FileHashes()
+    inputs = {
+        "pred": {k: str(v) for k, v in preds.items()},
+        "target": str(target),
+        "lr": str(lr) if lr else None,
+        "assumed_band_order": assumed_band_orders(pairing, preds, config, hashes, strict=strict_bands),
+    }
+    score_into = functools.partial(_score_pairs, pairing, preds, inputs, config, net, hashes=hashes, batch_size=batch_size, workers=workers)
+    if out is None:
+        return score_into(None, progress=progress)
+    out_dir = prepare_out_dir(out)
+    with ResultsLock(out_dir):
+        remove_stale_temporaries(out_dir)
+        table = PairsTable(out_dir / PAIRS_CSV, columns(config), config.hash(), resume=resume, overwrite=overwrite)
+        result = score_into(table, progress=progress, maps=maps)
+        write_summary(out_dir, result.summary)
+        if report:
+            from gapeval.report import write_report
+
+            write_report(out_dir, metric=net)
+    return result
+
+
+def _score_pairs(
+    pairing: Pairing,
+    preds: Mapping[str, Path],
+    inputs: Mapping[str, Any],
+    config: ScoreConfig,
+    net: LPIPSSat,
+    table: PairsTable | None,
+    *,
+    hashes: FileHashes,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    maps: bool = False,
+) -> ScoreResult:
+    """Score the pairs not yet in ``table`` (all without a table), append them to it, and summarise this run's pairs."""
     cols = columns(config)
-    out_dir = Path(out) if out is not None else None
-    table = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        table = PairsTable(out_dir / PAIRS_CSV, cols, config.hash(), resume=resume, overwrite=overwrite)
     done = table.done() if table else {}
-    plans, stale = plan_pairs(pairing, preds, config, done, FileHashes())
+    plans, stale = plan_pairs(pairing, preds, config, done, hashes)
     if table is not None:
         table.drop(stale)
     if done:
         logger.info("resume: %d pairs already scored, %d to score", len(done) - len(stale), sum(len(p.preds) for p in plans))
-
     new_records = runner.run_plans(
         plans,
         config,
         net,
         batch_size=batch_size,
-        maps_dir=out_dir / MAPS_DIR if maps and out_dir else None,
+        maps_dir=table.path.parent / MAPS_DIR if maps and table else None,
         workers=workers,
         progress=progress,
         sink=table.append if table else None,
@@ -195,16 +241,11 @@ def score(
     else:
         records = [parse_row({c: format_cell(r.get(c)) for c in cols}) for r in new_records]
     records.sort(key=_record_order(list(preds), pairing.keys))
-    skipped = [{"pred_set": r["pred_set"], "key": r["key"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
-    inputs = {"pred": {k: str(v) for k, v in preds.items()}, "target": str(target), "lr": str(lr) if lr else None}
+    skipped = [
+        {"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]} for r in records if r["status"] != "ok"
+    ]
     summary = _summary(config, inputs, records, cols, pairing, skipped)
-    if out_dir is not None:
-        write_summary(out_dir, summary)
-        if report:
-            from gapeval.report import write_report
-
-            write_report(out_dir, metric=net)
-    return ScoreResult(records, summary, out_dir, config, skipped)
+    return ScoreResult(records, summary, table.path.parent if table else None, config, skipped)
 
 
 def _record_order(sets: Sequence[str], keys: Sequence[str]) -> Any:
@@ -296,6 +337,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resample", choices=RESAMPLING_METHODS, help="resample predictions onto the target grid when grids differ (else an error)"
     )
+    parser.add_argument(
+        "--invalid-pred",
+        choices=INVALID_PRED_POLICIES,
+        default="fail",
+        help="a prediction with NaN/inf/nodata pixels where the target is valid: fail its pair (default, exit 3) or "
+        "mask them (score only its valid pixels)",
+    )
+    parser.add_argument(
+        "--strict-bands", action="store_true", help="refuse files without band names instead of assuming the metric's band order"
+    )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
     parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
@@ -347,6 +398,8 @@ def run(args: argparse.Namespace) -> int:
         report=args.report,
         resume=args.resume,
         overwrite=args.overwrite,
+        strict_bands=args.strict_bands,
+        invalid_pred=args.invalid_pred,
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
@@ -356,14 +409,38 @@ def run(args: argparse.Namespace) -> int:
     if result.summary["weights"]["testing_only"]:
         print(f"note: weights {result.summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
     for item in result.skipped:
-        print(f"skipped {item['pred_set']}/{item['key']}: {item['reason']}")
+        print(f"{item['status']} {item['pred_set']}/{item['key']}: {item['reason']}")
     for label, keys in result.summary["unpaired"].items():
         print(f"unpaired ({label}): {len(keys)} file(s), e.g. {', '.join(keys[:5])}")
+    _warn(result)
     print(
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
+    failed = [s for s in result.skipped if s["status"] == "failed"]
+    if failed:
+        print(f"gapeval score: {len(failed)} pair(s) failed (listed above); the others were scored (exit 3)", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
+
+
+def _warn(result: ScoreResult) -> None:
+    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid prediction pixels."""
+    for role, item in result.summary["inputs"]["assumed_band_order"].items():
+        files = item["files"]
+        print(
+            f"warning: {len(files)} {role} file(s) have no band names; their bands were assumed to be {','.join(item['order'])} "
+            f"(e.g. {files[0]}; recorded in summary.json). Declare them with --{role}-bands, or refuse them with --strict-bands",
+            file=sys.stderr,
+        )
+    holes = [r for r in result.records if r["pred_invalid_fraction"] > 0]
+    if holes:
+        worst = max(holes, key=lambda r: r["pred_invalid_fraction"])
+        print(
+            f"note: {len(holes)} pair(s) had invalid prediction pixels (NaN/inf/nodata) where the target is valid; worst "
+            f"{worst['pred_set']}/{worst['key']}: {worst['pred_invalid_fraction']:.2%} (column pred_invalid_fraction)",
+            file=sys.stderr,
+        )
 
 
 def format_table(

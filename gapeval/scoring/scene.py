@@ -77,6 +77,7 @@ class SceneScorer:
         self.lpips = TiledLPIPS(metric, self.names, batch_size=batch_size, maps=maps)
         self.n_target = 0  # valid target pixels
         self.pred_invalid = {n: 0 for n in self.names}  # invalid prediction pixels where the target is valid
+        self.pred_defects = {n: 0 for n in self.names}  # of those, pixels the prediction file itself marks invalid
         self.maxima = {"target": -math.inf, **{n: -math.inf for n in self.names}}
 
     def hr_window(self, core: Any) -> list[tuple[str, Any, np.ndarray]]:
@@ -107,7 +108,9 @@ class SceneScorer:
             p, pv = _read(inp, grid, read_win, config.resample)
             self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag))
             joint = tv & pv
-            self.pred_invalid[n] += int((tv & ~pv)[core_sl].sum())
+            self.pred_invalid[n] += int((missing := (tv & ~pv)[core_sl]).sum())
+            if missing.any():
+                self.pred_defects[n] += int((missing & inp.source.defects_on(grid, core)).sum()) if inp.warp else int(missing.sum())
             self.classical[n].update(p, t, joint, core_sl, interior)
             if lr_block is not None:
                 complete = bool(joint[core_sl].all() and lr_valid.all())
@@ -186,6 +189,16 @@ class SceneScorer:
             "valid_fraction": n_valid / (self.grid.height * self.grid.width),
             "pred_invalid_fraction": self.pred_invalid[name] / self.n_target if self.n_target else float("nan"),
         }
+        defects = self.pred_defects[name]
+        if self.n_target and defects and self.config.invalid_pred == "fail":
+            why = (
+                f"{defects} of the {self.n_target} valid target pixels have no valid prediction value (NaN/inf/nodata in "
+                f"{self.plan.preds[name].source.path}); a prediction must predict every pixel (--invalid-pred mask scores "
+                "only its valid pixels)"
+            )
+            rec.update(status="failed", reason=why)
+            logger.warning("%s / %s failed: %s", name, self.plan.key, why)
+            return rec
         if n_valid == 0:
             why = (
                 "the target has no valid pixel (all nodata/NaN)"
