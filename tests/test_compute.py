@@ -1,5 +1,8 @@
 """``gapeval.metrics.compute`` (arrays in memory) is ``gapeval score``'s per-scene code: the same columns and numbers as
-``pairs.csv``; and ``--protocol opensr-test`` through ``gapeval score`` gives opensr-test's own numbers."""
+``pairs.csv``; and ``--protocol opensr-test`` through ``gapeval score`` gives opensr-test's own numbers.
+
+compute() places arrays on the placeholder grid of non-georeferenced files while the examples are georeferenced GeoTIFFs,
+so equal LR-consistency columns also check that grid (it once made them all NaN)."""
 
 from __future__ import annotations
 
