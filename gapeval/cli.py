@@ -16,6 +16,7 @@ from lpips_sat.cli import add_module_commands, dispatch
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("gapeval.score", "score SR prediction folders against high-resolution targets"),
     "degrade": ("gapeval.degrade", "make synthetic low-resolution inputs from high-resolution imagery"),
+    "pairs": ("gapeval.pairs", "build an aligned cross-sensor HR/LR pair dataset (and synthetic twins) from scenes"),
     "gap": ("gapeval.gap", "domain-gap statistics between scored conditions"),
     "merge": ("gapeval.shards", "combine the results folders of gapeval score --shard K/N into one"),
     "models": ("gapeval.infer.cli_models", "list the inference adapters"),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gapeval.metrics import METRICS
-from gapeval.results import MAPS_DIR, load_results
+from gapeval.results import MAPS_DIR, OPENSR_COLUMNS, load_results
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -40,6 +40,7 @@ HEADLINE = (
     "improvement",
     "omission",
     "hallucination",
+    *OPENSR_COLUMNS.values(),
 )
 #: Side of the image crops shown in the best/worst grids (px of the target grid).
 PREVIEW = 256
@@ -333,6 +334,7 @@ GROUPS = (
         "Consistency with the LR input, and correctness fractions",
         ("refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination"),
     ),
+    ("opensr-test protocol (opensr-test 1.3.3 Metrics().compute; docs/metrics.md)", tuple(OPENSR_COLUMNS.values())),
 )
 
 

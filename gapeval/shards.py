@@ -117,11 +117,40 @@ def check_shards(folders: Sequence[Path], summaries: Sequence[Mapping[str, Any]]
         if s.get("config_hash") != base.get("config_hash"):
             raise InputError(f"{folder} was scored with another configuration than {first}: "
                              f"{_config_difference(s.get('config') or {}, base.get('config') or {})}")
-        if s.get("inputs") != base.get("inputs"):
-            raise InputError(f"{folder} scored other inputs than {first}: {s.get('inputs')} vs {base.get('inputs')}")
+        if _folders(s) != _folders(base):
+            raise InputError(f"{folder} scored other inputs than {first}: {_folders(s)} vs {_folders(base)}")
         if s.get("columns") != base.get("columns"):
             raise InputError(f"{folder} has other columns than {first}")
     return int(n or 0), by_index
+
+
+def _folders(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The input folders of a summary (without the per-file lists, which differ between shards)."""
+    return {k: v for k, v in (summary.get("inputs") or {}).items() if k != "assumed_band_order"}
+
+
+def _merge_assumed(summaries: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]], sets: Sequence[str]) -> dict[str, Any]:
+    """``inputs["assumed_band_order"]`` of the whole run: the shards' file lists joined in the unsharded order (targets
+    and LR inputs by scene key, predictions by set then key; the keys come from the rows' paths)."""
+    key_of: dict[str, str] = {}
+    set_of: dict[str, str] = {}
+    for r in records:
+        for col in ("target_path", "lr_path", "pred_path"):
+            if r.get(col):
+                key_of[str(r[col])] = r["key"]
+        if r.get("pred_path"):
+            set_of[str(r["pred_path"])] = r["pred_set"]
+    out: dict[str, Any] = {}
+    for role in ("target", "pred", "lr"):
+        parts = [((s.get("inputs") or {}).get("assumed_band_order") or {}).get(role) for s in summaries]
+        parts = [p for p in parts if p]
+        if not parts:
+            continue
+        files = sorted({f for p in parts for f in p["files"]},
+                       key=lambda f: ((sets.index(set_of[f]) if set_of.get(f) in sets else len(sets)) if role == "pred" else 0,
+                                      key_of.get(f, f)))
+        out[role] = {"order": parts[0]["order"], "files": files}
+    return out
 
 
 def _csv_line(values: Sequence[str]) -> str:
@@ -190,10 +219,15 @@ def merge_results(
         for label, keys in (summary.get("unpaired") or {}).items():
             unpaired.setdefault(label, []).extend(keys)
     merged = {key: value for key, value in base.items() if key != "shard"}
+    inputs = dict(base.get("inputs") or {})
+    if "assumed_band_order" in inputs:
+        inputs["assumed_band_order"] = _merge_assumed([s for _, _, s in read], records, sets)
     merged.update(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        inputs=inputs,
         pred_sets=summarize_rows(records, header),
-        skipped=[{"pred_set": r["pred_set"], "key": r["key"], "reason": r["reason"]} for r in records if r["status"] != "ok"],
+        skipped=[{"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]}
+                 for r in records if r["status"] != "ok"],
         unpaired={label: sorted(keys) for label, keys in unpaired.items()},
         shards={"count": n, "merged": {str(k): str(by_index[k]) for k in sorted(by_index)}, "missing": missing},
     )

@@ -71,8 +71,9 @@ class LPIPSSat(nn.Module):
     """Learned perceptual distance between two multispectral images (Sentinel-2 reflectance).
 
     Args:
-        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), or a path to a ``.safetensors``
-            file written by ``lpips-sat calibrate``.
+        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), a path to a ``.safetensors``
+            file written by ``lpips-sat calibrate``, or a model folder written by :meth:`save_pretrained`
+            (hub ids: :meth:`from_pretrained`).
         bands: band order of the tensors you pass (preset such as ``"planetscope-4b"``, or band names);
             default: the model's own order (R, G, B, NIR = B04, B03, B02, B08).
         input_range: ``"reflectance"`` (DN / 10000, about 0..1.5) or ``"dn"`` (divided by 10000 here).
@@ -228,10 +229,9 @@ class LPIPSSat(nn.Module):
                 raise MissingFileError(f"{text} is neither a model folder, a registry name ({', '.join(sorted(REGISTRY))}) nor a hub id owner/name")
             folder = hub.download(text, revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
                                   local_files_only=local_files_only)
-        config = hub.read_config(folder)
-        parts = _parts_from_weights(folder / hub.WEIGHTS_NAME, sha256=config["sha256"])
-        hub.check_consistent(config, parts.metadata, str(folder))
-        parts.name = text if from_hub else (config["name"] or folder.name)  # a hub model is known by its repo id
+        parts = _parts_from_folder(folder)
+        if from_hub:
+            parts.name = text  # a hub model is known by its repo id
         return cls(parts, **kwargs)
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -310,6 +310,13 @@ class LPIPSSat(nn.Module):
             x = x[:, self._order]
         return (x - self.mean) / self.std
 
+    def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`)."""
+        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
+        if a.shape != b.shape:
+            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        return a, b
+
     def features(self, x: torch.Tensor, name: str = "input", prepared: bool = False) -> list[torch.Tensor]:
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
         if not prepared:
@@ -349,9 +356,7 @@ class LPIPSSat(nn.Module):
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
         spatial = self.spatial if spatial is None else spatial
-        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
-        if a.shape != b.shape:
-            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        a, b = self.prepare_pair(sr, hr)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)
@@ -388,9 +393,21 @@ def _known_name(text: str) -> bool:
     return True
 
 
+def _parts_from_folder(folder: Path) -> _Parts:
+    """Load a model folder (:mod:`lpips_sat.hub` layout), checking its sha256 and config against the weights file."""
+    config = hub.read_config(folder)
+    parts = _parts_from_weights(folder / hub.WEIGHTS_NAME, sha256=config["sha256"])
+    hub.check_consistent(config, parts.metadata, str(folder))
+    parts.name = config["name"] or folder.name
+    return parts
+
+
 def _parts_from_weights(weights: str | Path, sha256: str | None = None) -> _Parts:
-    """Load a registry name or a safetensors path into :class:`_Parts`, verifying sha256 (shipped files, or ``sha256``)."""
+    """Load a registry name, a model folder or a safetensors path into :class:`_Parts`, verifying sha256 (shipped
+    files, folders, or ``sha256``)."""
     text = str(weights)
+    if Path(text).is_dir():
+        return _parts_from_folder(Path(text))
     if text.endswith(".safetensors") or Path(text).is_file():
         tensors, meta = load_weights(text, sha256=sha256)
         name, sha = Path(text).name, sha256

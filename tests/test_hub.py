@@ -172,3 +172,37 @@ def test_push_to_hub_then_from_pretrained_over_http(tmp_path) -> None:
     # the download fetched exactly the two files the loader needs
     assert [p for m, p in requests if m == "GET"] == ["/someone/lpips-sat-test/resolve/main/config.json",
                                                       "/someone/lpips-sat-test/resolve/main/model.safetensors"]
+
+
+def test_a_folder_is_accepted_wherever_weights_are(tmp_path, capsys) -> None:
+    """``LPIPSSat(folder)`` and ``lpips-sat compare --weights folder`` load the folder (sha256 from its config)."""
+    import numpy as np
+
+    from lpips_sat.cli import main
+
+    metric = LPIPSSat.random(seed=9)
+    folder = metric.save_pretrained(tmp_path / "m")
+    direct = LPIPSSat(folder)
+    assert direct.sha256 == json.loads((folder / CONFIG_NAME).read_text())["sha256"]
+    sr, hr = _pair(1, size=64)
+    assert torch.equal(direct(sr, hr), metric(sr, hr))
+    np.save(tmp_path / "a.npy", sr[0].numpy())
+    np.save(tmp_path / "b.npy", hr[0].numpy())
+    assert main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(folder), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["distance"] == pytest.approx(float(metric(sr, hr)[0]), rel=1e-6) and out["sha256"] == direct.sha256
+
+
+def test_info_checks_a_model_folder(tmp_path, capsys) -> None:
+    from lpips_sat.cli import main
+
+    folder = LPIPSSat.random(seed=4).save_pretrained(tmp_path / "m")
+    assert main(["info", "--weights", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "random-resnet18-div8-seed4" in out and ": OK" in out
+    data = bytearray((folder / WEIGHTS_NAME).read_bytes())
+    data[-5] ^= 0x01
+    (folder / WEIGHTS_NAME).write_bytes(bytes(data))
+    assert main(["info", "--weights", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out and "model folder failed" in captured.err

@@ -186,6 +186,17 @@ def read_folder_weights(part: Path) -> dict[str, torch.Tensor]:
     raise MissingFileError(f"{part}: no diffusion_pytorch_model.safetensors (or .bin) weights file")
 
 
+def current_attention_name(key: str, expected: Collection[str]) -> str | None:
+    """Today's name of a pre-0.17 attention key (``….query.weight`` -> ``….to_q.weight``) when the module expects that
+    name and not the key itself; else None."""
+    head, _, param = key.rpartition(".")
+    path, _, leaf = head.rpartition(".")
+    if leaf not in LEGACY_ATTENTION_NAMES or not path or key in expected:
+        return None
+    new = f"{path}.{LEGACY_ATTENTION_NAMES[leaf]}.{param}"
+    return new if new in expected else None
+
+
 def rename_legacy_attention(state: Mapping[str, torch.Tensor], expected: Collection[str], source: str) -> dict[str, torch.Tensor]:
     """Rename pre-0.17 attention keys (``….query.weight`` -> ``….to_q.weight`` …) where the module expects the new name.
 
@@ -196,16 +207,14 @@ def rename_legacy_attention(state: Mapping[str, torch.Tensor], expected: Collect
     out: dict[str, torch.Tensor] = {}
     renamed = 0
     for key, value in state.items():
-        head, _, param = key.rpartition(".")
-        path, _, leaf = head.rpartition(".")
-        new = f"{path}.{LEGACY_ATTENTION_NAMES[leaf]}.{param}" if leaf in LEGACY_ATTENTION_NAMES and path else None
-        if new is not None and key not in expected and new in expected:
-            if new in state:
-                raise WeightsError(f"{source}: both the legacy key {key!r} and its current name {new!r} are present")
-            out[new] = value
-            renamed += 1
-        else:
+        new = current_attention_name(key, expected)
+        if new is None:
             out[key] = value
+            continue
+        if new in state:
+            raise WeightsError(f"{source}: both the legacy key {key!r} and its current name {new!r} are present")
+        out[new] = value
+        renamed += 1
     if renamed:
         log.info("%s: renamed %d pre-0.17 diffusers attention keys (query/key/value/proj_attn)", source, renamed)
     return out
@@ -215,7 +224,8 @@ def build_diffusers_part(cls: type, part: Path) -> nn.Module:
     """Instantiate diffusers ``cls`` from ``part/config.json`` and load ``part``'s weights strictly (no network access).
 
     Checkpoints written before diffusers 0.17 (legacy attention names) are renamed on load by
-    :func:`rename_legacy_attention`; every key must still be accounted for.
+    :func:`rename_legacy_attention`; every key must still be accounted for, and an error about a renamed key also
+    gives the name stored in the file.
     """
     config = read_json(part / "config.json")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -223,8 +233,17 @@ def build_diffusers_part(cls: type, part: Path) -> nn.Module:
         module = cls.from_config(config)
     except Exception as exc:
         raise WeightsError(f"{part}/config.json does not describe a valid {cls.__name__} ({exc})") from exc
-    state = rename_legacy_attention(read_folder_weights(part), set(module.state_dict()), str(part))
-    load_strict(module, state, str(part))
+    expected = set(module.state_dict())
+    stored = read_folder_weights(part)
+    state = rename_legacy_attention(stored, expected, str(part))
+    try:
+        load_strict(module, state, str(part))
+    except WeightsError as exc:
+        legacy = {new: key for key in stored if (new := current_attention_name(key, expected))}
+        named = [f"{new} <- {old}" for new, old in legacy.items() if repr(new) in str(exc)]
+        if named:
+            raise WeightsError(f"{exc}; renamed from the file's pre-0.17 names: {', '.join(named[:5])}") from exc
+        raise
     return module.eval()
 
 

@@ -30,6 +30,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,6 +152,15 @@ def save_checkpoint(path: str | Path, unet: SwinUNet, vqvae, schedule: ShiftSche
     return save_safetensors(path, tensors, {"model": NAME, "config": json.dumps(config)})
 
 
+def build_unet(config: Mapping[str, Any]) -> SwinUNet:
+    """An untrained :class:`SwinUNet` from a ``resshift`` checkpoint config (its ``"unet"`` entry, ``SwinUNetConfig.as_dict()``).
+
+    The stable entry point for trainers: ``save_checkpoint`` writes ``{"unet": unet.config.as_dict(), …}`` and ``load``
+    rebuilds the network with this function (``sr3.build_unet`` is its pixel-space counterpart).
+    """
+    return SwinUNet(SwinUNetConfig.from_dict(config["unet"]))
+
+
 def preset_for(path: Path) -> str:
     """The :data:`PRESETS` name of a published denoiser file (``…_s4_v3.pth`` -> ``resshift-v3``; ``SinSR…`` -> ``sinsr``)."""
     name = path.name.lower()
@@ -172,9 +182,9 @@ def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def load_published_unet(state: Mapping[str, torch.Tensor], source: str, config: SwinUNetConfig | None = None) -> SwinUNet:
-    """A :class:`SwinUNet` of the published configuration (or ``config``) with ``state`` loaded strictly under upstream's names."""
-    unet = SwinUNet(config or SwinUNetConfig())
+def load_unet_state(unet: SwinUNet, state: Mapping[str, torch.Tensor], source: str) -> SwinUNet:
+    """Load ``state`` (upstream ``UNetModelSwin`` names; a DDP/compile prefix is stripped) strictly into ``unet``,
+    after checking its position-index and shift-mask buffers against their definition."""
     state = strip_wrappers(state)
     try:
         unet.check_buffers(state, source)
@@ -228,7 +238,7 @@ def load(source: CheckpointSource, options: SamplingOptions, device="cpu", preci
 
     if source.is_folder:
         net_path, vq_path, preset, config = _published_folder(source.path)
-        unet = load_published_unet(read_checkpoint(net_path), str(net_path), config)
+        unet = load_unet_state(SwinUNet(config), read_checkpoint(net_path), str(net_path))
         vqvae = load_published_vq(read_checkpoint(vq_path), str(vq_path))
         schedule, default_steps = PRESETS[preset]
         return ResShift(unet, vqvae, schedule, ("B04", "B03", "B02"), ValueMap(), options, device, precision, default_steps=default_steps)
@@ -238,15 +248,15 @@ def load(source: CheckpointSource, options: SamplingOptions, device="cpu", preci
     config = config_from_metadata(source, NAME)
     parts = split_prefixed(source.tensors(), ("unet", "vqvae"), str(source.path))
     try:
-        ucfg = SwinUNetConfig.from_dict(config["unet"])
+        unet = build_unet(config)
         schedule = ShiftSchedule(**config.get("schedule", {}))
         bands = tuple(b for b in resolve(config.get("bands", ["B04", "B03", "B02"])) if b)
         values = ValueMap(**config.get("value_map", {}))
         vqvae = VQModel.from_config(config["vqvae"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{source.path}: invalid resshift config in the metadata ({exc})") from exc
-    if ucfg.cond_channels != len(bands):
-        raise WeightsError(f"{source.path}: network conditions on {ucfg.cond_channels} bands but the config lists {list(bands)}")
-    unet = load_published_unet(parts["unet"], f"{source.path} (unet)", ucfg)
+    if unet.config.cond_channels != len(bands):
+        raise WeightsError(f"{source.path}: network conditions on {unet.config.cond_channels} bands but the config lists {list(bands)}")
+    load_unet_state(unet, parts["unet"], f"{source.path} (unet)")
     load_strict(vqvae, parts["vqvae"], f"{source.path} (vqvae)")
     return ResShift(unet, vqvae, schedule, bands, values, options, device, precision)

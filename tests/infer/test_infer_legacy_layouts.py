@@ -1,4 +1,4 @@
-"""The published diffusers checkpoints (pre-0.17 attention names) load strictly, in .bin and .safetensors, and run."""
+"""The published checkpoint layouts (diffusers pre-0.17 attention names, opensr-model Lightning) load strictly and run."""
 
 from __future__ import annotations
 
@@ -98,8 +98,10 @@ def test_damaged_legacy_checkpoint_names_the_key(damage: str, tmp_path: Path) ->
         state[key] = state[key][:, :-1].contiguous()
         expect = "mid_block.attentions.0.to_q.weight"
     save_file(state, str(path))
-    with pytest.raises(WeightsError, match=expect.replace(".", r"\.")):
+    with pytest.raises(WeightsError, match=expect.replace(".", r"\.")) as err:
         load_adapter("ldm-sr-x4", str(folder), SamplingOptions(steps=1))
+    if damage == "reshaped":  # the file's own name is given too
+        assert "mid_block.attentions.0.to_q.weight <- mid_block.attentions.0.query.weight" in str(err.value)
 
 
 def test_both_legacy_and_current_name_is_an_error() -> None:
@@ -126,3 +128,31 @@ def test_fixture_configs_are_the_hub_keys(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["low_res_scheduler", "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
     unet = json.loads((folder / "unet" / "config.json").read_text())
     assert unet["num_class_embeds"] == 1000 and unet["use_linear_projection"] and unet["in_channels"] == 7
+
+
+def test_hub_id_fetches_only_the_selected_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """At the huggingface_hub boundary: the listing is filtered to one weights file per part before snapshot_download."""
+    import huggingface_hub
+
+    folder, _ = ldm_x4_folder(tmp_path / "snap", "bin")
+    listing = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.safetensors",
+               "vqvae/config.json", "vqvae/diffusion_pytorch_model.bin", "scheduler/scheduler_config.json", "README.md", "images/x.png"]
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, **kw: listing)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None, **kw: calls.append(allow_patterns) or str(folder))
+    adapter, source = load_adapter("ldm-sr-x4", "CompVis/ldm-super-resolution-4x-openimages", SamplingOptions(steps=1))
+    assert source.hub_id == "CompVis/ldm-super-resolution-4x-openimages" and adapter.unet is not None
+    assert sorted(calls[0]) == sorted(["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vqvae/config.json",
+                                       "vqvae/diffusion_pytorch_model.bin", "scheduler/scheduler_config.json"])
+
+
+def test_ldsr_lightning_layout_runs_on_a_32px_tile(ldsr_ckpt: Path, tmp_path: Path) -> None:
+    """The fourth published layout (opensr-model Lightning .ckpt, tiny, real key names) through the same 32 px check."""
+    scene = _scene(tmp_path)
+    out = tmp_path / "out"
+    assert main(["infer", "--model", "ldsr-s2", "--input", str(scene), "--out", str(out), "--checkpoint", str(ldsr_ckpt), "--steps", "2",
+                 "--tile", "32", "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
+    data, tags, transform, crs, desc = read(out / "tile.tif")
+    assert data.shape == (4, 128, 128) and np.isfinite(data).all() and desc == ("B04", "B03", "B02", "B08")
+    assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618" and tags["model"] == "ldsr-s2"
