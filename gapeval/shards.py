@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gapeval.folders import Pairing
-from gapeval.results import MAPS_DIR, PAIRS_CSV, SUMMARY_JSON, parse_row, read_lines_complete, summarize_rows, write_summary
+from gapeval.results import MAPS_DIR, PAIRS_CSV, SUMMARY_JSON, parse_row, read_records_complete, summarize_rows, write_summary
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -78,9 +78,10 @@ def _read_shard(folder: Path) -> tuple[list[str], list[list[str]], dict[str, Any
         summary = json.loads((folder / SUMMARY_JSON).read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{folder / SUMMARY_JSON}: not valid JSON ({exc})") from exc
-    reader = csv.reader(read_lines_complete(folder / PAIRS_CSV))
-    header = next(reader, None) or []
-    return header, [row for row in reader], summary
+    records = read_records_complete(folder / PAIRS_CSV)
+    if not records:
+        raise InputError(f"{folder / PAIRS_CSV} is empty; score the shard again (--overwrite)")
+    return records[0], records[1:], summary
 
 
 def _config_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
