@@ -45,7 +45,7 @@ from gapeval.align import (
 from gapeval.folders import list_images
 from gapeval.grids import Grid, same_crs
 from gapeval.reflectance import check_reflectance
-from gapeval.results import append_line, read_lines_complete
+from gapeval.results import append_line, read_records_complete
 from gapeval.sources import RasterSource
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.raster import SUFFIXES, RasterInfo, band_gain_offset, raster_info, write_raster
@@ -602,10 +602,11 @@ def _done_tiles(out: Path, config: PairsConfig, overwrite: bool) -> dict[str, di
     previous = json.loads(state.read_text()).get("config_hash") if state.exists() else None
     if previous != config.hash():
         raise InputError(f"{out}: holds a pairs run with another configuration ({STATE}); use a new --out or --overwrite")
-    lines = read_lines_complete(manifest)
-    if not lines:
+    records = read_records_complete(manifest)
+    if len(records) < 2:
         return {}
-    return {row["tile"]: row for row in csv.DictReader(lines)}
+    header = records[0]
+    return {rec[0]: dict(zip(header, rec)) for rec in records[1:] if rec}
 
 
 def _write_state(out: Path, config: PairsConfig, extra: Mapping[str, Any]) -> None:

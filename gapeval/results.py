@@ -213,7 +213,7 @@ class PairsTable:
         header = records[0] if records else None
         if header != self.cols:
             raise InputError(
-                f"{self.path} has other columns than this configuration writes (different bands, or --lr given or not); "
+                f"{self.path} has other columns than this configuration writes (different bands, --lr given or not, or another --protocol); "
                 "use another --out, or --overwrite to start over"
             )
         for i, rec in enumerate(records[1:], start=2):
