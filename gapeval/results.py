@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapeval.metrics import METRICS
 from gapeval.metrics.opensr import COLUMNS as _OPENSR
 from gapeval.metrics.opensr import TILES_COLUMN as OPENSR_TILES
 from lpips_sat.atomic import write_text_atomic
@@ -241,7 +243,7 @@ class PairsTable:
         header = records[0] if records else None
         if header != self.cols:
             raise InputError(
-                f"{self.path} has other columns than this configuration writes (different bands, or --lr given or not); "
+                f"{self.path} has other columns than this configuration writes (different bands, --lr given or not, or another --protocol); "
                 "use another --out, or --overwrite to start over"
             )
         for i, rec in enumerate(records[1:], start=2):
@@ -463,3 +465,29 @@ def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, A
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{out_dir / SUMMARY_JSON}: not readable JSON ({exc}); run gapeval score again") from exc
     return parsed, summary
+
+
+def format_table(
+    summary: Mapping[str, Any],
+    metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px", "opensr_reflectance", "opensr_spatial"),
+) -> str:
+    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
+    sets = summary["pred_sets"]
+    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
+    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
+    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
+    rows = [head]
+    for name in ranked:
+        s = sets[name]
+        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
+        for m in metrics:
+            st = s["metrics"][m]
+            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
+            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _nan_last(value: Any) -> float:
+    return float(value) if value is not None and np.isfinite(value) else math.inf

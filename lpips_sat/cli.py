@@ -171,7 +171,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ info
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="show one registry entry or a .safetensors file in detail (default: all entries)")
+    p.add_argument("--weights", help="show one registry entry, a .safetensors file or a model folder in detail (default: all entries)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -201,6 +201,12 @@ def info_records(only: str | None = None) -> list[dict[str, Any]]:
     """One record per registry entry (or for the named entry / file): what ``lpips-sat info`` shows."""
     from lpips_sat.registry import REGISTRY, get_entry, weights_dir
 
+    if only and Path(only).is_dir():  # a model folder (save_pretrained / calibrate): its weights file against its config
+        from lpips_sat.hub import WEIGHTS_NAME, read_config
+
+        config = read_config(Path(only))
+        return [{"name": config["name"] or Path(only).name, "shipped": False, "folder": only, "config": config,
+                 **describe_file(Path(only) / WEIGHTS_NAME, config["sha256"])}]
     if only and (only.endswith(".safetensors") or Path(only).is_file()):
         path = Path(only)
         if not path.is_file():
@@ -251,7 +257,7 @@ def run_info(args: argparse.Namespace) -> int:
     from lpips_sat.registry import weights_dir
 
     records = info_records(args.weights)
-    bad = [r["name"] for r in records if r.get("shipped") and not r.get("sha256_ok")]
+    bad = [r["name"] for r in records if (r.get("shipped") or "folder" in r) and not r.get("sha256_ok")]
     if args.json:
         print(json.dumps({"records": records, "failed": bad}, indent=2))
     else:
@@ -265,7 +271,8 @@ def run_info(args: argparse.Namespace) -> int:
         for rec in records:
             _print_record(rec)
     if bad:
-        print(f"lpips-sat info: error: shipped weights failed their check: {', '.join(bad)}; reinstall lpips-sat", file=sys.stderr)
+        what = "model folder" if args.weights and Path(args.weights).is_dir() else "shipped weights"
+        print(f"lpips-sat info: error: {what} failed their sha256 check: {', '.join(bad)}; reinstall lpips-sat or re-save the folder", file=sys.stderr)
         return 1
     return 0
 

@@ -312,6 +312,13 @@ class LPIPSSat(nn.Module):
             x = x[:, self._order]
         return (x - self.mean) / self.std
 
+    def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`)."""
+        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
+        if a.shape != b.shape:
+            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        return a, b
+
     def features(self, x: torch.Tensor, name: str = "input", prepared: bool = False) -> list[torch.Tensor]:
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
         if not prepared:
@@ -351,9 +358,7 @@ class LPIPSSat(nn.Module):
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
         spatial = self.spatial if spatial is None else spatial
-        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
-        if a.shape != b.shape:
-            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        a, b = self.prepare_pair(sr, hr)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)

@@ -1,5 +1,8 @@
 """``gapeval.metrics.compute`` (arrays in memory) is ``gapeval score``'s per-scene code: the same columns and numbers as
-``pairs.csv``; and ``--protocol opensr-test`` through ``gapeval score`` gives opensr-test's own numbers."""
+``pairs.csv``; and ``--protocol opensr-test`` through ``gapeval score`` gives opensr-test's own numbers.
+
+compute() places arrays on the placeholder grid of non-georeferenced files while the examples are georeferenced GeoTIFFs,
+so equal LR-consistency columns also check that grid (it once made them all NaN)."""
 
 from __future__ import annotations
 
@@ -134,3 +137,12 @@ def test_cli_protocol_needs_lr(tmp_path: Path, capsys) -> None:
     code = cli.main(["score", "--pred", str(EXAMPLES / "pred" / "noisy"), "--target", str(EXAMPLES / "hr"), "--out", str(tmp_path),
                      "--weights", "random-tiny", "--protocol", "opensr-test"])
     assert code == 2 and "needs --lr" in capsys.readouterr().err
+
+
+def test_resuming_with_another_protocol_is_refused(tmp_path: Path) -> None:
+    kw = dict(lr=EXAMPLES / "lr", out=tmp_path, metric="random-tiny", pattern=f"{KEYS[0]}*")
+    first = gapeval.score(EXAMPLES / "pred" / "noisy", EXAMPLES / "hr", **kw)
+    assert first.summary["protocol"] == "gapeval"
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["protocol"] == "gapeval"
+    with pytest.raises(InputError, match="another --protocol"):
+        gapeval.score(EXAMPLES / "pred" / "noisy", EXAMPLES / "hr", resume=True, protocol="opensr-test", **kw)
