@@ -14,7 +14,9 @@ generation SinSR distils, Wang et al. 2024).
 
 Checkpoint: a gapeval ``.safetensors`` with ``unet.*`` (:class:`~gapeval.infer.swin_unet.SwinUNet`) and ``vqvae.*``
 (diffusers ``VQModel``) tensors and a JSON ``config`` in the metadata (see :func:`save_checkpoint`). Published
-ResShift/SinSR ``.pth`` files use the authors' module names, for which no key map ships here.
+ResShift/SinSR ``.pth`` files use the authors' module names, for which no key map ships here. A checkpoint without a
+``vqvae`` entry runs the same chain in pixel space (``x0``/``y0`` are the value-mapped HR image and the bicubically
+upsampled LR image; ``scale`` in the config) — what ``gapeval train resshift`` writes for CPU-sized models.
 """
 
 from __future__ import annotations
@@ -66,22 +68,41 @@ def step_indices(trained: int, steps: int) -> list[int]:
     return [round(float(v)) for v in np.linspace(trained - 1, 0, steps)]
 
 
+def unet_config(bands: int, width: int = 160, mult: Sequence[int] = (1, 2, 2, 4), layers: int = 2, swin_levels: Sequence[int] = (0, 1, 2, 3),
+                norm_groups: int = 32, latent_channels: int | None = None, **extra) -> dict:
+    """Config dict of the denoiser: ``latent_channels`` (default ``bands``: pixel space) in and out, ``bands`` as condition."""
+    ch = latent_channels or bands
+    cfg = SwinUNetConfig(in_channels=ch, cond_channels=bands, out_channels=ch, model_channels=width, channel_mult=tuple(mult),
+                         num_res_blocks=layers, swin_levels=tuple(swin_levels), norm_groups=norm_groups)
+    return {**cfg.as_dict(), **extra}
+
+
+def build_unet(config: dict) -> SwinUNet:
+    """An (untrained) denoiser from its config dict (as stored under ``unet`` in a checkpoint)."""
+    return SwinUNet(SwinUNetConfig.from_dict(config))
+
+
 class ResShift(Adapter):
-    """ResShift / SinSR: Swin-UNet x0-predictor + ``VQModel`` + the residual-shifting sampler."""
+    """ResShift / SinSR: Swin-UNet x0-predictor + ``VQModel`` (or pixel space: ``vqvae=None``) + the residual-shifting sampler."""
 
     name = NAME
     default_tile = 64
 
     def __init__(self, unet: SwinUNet, vqvae, schedule: ShiftSchedule, bands: Sequence[str], values: ValueMap,
-                 options: SamplingOptions, device="cpu", precision="auto") -> None:
+                 options: SamplingOptions, device="cpu", precision="auto", scale: int = 4) -> None:
         super().__init__(device, precision)
-        self.unet, self.vqvae = unet.to(self.device).eval(), vqvae.to(self.device).eval()
+        self.unet = unet.to(self.device).eval()
+        self.vqvae = vqvae.to(self.device).eval() if vqvae is not None else None
         self.schedule, self.bands, self.values = schedule, tuple(bands), values
         self.etas = torch.tensor(schedule.etas(), dtype=torch.float64)
         self.steps = options.steps or schedule.steps
         self.indices = step_indices(schedule.steps, self.steps)
-        self.scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
-        self.size_multiple = unet.size_multiple
+        if vqvae is not None:
+            self.scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
+            self.size_multiple = unet.size_multiple
+        else:  # pixel space: the network runs on the x scale grid
+            self.scale = int(scale)
+            self.size_multiple = max(1, unet.size_multiple // math.gcd(unet.size_multiple, self.scale))
         if options.rgb_gain is not None and values.kind == "rgb_gain":
             self.values = ValueMap("rgb_gain", options.rgb_gain)
 
@@ -96,7 +117,7 @@ class ResShift(Adapter):
         B = lr.shape[0]
         lq = self.values.to_model(lr.to(self.device, torch.float32))
         up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        y0 = self.vqvae.encode(up).latents
+        y0 = self.vqvae.encode(up).latents if self.vqvae is not None else up
         if lq.shape[-2:] != y0.shape[-2:]:
             lq = F.interpolate(lq, size=y0.shape[-2:], mode="bicubic", align_corners=False)
         kappa = self.schedule.kappa
@@ -114,19 +135,26 @@ class ResShift(Adapter):
             ratio = eta[s] / eta[t]
             std = kappa * math.sqrt(ratio * (eta[t] - eta[s]))
             x = ratio * x + (1.0 - ratio) * x0 + std * batch_randn(generators, x.shape[1:], self.device)
-        decoded = self.vqvae.decode(x0).sample
+        decoded = self.vqvae.decode(x0).sample if self.vqvae is not None else x0
         return self.values.from_model(decoded)
 
 
 def save_checkpoint(path: str | Path, unet: SwinUNet, vqvae, schedule: ShiftSchedule = ShiftSchedule(),
-                    bands: Sequence[str] = ("B04", "B03", "B02"), values: ValueMap | None = None) -> str:
-    """Write a ``resshift`` checkpoint (unet.* + vqvae.* tensors, JSON config in the metadata); return its sha256."""
+                    bands: Sequence[str] = ("B04", "B03", "B02"), values: ValueMap | None = None, scale: int = 4,
+                    metadata: dict[str, str] | None = None) -> str:
+    """Write a ``resshift`` checkpoint (unet.* [+ vqvae.*] tensors, JSON config in the metadata); return its sha256.
+
+    ``vqvae=None`` writes a pixel-space checkpoint (``scale`` is then the super-resolution factor)."""
     values = values or ValueMap()
-    config = {"unet": unet.config.as_dict(), "vqvae": {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")},
-              "schedule": asdict(schedule), "bands": list(bands), "value_map": {"kind": values.kind, "gain": values.gain}}
+    config = {"unet": unet.config.as_dict(), "schedule": asdict(schedule), "bands": list(bands),
+              "value_map": {"kind": values.kind, "gain": values.gain}}
     tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    tensors.update({f"vqvae.{k}": v for k, v in vqvae.state_dict().items()})
-    return save_safetensors(path, tensors, {"model": NAME, "config": json.dumps(config)})
+    if vqvae is not None:
+        config["vqvae"] = {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")}
+        tensors.update({f"vqvae.{k}": v for k, v in vqvae.state_dict().items()})
+    else:
+        config["scale"] = int(scale)
+    return save_safetensors(path, tensors, {"model": NAME, "config": json.dumps(config), **(metadata or {})})
 
 
 def load(source: CheckpointSource, options: SamplingOptions, device="cpu", precision="auto") -> ResShift:
@@ -134,18 +162,21 @@ def load(source: CheckpointSource, options: SamplingOptions, device="cpu", preci
     from diffusers import VQModel
 
     config = config_from_metadata(source, NAME)
-    parts = split_prefixed(source.tensors(), ("unet", "vqvae"), str(source.path))
+    latent = "vqvae" in config
+    parts = split_prefixed(source.tensors(), ("unet", "vqvae") if latent else ("unet",), str(source.path))
     try:
         ucfg = SwinUNetConfig.from_dict(config["unet"])
         schedule = ShiftSchedule(**config.get("schedule", {}))
         bands = tuple(b for b in resolve(config.get("bands", ["B04", "B03", "B02"])) if b)
         values = ValueMap(**config.get("value_map", {}))
-        vqvae = VQModel.from_config(config["vqvae"])
+        vqvae = VQModel.from_config(config["vqvae"]) if latent else None
+        scale = int(config.get("scale", 4))
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{source.path}: invalid resshift config in the metadata ({exc})") from exc
     if ucfg.cond_channels != len(bands):
         raise WeightsError(f"{source.path}: network conditions on {ucfg.cond_channels} bands but the config lists {list(bands)}")
     unet = SwinUNet(ucfg)
     load_strict(unet, parts["unet"], f"{source.path} (unet)")
-    load_strict(vqvae, parts["vqvae"], f"{source.path} (vqvae)")
-    return ResShift(unet, vqvae, schedule, bands, values, options, device, precision)
+    if vqvae is not None:
+        load_strict(vqvae, parts["vqvae"], f"{source.path} (vqvae)")
+    return ResShift(unet, vqvae, schedule, bands, values, options, device, precision, scale=scale)

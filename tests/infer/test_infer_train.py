@@ -11,7 +11,9 @@ from infer_helpers import TRANSFORM, read, s2_dn, write_tif
 from safetensors.torch import load_file
 
 from gapeval.cli import main
-from gapeval.infer.train_sr3 import STATE_FILE, TrainConfig, draw_batch, find_pairs, train
+from gapeval.infer.train import TrainConfig, draw_batch, find_pairs, state_file, train
+
+STATE_FILE = state_file("sr3")
 from lpips_sat.errors import InputError
 
 RGBN = ("B04", "B03", "B02", "B08")
