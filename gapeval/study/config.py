@@ -56,7 +56,8 @@ SMOKE: dict[str, Any] = {
     "schedule": {"resshift": {"steps": 4}},
     "sampling": {"steps": 2, "samples": 2},
     "validation": {"tiles": 2, "steps": 2},
-    "data": {"max_tiles": {"train": 6, "val": 2, "test": 6}},
+    "data": {"max_tiles": {"train": 8, "val": 2, "test": 4}},
+    "naip_proxy": {"crop": 384, "block": 32},
     "stats": {"n_resamples": 200},
 }
 
@@ -166,6 +167,8 @@ def load_config(path: str | Path, *, smoke: bool = False) -> StudyConfig:
         from gapeval.study.proxy import ProxySpec
 
         spec = dict(data["naip_proxy"] or {})
+        if smoke:
+            spec.update(over.get("naip_proxy") or {})
         for k in ("hr", "lr"):
             if k not in spec:
                 raise InputError(f"{path}: data.naip_proxy needs '{k}' (a NAIP scene)")

@@ -56,6 +56,7 @@ class ProxySpec:
     min_corr: float = 0.8
     min_std: float = 0.002
     seed: int = 0
+    crop: int = 0  # use only the top-left crop x crop HR px of the scenes (0 = all; smoke runs)
 
     def __post_init__(self) -> None:
         if self.tile < 8 or self.block % self.tile or self.block < self.tile:
@@ -118,6 +119,8 @@ def build_naip_proxy(spec: ProxySpec, out: str | Path) -> dict[str, int]:
                          "reproject year B onto year A's grid first")
     s = int(spec.scale)
     H, W = (min(a.shape[1], b.shape[1]) // s) * s, (min(a.shape[2], b.shape[2]) // s) * s
+    if spec.crop:
+        H, W = min(H, spec.crop // s * s), min(W, spec.crop // s * s)
     a, b = a[:, :H, :W], b[:, :H, :W]
     lr = {}
     for name, img, prof, seed in (("lr", b, "s2", spec.seed + 1), ("lr_synth_s2", a, "s2", spec.seed), ("lr_synth_bicubic", a, "bicubic", spec.seed)):
@@ -157,8 +160,8 @@ def build_naip_proxy(spec: ProxySpec, out: str | Path) -> dict[str, int]:
             if reason:
                 continue
             counts[split] += 1
-            hr_t = ta * Affine.translation(c * s, r * s)
-            lr_t = lr_transform * Affine.translation(c, r)
+            hr_t = ta @ Affine.translation(c * s, r * s)
+            lr_t = lr_transform @ Affine.translation(c, r)
             tags = {"SOURCE": f"NAIP {date_a} (HR) / {date_b} (real LR), pseudo-reflectance DN/{spec.dn_scale:g}", "PROXY": "aerial-to-aerial"}
             write_raster(out / split / "hr" / f"{key}.tif", hr, transform=hr_t, crs=crs_a, descriptions=BANDS, tags=tags)
             for name in ("lr", "lr_synth_s2", "lr_synth_bicubic"):
