@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gapeval.cli import main
-from gapeval.io import write_raster
+from lpips_sat.raster import write_raster
 from gapeval.study.config import load_config
 from gapeval.study.data import make_view
 from gapeval.study.proxy import assign_blocks

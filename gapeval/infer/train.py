@@ -38,12 +38,16 @@ import torch
 import torch.nn.functional as F
 from affine import Affine
 
+from gapeval.bands import select_bands
+from gapeval.grids import Grid
 from gapeval.infer.base import Adapter, SamplingOptions, ValueMap, autocast, resolve_precision
 from gapeval.infer.checkpoints import save_safetensors
 from gapeval.infer.pipeline import list_inputs
-from gapeval.io import Grid, band_gain_offset, check_not_tiny, check_reflectance, raster_info, read_raster, select_bands, write_text_atomic
+from gapeval.reflectance import check_not_tiny, check_reflectance
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.bands import resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
+from lpips_sat.raster import band_gain_offset, raster_info, read_raster
 
 log = logging.getLogger(__name__)
 
@@ -313,14 +317,15 @@ class ResShiftFamily(Family):
         from gapeval.infer.resshift import ShiftSchedule, unet_config
 
         ShiftSchedule(**cfg.schedule)  # validates the keys
-        unet = unet_config(len(bands), cfg.width, cfg.channel_mult, cfg.layers_per_block, cfg.attention_levels, cfg.norm_groups, **cfg.network)
+        net = {"image_size": cfg.patch * cfg.scale, **cfg.network}  # the Swin windows are fixed for the HR patch side
+        unet = unet_config(len(bands), cfg.width, cfg.channel_mult, cfg.layers_per_block, cfg.attention_levels, cfg.norm_groups, **net)
         return {"unet": unet, "schedule": dict(cfg.schedule), "bands": list(bands), "scale": cfg.scale,
                 "value_map": {"kind": "linear", "gain": cfg.ref_max}}
 
     def build(self, config: dict[str, Any]) -> torch.nn.Module:
         from gapeval.infer.resshift import build_unet
 
-        return build_unet(config["unet"])
+        return build_unet(config)
 
     def loss(self, net, x0, y_lr, g, trainer) -> torch.Tensor:
         from gapeval.infer.resshift import ShiftSchedule

@@ -52,7 +52,7 @@ NETWORK_KEYS = ("width", "channel_mult", "layers_per_block", "attention_levels",
 SMOKE: dict[str, Any] = {
     "train": {"steps": 4, "batch": 2, "save_every": 2, "val_every": 2},
     "network": {"width": 8, "channel_mult": [1, 2], "layers_per_block": 1, "attention_levels": [], "norm_groups": 4},
-    "resshift_network": {"attention_levels": [1], "window_size": 4, "head_channels": 8, "swin_depth": 2},
+    "resshift_network": {"attention_levels": [1], "window_size": 4, "num_head_channels": 8, "swin_embed_dim": 16, "swin_depth": 1},
     "schedule": {"resshift": {"steps": 4}},
     "sampling": {"steps": 2, "samples": 2},
     "validation": {"tiles": 2, "steps": 2},

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gapeval.io import RASTER_SUFFIXES
+from lpips_sat.raster import RASTER_SUFFIXES
 from lpips_sat.errors import InputError, MissingFileError
 
 SPLITS = ("train", "val", "test")

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from gapeval.io import write_raster, write_text_atomic
+from lpips_sat.atomic import write_text_atomic
+from lpips_sat.raster import write_raster
 from lpips_sat.errors import InputError, MissingFileError
 
 SPLITS = ("train", "val", "test")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
+from lpips_sat.atomic import write_text_atomic
 from gapeval.plots import _pyplot, _save, forest_plot
 from gapeval.report import CSS, md_table
 from gapeval.report import html_table as _html_table

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
+from lpips_sat.atomic import write_text_atomic
 from gapeval.study.config import BANDS, PRETRAINED, ModelSpec, StudyConfig, stage_hash
 from gapeval.study.data import make_view, tiles
 from lpips_sat.errors import InputError
@@ -187,7 +187,7 @@ class Study:
 
     def tile_size(self) -> int:
         first = next(iter(tiles(self.view / "test" / self.cfg.inputs["real"]).values()))
-        from gapeval.io import raster_info
+        from lpips_sat.raster import raster_info
 
         info = raster_info(first)
         return max(info.height, info.width)
@@ -372,7 +372,7 @@ class Study:
         return [m for m in self.cfg.metrics["report"] if m in have] + ["sample_std"]
 
     def scale(self) -> float:
-        from gapeval.io import raster_info
+        from lpips_sat.raster import raster_info
 
         lr = next(iter(tiles(self.view / "test" / self.cfg.inputs["real"]).values()))
         hr = next(iter(tiles(self.view / "test" / "hr").values()))
@@ -437,7 +437,7 @@ def aggregate(records: list[dict[str, Any]], preds: dict[str, Path], folder: Pat
 
 def sample_std(paths: list[Path]) -> float:
     """Mean over valid pixels and bands of the per-pixel standard deviation (ddof 1) across sample files."""
-    from gapeval.io import read_raster
+    from lpips_sat.raster import read_raster
 
     if len(paths) < 2:
         return float("nan")

@@ -91,7 +91,7 @@ def test_cli_train_then_infer(pairs: tuple[Path, Path], tmp_path: Path, capsys: 
     assert main(["train", "sr3", "--lr", str(tmp_path / "nope"), "--hr", str(hr), "--out", str(ck)]) == 1
 
 
-RESSHIFT = {**TINY, "model": "resshift", "attention_levels": (1,), "network": {"window_size": 4, "head_channels": 8}, "schedule": {"steps": 4, "kappa": 1.0}}
+RESSHIFT = {**TINY, "model": "resshift", "attention_levels": (1,), "network": {"window_size": 4, "num_head_channels": 8, "swin_embed_dim": 16}, "schedule": {"steps": 4, "kappa": 1.0}}
 
 
 def test_resshift_trains_resumes_exactly_and_runs_through_infer(pairs: tuple[Path, Path], tmp_path: Path) -> None:
