@@ -13,7 +13,7 @@ import csv
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from gapeval.report import CSS, md_table
 from gapeval.report import html_table as _html_table
 from gapeval.stats import summarize
 
-if TYPE_CHECKING:
-    from gapeval.study.runner import Study
+#: The runner's :class:`gapeval.study.runner.Study` (not imported: the runner imports this module).
+Study = Any
 
 LOWER_BETTER = {"lpips_sat", "sam_deg", "refl_l1", "spectral_sam_deg", "ergas", "rmse", "mae", "shift_px", "sample_std"}
 LABELS = {"lpips_sat": "LPIPS-Sat ↓", "psnr": "PSNR ↑", "ssim": "SSIM ↑", "sam_deg": "SAM ° ↓", "refl_l1": "LR consistency L1 ↓",

@@ -116,7 +116,7 @@ class Study:
     @property
     def metric(self) -> Any:
         if self._metric is None:
-            from gapeval.score import load_metric
+            from gapeval.scoring.weights import load_metric
 
             self._metric = load_metric(self.cfg.metrics["weights"], self.cfg.metrics["device"])
         return self._metric[0]
@@ -401,7 +401,7 @@ def aggregate(records: list[dict[str, Any]], preds: dict[str, Path], folder: Pat
     import csv
     import io
 
-    from gapeval.score import metric_columns
+    from gapeval.results import metric_columns
 
     sets = list(preds)
     cols = [c for c in metric_columns(list(records[0])) if all(isinstance(r.get(c), (int, float)) for r in records)] if records else []
