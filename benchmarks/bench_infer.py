@@ -56,8 +56,8 @@ def build(name: str):
         return sd_upscaler.SDUpscaler(unet, vae, DDIMScheduler(**sd_upscaler.SCHEDULER_DEFAULTS), DDPMScheduler(**sd_upscaler.LOW_RES_DEFAULTS),
                                       zeros, zeros, opts, False, "cpu", "fp32")
     if name == "resshift":
-        net = SwinUNet(SwinUNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, swin_levels=(1,), swin_depth=2, window_size=4,
-                                      head_channels=8, norm_groups=8))
+        net = SwinUNet(SwinUNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, swin_levels=(1,), swin_depth=2, swin_embed_dim=16,
+                                      num_head_channels=8, window_size=4, image_size=16, norm_groups=8))
         return resshift.ResShift(net, _tiny_vq(4), resshift.ShiftSchedule(steps=STEPS), ("B04", "B03", "B02"), resshift.ValueMap(), opts, "cpu", "fp32")
     if name == "sr3":
         cfg = sr3.model_config(("B04", "B03", "B02", "B08"), 4, sr3.unet_config(4, width=16, mult=(1, 2), layers=1, attention_levels=(1,),

@@ -27,10 +27,11 @@ import torch
 from conftest import degrade, fmt_ms, fmt_ratio, measure, s2_rgbn, summary
 
 import gapeval.score as score_mod
-from gapeval.io import RasterSource, write_raster
 from gapeval.metrics.classical import ClassicalAccumulator
 from gapeval.metrics.perceptual import TiledLPIPS
+from gapeval.sources import RasterSource
 from lpips_sat import LPIPSSat
+from lpips_sat.raster import write_raster
 
 SIZE = 1024
 OFFSETS = ((0, 0), (0, 900), (900, 0), (900, 900))

@@ -1,14 +1,19 @@
-"""GPU check of ``gapeval infer``: every adapter at (near) published size with random weights, on CUDA.
+"""GPU check of ``gapeval infer``: all five adapters at published size with random weights.
 
-Prints, per adapter and precision, tiles per second of ``adapter.sample`` and the peak GPU memory; then runs the
-whole pipeline (read -> tiles -> batches -> blend -> COG) on a synthetic Sentinel-2-like GeoTIFF with an
+For each adapter and precision it prints the LR tiles per second of ``adapter.sample`` and the peak GPU memory; then it
+runs the whole pipeline (read -> tiles -> batches -> blend -> COG) on a synthetic Sentinel-2-like GeoTIFF with an
 absurd batch size, so that real CUDA out-of-memory errors exercise the halve-and-retry back-off.
 
-Random weights: the numbers measure speed and memory, not quality. Architectures: LDSR-S2 exactly as
-opensr-model config_10m.yaml; the others approximate the published configurations (see ``CONFIGS`` below).
+Architectures (random weights: the numbers measure speed and memory, not quality):
 
-    python benchmarks/gpu_check_infer.py                  # CUDA, all adapters, fp32 and bf16
-    python benchmarks/gpu_check_infer.py --device cpu --quick   # smoke run on a CPU (tiny tiles, one step)
+* ``ldsr-s2``: opensr-model ``config_10m.yaml`` (UNet 160/320/320/640, KL autoencoder 128/256/512);
+* ``ldm-sr-x4``: the ``unet/`` and ``vqvae/`` configs of ``CompVis/ldm-super-resolution-4x-openimages``;
+* ``sd-x4-upscaler``: the ``unet/`` and ``vae/`` configs of ``stabilityai/stable-diffusion-x4-upscaler`` (zero text embedding);
+* ``resshift``: upstream ``UNetModelSwin`` (v1/v3/SinSR, 118.6 M parameters) + ResShift's VQ-f4 autoencoder, v3 schedule;
+* ``sr3``: no published weights; the default ``gapeval train sr3`` network (64 channels x (1, 2, 2, 4)).
+
+    python benchmarks/gpu_check_infer.py                 # CUDA: fp32 and bf16, 10 steps, batch 8, then the OOM back-off run
+    python benchmarks/gpu_check_infer.py --tiny          # CPU smoke check: tiny networks, 1 step, injected OOM for the back-off
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "infer"))  # hub_layouts: the published diffusers configs (and tiny ones with the same keys)
 
-from gapeval.infer.base import SamplingOptions
-from gapeval.infer.checkpoints import CheckpointSource
+from gapeval.infer.base import SamplingOptions  # noqa: E402
+from gapeval.infer.checkpoints import CheckpointSource  # noqa: E402
+
+ADAPTERS = ("ldsr-s2", "ldm-sr-x4", "sd-x4-upscaler", "resshift", "sr3")
 
 
-def build(name: str, device: str, precision: str, steps: int):
-    """An adapter with random weights at (near) published size."""
+def build(name: str, device: str, precision: str, steps: int, tiny: bool):
+    """An adapter with random weights: published size, or the tests' tiny size (same structure) with ``tiny``."""
+    import hub_layouts as H
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel, VQModel
 
     from gapeval.infer import ldm_keys as K
@@ -38,69 +48,90 @@ def build(name: str, device: str, precision: str, steps: int):
 
     opts = SamplingOptions(steps=steps)
     torch.manual_seed(0)
-    vq_f4 = {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
-                 "block_out_channels": (128, 256, 512), "layers_per_block": 2, "latent_channels": 3, "num_vq_embeddings": 8192}
-    if name == "ldsr-s2":  # opensr-model config_10m.yaml
-        unet = UNet2DModel(**K.unet2d_config(K.UNetLayout(8, 4, 160, (1, 2, 2, 4), 2, frozenset({3})), 32))
-        vae = AutoencoderKL(**K.autoencoder_config(K.AutoencoderLayout(4, 4, (128, 256, 512), 2, 4, 4, None)))
+    if name == "ldsr-s2":
+        layout = K.UNetLayout(8, 4, 32, (1, 2), 1, frozenset({1})) if tiny else K.UNetLayout(8, 4, 160, (1, 2, 2, 4), 2, frozenset({3}))
+        ae = K.AutoencoderLayout(4, 4, (32, 32, 32), 1, 4, 4, None) if tiny else K.AutoencoderLayout(4, 4, (128, 256, 512), 2, 4, 4, None)
+        unet, vae = UNet2DModel(**K.unet2d_config(layout, 32)), AutoencoderKL(**K.autoencoder_config(ae))
         return ldsr_s2.LDSRS2(unet, vae, ldsr_s2.default_betas(), opts, device, precision)
-    if name == "ldm-sr-x4":  # CompVis LDM-SR x4 (approximate UNet config)
-        unet = UNet2DModel(in_channels=6, out_channels=3, block_out_channels=(160, 320, 320, 640), layers_per_block=2, attention_head_dim=32,
-                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                           up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-        sched = DDIMScheduler(**ldm_sr.FALLBACK_SCHEDULER)
-        return ldm_sr.LDMSuperResolution(unet, VQModel(**vq_f4), sched, opts, device, precision)
-    if name == "sd-x4-upscaler":  # Stable Diffusion x4 upscaler (approximate UNet config)
-        unet = UNet2DConditionModel(in_channels=7, out_channels=4, block_out_channels=(256, 512, 512, 1024), layers_per_block=2,
-                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                                    cross_attention_dim=1024, attention_head_dim=8, num_class_embeds=1000)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                            block_out_channels=(128, 256, 512), layers_per_block=2, latent_channels=4, scaling_factor=0.08333)
-        zeros = torch.zeros(1, 77, 1024)
-        return sd_upscaler.SDUpscaler(unet, vae, DDIMScheduler(**sd_upscaler.SCHEDULER_DEFAULTS), DDPMScheduler(**sd_upscaler.LOW_RES_DEFAULTS),
+    if name == "ldm-sr-x4":
+        unet = H.build(UNet2DModel, H.LDM_UNET_TINY if tiny else H.LDM_UNET_FULL)
+        vq = H.build(VQModel, H.LDM_VQ_TINY if tiny else H.LDM_VQ_FULL)
+        return ldm_sr.LDMSuperResolution(unet, vq, DDIMScheduler.from_config({k: v for k, v in H.LDM_SCHEDULER.items() if not k.startswith("_")}),
+                                         opts, device, precision)
+    if name == "sd-x4-upscaler":
+        unet = H.build(UNet2DConditionModel, H.SD_UNET_TINY if tiny else H.SD_UNET_FULL)
+        vae = H.build(AutoencoderKL, H.SD_VAE_TINY if tiny else H.SD_VAE_FULL)
+        zeros = torch.zeros(1, 77, int(unet.config.cross_attention_dim))
+        drop = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+        return sd_upscaler.SDUpscaler(unet, vae, DDIMScheduler.from_config(drop(H.SD_SCHEDULER)), DDPMScheduler.from_config(drop(H.SD_LOW_RES_SCHEDULER)),
                                       zeros, zeros, opts, False, device, precision)
-    if name == "resshift":  # ResShift x4 real-SR: Swin-UNet 160 ch, (1,2,2,4), Swin everywhere, window 8
-        net = SwinUNet(SwinUNetConfig())
-        return resshift.ResShift(net, VQModel(**vq_f4), resshift.ShiftSchedule(steps=max(steps, 4)), ("B04", "B03", "B02"),
-                                 resshift.ValueMap(), opts, device, precision)
+    if name == "resshift":
+        cfg = SwinUNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, swin_levels=(0, 1), swin_embed_dim=32, num_head_channels=16,
+                             window_size=4, image_size=16) if tiny else SwinUNetConfig()
+        vq = VQModel(**K.autoencoder_config(K.AutoencoderLayout(3, 3, (32, 32, 32) if tiny else (128, 256, 512), 1 if tiny else 2, 3, 3, 8192)))
+        schedule, _ = resshift.PRESETS["resshift-v3"]
+        return resshift.ResShift(SwinUNet(cfg), vq, schedule, ("B04", "B03", "B02"), resshift.ValueMap(), opts, device, precision)
     if name == "sr3":
-        cfg = sr3.model_config(("B04", "B03", "B02", "B08"), 4, sr3.unet_config(4))
+        unet_cfg = sr3.unet_config(4, width=16, mult=(1, 2), layers=1, attention_levels=(1,), norm_groups=8, head_channels=8) if tiny else sr3.unet_config(4)
+        cfg = sr3.model_config(("B04", "B03", "B02", "B08"), 4, unet_cfg)
         return sr3.SR3(sr3.build_unet(cfg), cfg, opts, device, precision)
     raise ValueError(name)
 
 
-def bench(name: str, device: str, precision: str, steps: int, tile: int, batch: int, repeats: int) -> str:
-    adapter = build(name, device, precision, steps)
+def tile_for(adapter, tiny: bool) -> int:
+    """The published default LR tile (64 resshift/sr3, 128 otherwise), 16-32 px for ``--tiny``, a multiple of the network's."""
+    want = 32 if tiny else adapter.default_tile
+    return max(adapter.size_multiple, want - want % adapter.size_multiple)
+
+
+def bench(name: str, device: str, precision: str, steps: int, batch: int, repeats: int, tiny: bool) -> str:
+    adapter = build(name, device, precision, steps, tiny)
+    params = sum(p.numel() for m in vars(adapter).values() if isinstance(m, torch.nn.Module) for p in m.parameters()) / 1e6
+    tile = tile_for(adapter, tiny)
     lr = torch.rand(batch, len(adapter.bands), tile, tile) * 0.3
     gens = [torch.Generator().manual_seed(i) for i in range(batch)]
     adapter.sample(lr, gens)  # warm-up (cuDNN autotuning, allocator)
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(repeats):
         out = adapter.sample(lr, gens)
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / repeats
-    mem = f"{torch.cuda.max_memory_allocated() / 2**30:5.1f} GiB" if device.startswith("cuda") else "   n/a"
+    mem = f"{torch.cuda.max_memory_allocated() / 2**30:6.2f} GiB" if cuda else "n/a (CPU)"
     finite = bool(torch.isfinite(out).all())
     del adapter
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.empty_cache()
-    return (f"{name:<15} {precision:<5} tile {tile:>3} batch {batch:>3} steps {steps:>3}: {batch / dt:8.2f} tiles/s "
-            f"({dt / steps * 1000:7.1f} ms/step/batch), peak {mem}, output {tuple(out.shape)} finite={finite}")
+    return (f"{name:<15} {precision:<5} {params:7.1f} M params  tile {tile:>3} batch {batch:>3} steps {steps:>3}: {batch / dt:8.2f} tiles/s "
+            f"({dt / steps * 1000:8.1f} ms/step/batch), peak {mem}, output {tuple(out.shape)} finite={finite}")
 
 
-def pipeline_oom_check(device: str, precision: str, steps: int, size: int, tile: int, batch: int) -> str:
-    """Whole pipeline on a synthetic GeoTIFF with a huge batch: real OOMs must halve the batch and finish."""
+def pipeline_oom_check(name: str, device: str, precision: str, steps: int, size: int, batch: int, tiny: bool) -> str:
+    """The whole pipeline on a synthetic GeoTIFF with a huge batch: OOMs must halve the batch and finish.
+
+    On CUDA the OOMs are real; with ``--tiny`` (CPU) ``adapter.sample`` raises ``torch.OutOfMemoryError`` for batches
+    larger than 2, which exercises the same back-off path.
+    """
     import rasterio
     from affine import Affine
 
     from gapeval.infer.pipeline import InferConfig, Pipeline
 
-    adapter = build("ldsr-s2", device, precision, steps)
+    adapter = build(name, device, precision, steps, tiny)
+    if tiny:
+        real = adapter.sample
+
+        def limited(lr, generators):
+            if lr.shape[0] > 2:
+                raise torch.OutOfMemoryError("injected: batch too large")
+            return real(lr, generators)
+
+        adapter.sample = limited
+    tile = tile_for(adapter, tiny)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scene.tif"
         rng = np.random.default_rng(0)
@@ -113,41 +144,45 @@ def pipeline_oom_check(device: str, precision: str, steps: int, size: int, tile:
         ckpt = Path(tmp) / "random.ckpt"
         ckpt.write_bytes(b"random weights")
         source = CheckpointSource(str(ckpt), ckpt, "random")
-        pipe = Pipeline(adapter, source, InferConfig(out=Path(tmp) / "sr", tile=tile, overlap=16, batch=batch, scale=10000.0))
+        pipe = Pipeline(adapter, source, InferConfig(out=Path(tmp) / "sr", tile=tile, overlap=min(16, tile // 4), batch=batch, scale=10000.0))
         t0 = time.perf_counter()
         result = pipe.process(path)
         dt = time.perf_counter() - t0
-    return (f"pipeline ldsr-s2 {precision}: {size}x{size} px scene, {result.tiles_computed} tiles in {dt:.1f} s "
+    return (f"pipeline {name} {precision}: {size}x{size} px scene, {result.tiles_computed} tiles of {tile} px in {dt:.1f} s "
             f"({result.tiles_computed / dt:.2f} tiles/s); batch started at {batch}, ended at {pipe.batch} (OOM back-off)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models", default="ldsr-s2,ldm-sr-x4,sd-x4-upscaler,resshift,sr3")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--device", default=None, help="default: cuda, or cpu with --tiny")
+    parser.add_argument("--models", default=",".join(ADAPTERS))
+    parser.add_argument("--precisions", default=None, help="default: fp32,bf16 on CUDA; fp32 with --tiny")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="tiny tiles, 1 step, 1 repeat, no OOM check (CPU smoke run)")
+    parser.add_argument("--oom-model", default="ldsr-s2", help="adapter of the OOM back-off pipeline run")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke check: the tests' tiny networks, 1 step, batch 2, injected OOM")
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("CUDA is not available; use --device cpu --quick for a smoke run")
-    if args.device.startswith("cuda"):
-        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    device = args.device or ("cpu" if args.tiny else "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("CUDA is not available; use --tiny for a CPU smoke check")
+    if device.startswith("cuda"):
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    steps, repeats = (1, 1) if args.quick else (args.steps, args.repeats)
-    for precision in args.precisions.split(","):
+    precisions = (args.precisions or ("fp32" if args.tiny else "fp32,bf16")).split(",")
+    steps, repeats, batch = (1, 1, 2) if args.tiny else (args.steps, args.repeats, args.batch)
+    failures = 0
+    for precision in precisions:
         for name in args.models.split(","):
-            tile = (16 if args.quick else 64) if name in ("resshift", "sr3") else (16 if args.quick else 128)
-            batch = 1 if args.quick else args.batch
             try:
-                print(bench(name, args.device, precision, steps, tile, batch, repeats), flush=True)
+                print(bench(name, device, precision, steps, batch, repeats, args.tiny), flush=True)
             except Exception as exc:  # noqa: BLE001 - report and go on with the other adapters
+                failures += 1
                 print(f"{name:<15} {precision:<5} FAILED: {type(exc).__name__}: {exc}", flush=True)
-    if not args.quick and args.device.startswith("cuda"):
-        print(pipeline_oom_check(args.device, "bf16", 2, 1024, 128, 1024), flush=True)
+    size, big = (96, 64) if args.tiny else (1024, 1024)
+    print(pipeline_oom_check(args.oom_model, device, "fp32" if args.tiny else "bf16", 1 if args.tiny else 2, size, big, args.tiny), flush=True)
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

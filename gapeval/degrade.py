@@ -37,9 +37,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import SUFFIXES, Grid, list_images, read_raster, write_raster
+from gapeval.align import BandTransform, fit_band_transform, histogram_match  # noqa: F401 - re-exported: their home is gapeval.align
+from gapeval.folders import list_images
+from gapeval.grids import Grid
 from lpips_sat.bands import canonical, resolve
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import positive_float
+from lpips_sat.raster import SUFFIXES, read_raster, write_raster
 
 log = logging.getLogger(__name__)
 
@@ -63,145 +67,6 @@ RESAMPLING = ("average", "cubic", "bilinear", "lanczos", "nearest")
 UINT16_MAX = 65535
 #: Tag holding the JSON configuration in every written LR file (used by ``--resume``-style skipping).
 CONFIG_TAG = "GAPEVAL_DEGRADE"
-
-
-# ---------------------------------------------------------------------------------------------- band transforms
-@dataclass
-class BandTransform:
-    """A linear radiometric mapping between two sensors: ``y = matrix @ x + offset`` per pixel.
-
-    Attributes:
-        matrix: (C_out, C_in); diagonal for a per-band gain/offset fit.
-        offset: (C_out,), in the units of ``y`` (reflectance).
-        kind: ``"gain_offset"`` or ``"linear"`` (full matrix + offset).
-        bands: optional band names of ``x``/``y`` (same order), for the record.
-        rmse, r2: per-output-band fit residual RMSE and coefficient of determination (``None`` if not fitted).
-    """
-
-    matrix: np.ndarray
-    offset: np.ndarray
-    kind: str = "linear"
-    bands: tuple[str, ...] | None = None
-    rmse: tuple[float, ...] | None = None
-    r2: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        self.matrix = np.atleast_2d(np.asarray(self.matrix, dtype=np.float64))
-        self.offset = np.atleast_1d(np.asarray(self.offset, dtype=np.float64))
-        if self.offset.shape != (self.matrix.shape[0],):
-            raise InputError(f"Band transform: offset has shape {self.offset.shape}, expected ({self.matrix.shape[0]},) for a {self.matrix.shape} matrix")
-
-    @classmethod
-    def identity(cls, n: int) -> "BandTransform":
-        return cls(np.eye(n), np.zeros(n), kind="gain_offset")
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        """Map (C_in, H, W) data to (C_out, H, W) float32 (NaNs propagate)."""
-        if data.shape[0] != self.matrix.shape[1]:
-            raise InputError(f"Band transform takes {self.matrix.shape[1]} bands but the image has {data.shape[0]}")
-        out = np.einsum("oc,chw->ohw", self.matrix, data.astype(np.float64)) + self.offset[:, None, None]
-        return out.astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "matrix": self.matrix.tolist(), "offset": self.offset.tolist(), "bands": list(self.bands) if self.bands else None,
-                "rmse": list(self.rmse) if self.rmse else None, "r2": list(self.r2) if self.r2 else None}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BandTransform":
-        try:
-            return cls(np.asarray(d["matrix"]), np.asarray(d["offset"]), kind=d.get("kind", "linear"),
-                       bands=tuple(d["bands"]) if d.get("bands") else None,
-                       rmse=tuple(d["rmse"]) if d.get("rmse") else None, r2=tuple(d["r2"]) if d.get("r2") else None)
-        except KeyError as exc:
-            raise InputError(f"Band transform lacks key {exc}; expected 'matrix' and 'offset'") from exc
-
-    @classmethod
-    def load(cls, path: str | Path) -> "BandTransform":
-        """Read a JSON file written by :meth:`to_dict` (e.g. ``json.dump(t.to_dict(), f)``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"{path}: band transform file does not exist")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, InputError) as exc:
-            raise InputError(f"{path}: not a band transform JSON ({exc})") from exc
-
-
-def fit_band_transform(src: np.ndarray, dst: np.ndarray, *, kind: str = "gain_offset", valid: np.ndarray | None = None,
-                       bands: Sequence[str] | None = None, min_pixels: int = 10) -> BandTransform:
-    """Least-squares fit of ``dst ~ matrix @ src + offset`` on co-registered valid pixels.
-
-    Args:
-        src, dst: (C, H, W) images of the same scene on the same grid (e.g. PlanetScope resampled to the Sentinel-2
-            grid, and Sentinel-2), both reflectance.
-        kind: ``"gain_offset"`` (one gain and offset per band: ``dst_b ~ g_b src_b + o_b``) or ``"linear"`` (each
-            output band a linear combination of all input bands plus an offset; needs ``C_in + 1`` unknowns per band).
-        valid: optional (H, W) mask; pixels non-finite in either image are always excluded.
-    Raises:
-        InputError: shapes differ, unknown ``kind``, or fewer than ``min_pixels`` usable pixels.
-    """
-    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
-    if src.ndim != 3 or dst.ndim != 3 or src.shape[1:] != dst.shape[1:]:
-        raise InputError(f"fit_band_transform needs co-registered (C, H, W) images on one grid, got {src.shape} and {dst.shape}")
-    if kind not in ("gain_offset", "linear"):
-        raise InputError(f"kind must be 'gain_offset' or 'linear', got {kind!r}")
-    if kind == "gain_offset" and src.shape[0] != dst.shape[0]:
-        raise InputError(f"gain_offset needs the same band count in both images, got {src.shape[0]} and {dst.shape[0]}")
-    mask = np.isfinite(src).all(0) & np.isfinite(dst).all(0)
-    if valid is not None:
-        if valid.shape != mask.shape:
-            raise InputError(f"valid mask has shape {valid.shape}, expected {mask.shape}")
-        mask &= valid.astype(bool)
-    n = int(mask.sum())
-    if n < max(min_pixels, src.shape[0] + 2):
-        raise InputError(f"fit_band_transform: only {n} valid co-registered pixels; need at least {max(min_pixels, src.shape[0] + 2)}")
-    x, y = src[:, mask].T, dst[:, mask].T  # (n, C)
-    c_out, c_in = y.shape[1], x.shape[1]
-    matrix, offset = np.zeros((c_out, c_in)), np.zeros(c_out)
-    if kind == "gain_offset":
-        for b in range(c_out):
-            design = np.column_stack([x[:, b], np.ones(n)])
-            (gain, off), *_ = np.linalg.lstsq(design, y[:, b], rcond=None)
-            matrix[b, b], offset[b] = gain, off
-    else:
-        design = np.column_stack([x, np.ones(n)])
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)  # (C_in + 1, C_out)
-        matrix, offset = coef[:c_in].T, coef[c_in]
-    pred = x @ matrix.T + offset
-    resid = y - pred
-    rmse = np.sqrt((resid ** 2).mean(0))
-    var = y.var(0)
-    r2 = np.where(var > 0, 1.0 - (resid ** 2).mean(0) / np.where(var > 0, var, 1.0), np.nan)
-    return BandTransform(matrix, offset, kind=kind, bands=tuple(bands) if bands else None, rmse=tuple(map(float, rmse)), r2=tuple(map(float, r2)))
-
-
-def histogram_match(image: np.ndarray, reference: np.ndarray, *, image_valid: np.ndarray | None = None,
-                    reference_valid: np.ndarray | None = None) -> np.ndarray:
-    """Per-band quantile mapping of ``image`` onto the value distribution of ``reference`` (e.g. an SR output onto
-    its LR input, as done by LDSR-S2 / opensr). The two may differ in size; the mapping is monotone per band.
-
-    Each distinct value of a band of ``image`` at cumulative frequency ``q`` gets the ``reference`` value at the same
-    cumulative frequency, linearly interpolated between the reference's distinct values (Gonzalez & Woods, Digital
-    Image Processing, 3.3.2; the mapping of ``skimage.exposure.match_histograms``). Invalid pixels are left
-    unchanged. Returns float32 (C, H, W).
-    """
-    image, reference = np.asarray(image, dtype=np.float32), np.asarray(reference, dtype=np.float32)
-    if image.ndim != 3 or reference.ndim != 3 or image.shape[0] != reference.shape[0]:
-        raise InputError(f"histogram_match needs (C, H, W) arrays with the same band count, got {image.shape} and {reference.shape}")
-    out = image.copy()
-    for b in range(image.shape[0]):
-        im_mask = np.isfinite(image[b]) & (image_valid if image_valid is not None else True)
-        ref_mask = np.isfinite(reference[b]) & (reference_valid if reference_valid is not None else True)
-        src, ref = image[b][im_mask], reference[b][ref_mask]
-        if src.size == 0 or ref.size == 0:
-            raise InputError(f"histogram_match: band {b} has no valid pixels in the {'image' if src.size == 0 else 'reference'}")
-        s_vals, s_inv, s_cnt = np.unique(src, return_inverse=True, return_counts=True)
-        r_vals, r_cnt = np.unique(ref, return_counts=True)
-        s_q = np.cumsum(s_cnt) / src.size
-        r_q = np.cumsum(r_cnt) / ref.size
-        band = out[b]
-        band[im_mask] = np.interp(s_q, r_q, r_vals)[s_inv.ravel()].astype(np.float32)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- MTF maths
@@ -535,7 +400,8 @@ def degrade_file(src: Path, dst: Path, config: DegradeConfig, *, hr_scale: float
                     return "skipped"
         except Exception:  # noqa: BLE001 - an unreadable partial file is simply redone
             pass
-    from gapeval.io import band_gain_offset, check_reflectance, raster_info
+    from gapeval.reflectance import check_reflectance
+    from lpips_sat.raster import band_gain_offset, raster_info
 
     raster = read_raster(src)
     gain, offset = band_gain_offset(raster_info(src), list(range(raster.data.shape[0])), hr_scale)  # --hr-scale, else file scales
@@ -590,6 +456,8 @@ def degrade_folder(hr: str | Path, out: str | Path, config: DegradeConfig, *, hr
     hr, out = Path(hr), Path(out)
     if not hr.exists():
         raise MissingFileError(f"{hr}: HR input does not exist")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; choose a folder for the low-resolution images")
     files = {hr.stem: hr} if hr.is_file() else list_images(hr, pattern)
     if not files:
         raise InputError(f"{hr}: no images ({', '.join(SUFFIXES)}){f' matching {pattern!r}' if pattern else ''}")
@@ -624,10 +492,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder of low-resolution GeoTIFFs (same relative paths)")
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES), help="degradation profile")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
-    size.add_argument("--gsd", type=float, help="target ground sampling distance in CRS units (metres), e.g. 10")
+    size.add_argument("--scale", type=positive_float, help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
+    size.add_argument("--gsd", type=positive_float, help="target ground sampling distance in CRS units (metres), e.g. 10")
     parser.add_argument("--snr", help="signal-to-noise ratio: a number, BAND=value pairs, or 'none' (profile default otherwise)")
-    parser.add_argument("--snr-reference", type=float, help="reflectance at which the SNR holds (default: each band's image mean)")
+    parser.add_argument("--snr-reference", type=positive_float, help="reflectance at which the SNR holds (default: each band's image mean)")
     parser.add_argument("--mtf", help="system MTF at Nyquist: a number, BAND=value pairs, or 'none' (profile default otherwise)")
     parser.add_argument("--resampling", choices=RESAMPLING, help="override the profile's resampling")
     parser.add_argument("--band-transform", help="JSON band transform (from fit_band_transform) applied to HR reflectance first")
@@ -635,7 +503,7 @@ def add_arguments(parser) -> None:
     q.add_argument("--quantize", dest="quantize", action="store_true", default=None, help="write uint16 DN (reflectance x 10000)")
     q.add_argument("--no-quantize", dest="quantize", action="store_false", help="write float32 reflectance")
     parser.add_argument("--dn-offset", type=float, help="DN offset added before quantisation (e.g. 1000 for baseline >= 04.00)")
-    parser.add_argument("--hr-scale", type=float, help="divide HR pixel values by this to get reflectance (10000 for Sentinel-2 DN)")
+    parser.add_argument("--hr-scale", type=positive_float, help="divide HR pixel values by this to get reflectance (10000 for Sentinel-2 DN)")
     parser.add_argument("--bands", help="band order of the HR files (preset such as s2-rgbn/naip, or names); default: band descriptions")
     parser.add_argument("--glob", help="glob on relative paths under --hr selecting files (default: every image, recursively)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")

@@ -12,8 +12,11 @@ Data flow of :func:`gap_analysis`:
     -> gap.json, report.md/html with figures (forest plot, PSD curves, band histograms, ranking tables)
 
 LR consistency: runs scored with ``gapeval score --lr`` carry the opensr-test style consistency columns
-(``refl_l1``, ``spectral_sam_deg``, ``shift_px``, ``improvement``/``omission``/``hallucination``); their gaps are
-computed like every other metric column.
+(``refl_l1``, ``spectral_sam_deg``, ``shift_px``, ``improvement``/``omission``/``hallucination``), or with
+``--protocol opensr-test`` the ``opensr_*`` columns; their gaps are computed like every other metric column. Whatever
+columns a run wrote are read; the corrections ``--align``/``--harmonize`` applied (``align_*``, ``harm_*``) are
+bookkeeping, not metrics. Two runs scored with different ``--protocol``/``--align``/``--harmonize`` are not compared
+unless ``allow_mixed`` (:func:`check_settings`).
 
 Statistical notes: pairs are scenes, the unit of replication; pixels within an image are not independent, so the
 pixel-level Wasserstein/KS values are descriptive distances (no p-values). FD and KID are computed on tiles (default
@@ -23,21 +26,21 @@ between runs with the same number of tiles) while KID is unbiased.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
 from gapeval.metrics import direction
-from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison
+from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ KEY_COLUMNS = ("pair", "key", "name", "rel_path", "relpath", "relative_path", "s
 #: Numeric columns that are bookkeeping, not quality metrics.
 NON_METRIC = re.compile(r"(^|_)(path|sha256|sha1|sha|hash|md5|bytes|width|height|rows|cols|index|idx|seed|seconds|time|time_s|"
                         r"elapsed|valid_fraction|invalid_fraction|valid_frac|n_pixels|n_valid|count|band_count|n_bands|tiles|n_tiles|"
-                        r"patches|lr_ratio|scale|ratio_px)$")
+                        r"patches|lr_ratio|scale|ratio_px)$"
+                        r"|^(align|harm)_")  # corrections score applied (--align/--harmonize), not quality
 #: Per-band columns (``psnr_B04``) are only tested with ``per_band=True``.
 PER_BAND = re.compile(r"_(B0[1-9]|B1[0-2]|B8A)$", re.IGNORECASE)
 #: Per-pair metric that the image analysis adds to each run's table: log10 of the SR/HR high-frequency energy ratio
@@ -57,6 +61,9 @@ PER_BAND = re.compile(r"_(B0[1-9]|B1[0-2]|B8A)$", re.IGNORECASE)
 HF_METRIC = "log10_hf_ratio"
 #: Column naming the prediction set in score's pairs.csv (one results folder can hold several sets).
 SET_COLUMN = "pred_set"
+#: Settings of ``gapeval score`` that change what its columns mean (``summary.json`` ``config`` key -> the value of runs
+#: scored before the option existed); two runs compared must agree on them unless ``allow_mixed``.
+SCORING_SETTINGS = {"protocol": "gapeval", "align": "none", "harmonize": "none"}
 
 
 # ---------------------------------------------------------------------------------------------- reading runs
@@ -127,10 +134,9 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
         raise MissingFileError(f"run {name!r}: results folder {directory} does not exist")
     if not path.is_file():
         raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = list(reader)
+    from gapeval.results import read_table
+
+    fields, rows = read_table(path)
     if not rows:
         raise InputError(f"run {name!r}: {path} has no scored pairs (empty table)")
     if SET_COLUMN in fields:
@@ -204,6 +210,43 @@ def _hash_columns(a: Run, b: Run) -> list[str]:
     return [c for c in a.columns if c in b.columns and "target" in c.lower() and re.search(r"sha|hash|md5", c.lower())]
 
 
+def scoring_settings(run: Run) -> dict[str, str] | None:
+    """The :data:`SCORING_SETTINGS` a run was scored with, from its ``summary.json``; ``None`` without one."""
+    config = run.summary.get("config") if run.summary else None
+    if not isinstance(config, Mapping):
+        return None
+    return {k: str(config.get(k) or default) for k, default in SCORING_SETTINGS.items()}
+
+
+def check_settings(runs: Mapping[str, Run], comparisons: Sequence[tuple[str, str, str]], *, allow_mixed: bool = False) -> list[str]:
+    """Refuse comparisons whose two runs were scored with different protocol/alignment/harmonisation settings.
+
+    A gap between such runs measures the settings as much as the models (aligned vs raw targets, or the two
+    protocols' different columns). Returns one line per mixed comparison (and per run without ``summary.json``,
+    whose settings cannot be checked) for the record.
+    Raises:
+        InputError: a mixed comparison without ``allow_mixed``.
+    """
+    lines, mixed = [], []
+    unknown = sorted({n for _, a, b in comparisons for n in (a, b) if scoring_settings(runs[n]) is None})
+    for n in unknown:
+        lines.append(f"run {n!r}: no summary.json in {runs[n].directory}, so its --protocol/--align/--harmonize settings are not known")
+    for label, a, b in comparisons:
+        sa, sb = scoring_settings(runs[a]), scoring_settings(runs[b])
+        if sa is None or sb is None:
+            continue
+        diff = [k for k in SCORING_SETTINGS if sa[k] != sb[k]]
+        if diff:
+            text = ", ".join(f"--{k} {sa[k]} vs {sb[k]}" for k in diff)
+            mixed.append(f"comparison {label!r}: runs {a!r} and {b!r} were scored with different settings ({text})")
+    if mixed and not allow_mixed:
+        raise InputError("; ".join(mixed) + ". Their columns do not measure the same thing: score both runs with the same settings, "
+                         "or pass --allow-mixed to compare them anyway")
+    for line in lines + mixed:
+        log.warning("%s", line)
+    return lines + mixed
+
+
 # ---------------------------------------------------------------------------------------------- configuration
 @dataclass
 class GapConfig:
@@ -213,6 +256,7 @@ class GapConfig:
         metrics: metric columns to test (default: every numeric metric column common to the runs).
         per_band: also test per-band columns such as ``psnr_B04``.
         allow_unmatched: compare on the scenes common to both runs instead of failing.
+        allow_mixed: compare runs scored with different ``--protocol``/``--align``/``--harmonize`` (default: an error).
         confidence, n_resamples, seed: paired bootstrap CI (BCa, :func:`gapeval.stats.bootstrap_ci`).
         alpha: family-wise error rate for the Holm-adjusted Wilcoxon p-values (the family: every test in this analysis).
         images: analyse the images listed in ``pairs.csv`` (features, PSD, histograms); off: tables only.
@@ -230,6 +274,7 @@ class GapConfig:
     metrics: list[str] | None = None
     per_band: bool = False
     allow_unmatched: bool = False
+    allow_mixed: bool = False
     confidence: float = 0.95
     n_resamples: int = 2000
     seed: int = 0
@@ -384,7 +429,11 @@ def _summary_value(run: Run, *names: str) -> Any:
 
 def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: float | None, wanted: Sequence[str], flag: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` as reflectance in the ``wanted`` band order (NaN where invalid) with gapeval's shared readers."""
-    from gapeval.io import RasterSource, band_gain_offset, check_reflectance, grid_of, raster_info, select_bands
+    from gapeval.bands import select_bands
+    from gapeval.grids import grid_of
+    from gapeval.reflectance import check_reflectance
+    from gapeval.sources import RasterSource
+    from lpips_sat.raster import band_gain_offset, raster_info
 
     info = raster_info(path)
     idx = select_bands(info, bands, wanted, flag.replace("scale", "bands"))
@@ -438,8 +487,20 @@ def _sample_pixels(image: np.ndarray, valid: np.ndarray, k: int, rng: np.random.
     return vals
 
 
-def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, cache_dir: Path | None) -> tuple[dict[str, ImageStats], ImageStats]:
-    """SR statistics per run and HR statistics (each target once) from the files listed in the runs' tables."""
+def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, cache_dir: Path | None,
+                   progress: bool = False) -> tuple[dict[str, ImageStats], ImageStats]:
+    """SR statistics per run and HR statistics (each target once) from the files listed in the runs' tables;
+    ``progress`` shows a tqdm bar (stderr) over the images."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(len(r.keys) for r in runs.values()), unit="image", desc="gapeval gap: images", disable=not progress)
+    try:
+        return _analyse_images(runs, config, metric, cache_dir, bar)
+    finally:
+        bar.close()
+
+
+def _analyse_images(runs: Mapping[str, Run], config: GapConfig, metric: Any, cache_dir: Path | None, bar: Any) -> tuple[dict[str, ImageStats], ImageStats]:
     wanted = tuple(metric.bands)
     rng = np.random.default_rng(config.seed)
     hr_stats, hr_done = ImageStats(), {}
@@ -451,12 +512,14 @@ def analyse_images(runs: Mapping[str, Run], config: GapConfig, *, metric: Any, c
         preds, targets = run.column("pred_path", "pred", "sr_path"), run.column("target_path", "target", "hr_path")
         if preds is None or targets is None:
             stats_.skipped.append(f"{run.directory / PAIRS_FILE} has no pred_path/target_path columns")
+            bar.update(len(run.keys))
             continue
         pscale = config.pred_scale if config.pred_scale is not None else _summary_value(run, "pred_scale")
         tscale = config.target_scale if config.target_scale is not None else _summary_value(run, "target_scale")
         pbands = config.pred_bands or _summary_value(run, "pred_bands")
         tbands = config.target_bands or _summary_value(run, "target_bands")
         for i, (key, ptext, ttext) in enumerate(zip(run.keys, preds, targets)):
+            bar.update(1)
             ppath, tpath = _resolve_path(ptext, run), _resolve_path(ttext, run)
             try:
                 sr, sv = load_reflectance(ppath, bands=pbands, scale=pscale, wanted=wanted, flag="--pred-scale")
@@ -589,13 +652,15 @@ def rankings(runs: Mapping[str, Run], metrics: Sequence[str], conditions: Mappin
     return tables
 
 
-def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = None, *, metric: Any = None, report: bool = True) -> dict[str, Any]:
+def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = None, *, metric: Any = None, report: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
     """Run the whole analysis and write ``gap.json`` (+ report files) into ``out``; returns the JSON content.
 
     Args:
         design: runs (name -> results folder), comparisons (label, a, b), optional conditions and LR folders.
         metric: an :class:`lpips_sat.LPIPSSat` for the feature space (default: the shipped ``LPIPSSat()``);
             only needed when ``config.images``.
+        progress: a progress bar (stderr) over the images analysed.
     Raises:
         InputError / MissingFileError: see :func:`read_run` and :func:`match`; unknown run names in comparisons;
             runs without a common metric.
@@ -611,6 +676,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         if a == b:
             raise InputError(f"comparison {label!r} compares run {a!r} with itself")
     runs = {name: read_run(name, d) for name, d in design.runs.items()}
+    settings_notes = check_settings(runs, design.comparisons, allow_mixed=config.allow_mixed)
     common = set.intersection(*(set(r.metrics(config.metrics, config.per_band)) for r in runs.values()))
     if not common:
         listing = "; ".join(f"{r.name}: {r.metrics(None, config.per_band)}" for r in runs.values())
@@ -624,10 +690,10 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     skipped: dict[str, list[str]] = {}
     if config.images:
         if metric is None:
-            from gapeval.score import load_metric
+            from gapeval.scoring.weights import load_metric
 
             metric = load_metric(None)[0]
-        per_run, hr_stats = analyse_images(runs, config, metric=metric, cache_dir=out / "cache" / "features")
+        per_run, hr_stats = analyse_images(runs, config, metric=metric, cache_dir=out / "cache" / "features", progress=progress)
         for name, st in per_run.items():
             _add_image_metrics(runs[name], st)
             distances[name] = distribution_distances(st, hr_stats, config, [str(b) for b in metric.bands])
@@ -653,12 +719,15 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         s["p_holm"] = float(p)
         s["significant"] = bool(np.isfinite(p) and p < config.alpha)
         s["ci_excludes_zero"] = bool(np.isfinite(s["ci_low"]) and (s["ci_low"] > 0 or s["ci_high"] < 0))
+        s["min_p"] = smallest_wilcoxon_p(int(s["n"]))  # the scene count bounds the power (zero differences are data)
+        s["underpowered"] = bool(s["min_p"] * len(flat) >= config.alpha)
 
     result = {
         "tool": "gapeval gap",
         "config": asdict(config),
         "metric": {"name": getattr(metric, "name", None), "sha256": getattr(metric, "sha256", None), "bands": [str(b) for b in getattr(metric, "bands", ())]} if config.images else None,
-        "runs": {n: {"dir": str(r.directory), "n_pairs": len(r.keys), "key_column": r.key_column, "conditions": design.conditions.get(n, {})} for n, r in runs.items()},
+        "runs": {n: {"dir": str(r.directory), "n_pairs": len(r.keys), "key_column": r.key_column, "conditions": design.conditions.get(n, {}),
+                     "scoring": scoring_settings(r)} for n, r in runs.items()},
         "metrics": metrics,
         "n_tests": len(flat),
         "comparisons": comparisons,
@@ -667,10 +736,11 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
         "rankings": rankings(runs, metrics, design.conditions, config.group_by),
         "skipped": skipped,
     }
-    from gapeval.score import _jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
+    result["notes"] = settings_notes + power_notes(comparisons, len(flat), config.alpha)
+    from gapeval.results import jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "gap.json", json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "gap.json", json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     if report:
         from gapeval.plots import write_gap_report
 
@@ -678,18 +748,54 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     return result
 
 
+def scenes_needed(n_tests: int, alpha: float) -> int:
+    """Fewest non-zero scene differences for which the exact two-sided Wilcoxon test can pass Holm's first threshold
+    ``alpha / n_tests`` (smallest p ``2 / 2**n``, see :func:`gapeval.stats.smallest_wilcoxon_p`)."""
+    return int(math.floor(math.log2(2.0 * max(1, n_tests) / alpha))) + 1
+
+
+def power_notes(comparisons: Sequence[Mapping[str, Any]], n_tests: int, alpha: float) -> list[str]:
+    """Plain-language notes on Holm and small samples for the CLI and the report (empty when nothing to say).
+
+    Flags comparisons whose scene count makes Holm significance unreachable (``underpowered``) and explains a CI that
+    excludes 0 next to "n.s.": the CI is one metric's unadjusted interval, Holm controls the error over every test.
+    """
+    tested = [(c, m, s) for c in comparisons for m, s in c["metrics"].items() if "p_holm" in s]
+    if not tested:
+        return []
+    notes = [] if n_tests < 2 else [f"Holm: the {n_tests} Wilcoxon tests (every metric of every comparison) share a family-wise error rate of {alpha:g}, "
+             f"so the smallest p-value must be below {alpha / n_tests:.2g} before any test counts as significant."]
+    weak = [(c, m, s) for c, m, s in tested if s.get("underpowered")]
+    if weak:
+        names = sorted({c["name"] for c, _, _ in weak})
+        n_max = max(int(s["n"]) for _, _, s in weak)
+        notes.append(f"Underpowered: with n scenes the exact two-sided Wilcoxon test cannot give p below 2/2^n "
+                     f"({n_max} scenes: {smallest_wilcoxon_p(n_max):.3g}), so {len(weak)} of {len(tested)} tests "
+                     f"({', '.join(names)}) cannot be significant whatever the data; {scenes_needed(n_tests, alpha)} or more "
+                     "scenes are needed at this number of tests (or test fewer metrics with --metrics).")
+    mixed = [1 for _, _, s in tested if s.get("ci_excludes_zero") and not s.get("significant")]
+    if mixed:
+        notes.append(f"{len(mixed)} test(s) show a 95 % CI that excludes 0 but are n.s.: the bootstrap CI is for one metric alone, not "
+                     "adjusted for the other tests, and with few scenes it is too narrow; read these as a consistent direction in "
+                     "this sample, not an established gap.")
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def add_arguments(parser) -> None:
     """``gapeval gap`` arguments."""
     parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR[#SET]",
                         help="a scored condition: name and its `gapeval score` results folder, #SET picks a prediction set (repeat)")
-    how = parser.add_mutually_exclusive_group(required=True)
+    how = parser.add_mutually_exclusive_group()
     how.add_argument("--design", help="YAML design: runs, conditions, comparisons (see docs/gap.md)")
-    how.add_argument("--pairs", nargs="+", metavar="A:B", help="comparisons as run names, gap = A - B")
+    how.add_argument("--pairs", nargs="+", metavar="A:B",
+                     help="comparisons as run names, gap = A - B (default with exactly two --run: first - second)")
     parser.add_argument("--out", required=True, help="output folder for gap.json and the report")
     parser.add_argument("--metrics", help="comma-separated metric columns (default: every numeric metric column)")
     parser.add_argument("--per-band", action="store_true", help="also test per-band columns such as psnr_B04")
     parser.add_argument("--allow-unmatched", action="store_true", help="compare on the scenes common to both runs")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="compare runs scored with different --protocol/--align/--harmonize settings (default: an error)")
     parser.add_argument("--no-images", action="store_true", help="only the tables: no features, spectra or histograms")
     parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space: registry name or .safetensors (default: the shipped "
                         "weights; 'random-tiny' = a random network for tests)")
@@ -704,6 +810,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="seed of bootstrap, KID subsets and pixel samples")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar of the image analysis")
 
 
 def run(args) -> int:
@@ -712,27 +819,36 @@ def run(args) -> int:
     if args.design:
         design = load_design(args.design)
         design.runs = {**design.runs, **runs}
-    else:
+    elif args.pairs:
         design = Design(runs, parse_pairs(args.pairs))
+    elif len(runs) == 2:
+        a, b = runs
+        design = Design(runs, [(f"{a} - {b}", a, b)])
+    else:
+        print(f"gapeval gap: error: {len(runs)} run(s) given: pass --pairs A:B (or --design FILE), or exactly two --run "
+              "(the gap is then first - second)", file=sys.stderr)
+        return 2
     config = GapConfig(metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None, per_band=args.per_band,
-                       allow_unmatched=args.allow_unmatched, images=not args.no_images, pred_scale=args.pred_scale,
+                       allow_unmatched=args.allow_unmatched, allow_mixed=args.allow_mixed, images=not args.no_images, pred_scale=args.pred_scale,
                        target_scale=args.target_scale, pred_bands=args.pred_bands, target_bands=args.target_bands, feature_tile=args.feature_tile, hf_cutoff=args.hf_cutoff, group_by=args.group_by,
                        n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
     metric = None
     if config.images:
-        from gapeval.score import load_metric
+        from gapeval.scoring.weights import load_metric
 
         metric = load_metric(args.weights, args.device)[0]
-    result = gap_analysis(design, args.out, config, metric=metric)
+    result = gap_analysis(design, args.out, config, metric=metric, progress=not args.no_progress)
     for comp in result["comparisons"]:
         print(f"{comp['name']}  (n = {comp['n_matched']} matched scenes)")
         for m, s in comp["metrics"].items():
             if "gap" in s:
-                flag = "significant" if s["significant"] else "n.s."
+                flag = "significant" if s["significant"] else "n.s. (underpowered)" if s.get("underpowered") else "n.s."
                 print(f"  {m:24s} gap {s['gap']:+.4g}  95% CI [{s['ci_low']:+.4g}, {s['ci_high']:+.4g}]  p_holm {s['p_holm']:.3g}  {flag}")
     for name, d in result["distribution"].items():
         print(f"{name}: FD {d.get('fd', float('nan')):.4g}  KID {d.get('kid', float('nan')):.4g} ± {d.get('kid_std', float('nan')):.2g}  "
               f"HF ratio {d.get('hf_ratio_mean', float('nan')):.3g}")
+    for note in result["notes"]:
+        print(f"note: {note}")
     if metric is not None and str(metric.name).startswith("random"):
         print(f"note: weights {metric.name!r} are a random network for testing; FD and KID values are not meaningful")
     print(f"gapeval gap: wrote {Path(args.out) / 'gap.json'} and the report")

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gapeval.io import atomic_path, write_text_atomic
 from gapeval.report import CSS, html_table, md_table
+from lpips_sat.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _all_zero(s: Mapping[str, Any]) -> bool:
+    """A gap of exactly 0 with CI [0, 0]: every scene identical in both runs (an empty panel)."""
+    return s["gap"] == 0 and s.get("ci_low") == 0 and s.get("ci_high") == 0
+
+
 def forest_plot(comparisons: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: Path) -> Path | None:
     """One panel per metric; one row per comparison: mean gap (A - B) with its bootstrap CI; filled marker when
-    Holm-significant. Returns ``None`` when there is nothing to plot."""
-    metrics = [m for m in metrics if any("gap" in c["metrics"].get(m, {}) for c in comparisons)]
+    Holm-significant. Metrics whose every gap is exactly 0 (CI [0, 0]) get no panel; ``None`` when nothing is left."""
+    metrics = [m for m in metrics if any("gap" in c["metrics"].get(m, {}) and not _all_zero(c["metrics"][m]) for c in comparisons)]
     if not metrics:
         return None
     plt = _pyplot()
@@ -110,24 +115,43 @@ def psd_plot(freq: Sequence[float], hr: Sequence[float] | None, runs: Mapping[st
     return _save(fig, path)
 
 
-def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Sequence[str], path: Path, bins: int = 60) -> Path:
-    """Reflectance histograms per band: HR targets (filled) and each run's SR outputs (lines). ``samples[name]`` and
-    ``hr`` are (C, k) arrays."""
+def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Sequence[str], path: Path, bins: int = 40) -> Path | None:
+    """Reflectance histograms per band: HR targets (filled grey) and each run's SR outputs (step lines, one colour per
+    run, never translucent), with one legend for the figure. ``samples[name]`` and ``hr`` are (C, k) arrays. Bands
+    whose values are all equal (no spread to draw) are left out; ``None`` when none is left."""
+    from matplotlib.ticker import MaxNLocator
+
+    keep = []
+    for b, band in enumerate(bands):
+        allv = np.concatenate([hr[b]] + [s[b] for s in samples.values()])
+        allv = allv[np.isfinite(allv)]
+        if allv.size and allv.max() > allv.min():
+            keep.append((b, band))
+    if not keep:
+        return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(bands), figsize=(3.3 * len(bands), 3), squeeze=False)
-    for b, (ax, band) in enumerate(zip(axes.flat, bands)):
-        hi = float(np.quantile(hr[b], 0.998)) if hr.shape[1] else 1.0
-        lo = float(np.quantile(hr[b], 0.002)) if hr.shape[1] else 0.0
-        edges = np.linspace(lo, hi, bins + 1)
-        ax.hist(hr[b], bins=edges, density=True, color="0.8", label="HR target")
+    fig, axes = plt.subplots(1, len(keep), figsize=(3.4 * len(keep), 3.2), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (b, band) in zip(axes.flat, keep):
+        ref = hr[b] if hr.shape[1] and np.ptp(hr[b]) > 0 else np.concatenate([s[b] for s in samples.values()])
+        lo, hi = float(np.quantile(ref, 0.002)), float(np.quantile(ref, 0.998))
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        if hr.shape[1]:
+            handles.setdefault("HR target", ax.hist(hr[b], bins=edges, density=True, color="0.82", label="HR target")[2][0])
         for i, (name, s) in enumerate(samples.items()):
             dens, _ = np.histogram(s[b], bins=edges, density=True)
-            ax.plot((edges[:-1] + edges[1:]) / 2, dens, color=f"C{i % 10}", lw=1.2, label=name)
+            (line,) = ax.step(edges, np.append(dens, dens[-1]), where="post", color=f"C{i % 10}", lw=1.3, label=name)
+            handles.setdefault(name, line)
         ax.set_title(band, fontsize=9)
         ax.set_xlabel("reflectance", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(labelsize=8)
+    axes.flat[0].set_ylabel("density", fontsize=8)
+    ncol = min(len(handles), 6)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncol, fontsize=8, frameon=False)
+    legend_rows = math.ceil(len(handles) / ncol)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.22 * legend_rows) / fig.get_figheight()))
     return _save(fig, path)
 
 
@@ -144,6 +168,12 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def _significance(s: Mapping[str, Any]) -> str:
+    """``yes`` / ``no`` / ``no (underpowered)``: too few scenes for Holm significance (see ``gapeval.gap.power_notes``)."""
+    text = _fmt(s.get("significant"))
+    return f"{text} (underpowered)" if text == "no" and s.get("underpowered") else text
+
+
 def _tables(result: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table of the report."""
     tables = []
@@ -155,7 +185,7 @@ def _tables(result: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[s
                 rows.append([m, _fmt(s.get("n")), "", "", "", "", "", "", "", "", s.get("note", "")])
                 continue
             rows.append([m, _fmt(s["n"]), _fmt(s["mean_a"]), _fmt(s["mean_b"]), _fmt(s["gap"]), f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]",
-                         _fmt(s["p_value"], 3), _fmt(s.get("p_holm"), 3), _fmt(s.get("significant")), _fmt(s["cohens_dz"], 3), _fmt(s["rank_biserial"], 3)])
+                         _fmt(s["p_value"], 3), _fmt(s.get("p_holm"), 3), _significance(s), _fmt(s["cohens_dz"], 3), _fmt(s["rank_biserial"], 3)])
         title = f"Gap: {c['name']} (A = {c['a']}, B = {c['b']}, {c['n_matched']} matched scenes)"
         if c.get("unmatched"):
             title += " — unmatched scenes left out: " + "; ".join(f"{k}: {len(v)}" for k, v in c["unmatched"].items())
@@ -196,12 +226,15 @@ def write_gap_report(result: Mapping[str, Any], out: Path, samples: Mapping[str,
         if pp:
             figures["Power spectral density"] = pp
     if samples:
-        figures["Band histograms"] = band_histograms(samples["runs"], samples["hr"], samples["bands"], fig_dir / "band_histograms.png")
+        bh = band_histograms(samples["runs"], samples["hr"], samples["bands"], fig_dir / "band_histograms.png")
+        if bh:
+            figures["Band histograms"] = bh
     tables = _tables(result)
     md = ["# Domain-gap report (gapeval gap)", "",
           f"Runs: {', '.join(result['runs'])}. Metrics tested: {', '.join(result['metrics'])}. "
           f"{result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. Gap = A - B over matched scenes; "
           f"CI: paired BCa bootstrap ({result['config']['n_resamples']} resamples).", ""]
+    md += [f"- {note}" for note in result.get("notes") or []] + ([""] if result.get("notes") else [])
     for title, header, rows in tables:
         md += [f"## {title}", ""] + md_table(header, rows) + [""]
     for title, p in figures.items():
@@ -219,6 +252,8 @@ def _html(result: Mapping[str, Any], tables: Sequence[tuple[str, list[str], list
              f"<style>{CSS}</style></head><body>", "<h1>Domain-gap report</h1>",
              f"<p>Runs: {esc(', '.join(result['runs']))}. {result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. "
              "Gap = A &minus; B over matched scenes; CI: paired BCa bootstrap.</p>"]
+    if result.get("notes"):
+        parts.append("<ul class='warn'>" + "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) + "</ul>")
     for title, header, rows in tables:
         parts.append(f"<h2>{esc(title)}</h2>" + html_table(header, rows))
     for title, p in figures.items():

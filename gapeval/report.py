@@ -2,16 +2,14 @@
 
 Reads ``pairs.csv`` and ``summary.json`` (so a report can be rebuilt from results alone) and writes
 ``report.html``, ``report.md`` and ``figures/*.png``: a ranking table (mean and bootstrap 95 % CI per metric),
-box plots and histograms of the per-pair values, and for each prediction set a grid of its best and worst
+box plots and empirical CDFs of the per-pair values (metrics constant over all pairs are listed, not drawn), and for each prediction set a grid of its best and worst
 pairs by LPIPS-Sat, each row LR | SR | HR | LPIPS-Sat map (the map is read from ``maps/`` when ``--maps``
 wrote it, else computed on the shown crop when a metric is given).
 """
 
 from __future__ import annotations
 
-import csv
 import html
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -20,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from gapeval.io import write_text_atomic
 from gapeval.metrics import METRICS
+from gapeval.results import MAPS_DIR, OPENSR_COLUMNS, load_results
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ HEADLINE = (
     "improvement",
     "omission",
     "hallucination",
+    *OPENSR_COLUMNS.values(),
 )
 #: Side of the image crops shown in the best/worst grids (px of the target grid).
 PREVIEW = 256
@@ -75,28 +75,17 @@ def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
 
-def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder."""
-    from gapeval.score import PAIRS_CSV, SUMMARY_JSON, _parse
-
-    out_dir = Path(out_dir)
-    for name in (PAIRS_CSV, SUMMARY_JSON):
-        if not (out_dir / name).is_file():
-            raise MissingFileError(f"{out_dir / name} does not exist; run `gapeval score --out {out_dir}` first")
-    with open(out_dir / PAIRS_CSV, newline="") as fh:
-        rows = [_parse(r) for r in csv.DictReader(fh)]
-    return rows, json.loads((out_dir / SUMMARY_JSON).read_text())
-
-
-def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2) -> Path:
+def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2, progress: bool = False) -> Path:
     """Write ``report.html``, ``report.md`` and ``figures/`` into ``out_dir``; returns the HTML path.
 
     Args:
         out_dir: a ``gapeval score`` results folder.
         metric: an LPIPS-Sat instance used to draw maps that ``--maps`` did not write (else those cells say so).
         n_examples: best and worst pairs shown per prediction set.
+        progress: a progress bar (stderr) over the prediction sets' image grids, the slow part.
     """
     import matplotlib
+    from tqdm import tqdm
 
     matplotlib.use("Agg")
     out_dir = Path(out_dir)
@@ -108,11 +97,15 @@ def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = [m for m in HEADLINE if any(m in r and np.isfinite(r[m]) for r in ok)]
     figures: dict[str, str] = {}
-    if ok and metrics:
-        figures["Distributions per prediction set (box plots; points are pairs)"] = _boxplots(ok, sets, metrics, fig_dir / "boxplots.png")
-        figures["Histograms of per-pair values"] = _histograms(ok, sets, metrics, fig_dir / "histograms.png")
+    varying, constant = _split_constant(ok, metrics)
+    if ok and varying:
+        same = f"; not drawn, the same in every pair: {', '.join(f'{m} = {v:.4g}' for m, v in constant.items())}" if constant else ""
+        figures[f"Distributions per prediction set (box plots; points are pairs){same}"] = _boxplots(ok, sets, varying, fig_dir / "boxplots.png")
+        figures[f"Cumulative distributions of per-pair values (fraction of pairs at or below each value){same}"] = _ecdfs(
+            ok, sets, varying, fig_dir / "ecdf.png"
+        )
     grids: dict[str, str] = {}
-    for name in sets:
+    for name in tqdm(sets, unit="set", desc="gapeval score: report grids", disable=not progress):
         mine = sorted((r for r in ok if r["pred_set"] == name and np.isfinite(r["lpips_sat"])), key=lambda r: r["lpips_sat"])
         if not mine:
             continue
@@ -156,20 +149,43 @@ def _boxplots(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: S
     return _save(fig, axes, len(metrics), path)
 
 
-def _histograms(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: Sequence[str], path: Path) -> str:
+def _split_constant(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tuple[list[str], dict[str, float]]:
+    """Metrics that vary over the pairs, and those with one value in every pair (their panels would be empty)."""
+    varying, constant = [], {}
+    for m in metrics:
+        v = np.array([r[m] for r in rows if m in r and np.isfinite(r[m])])
+        if v.size and v.max() == v.min():
+            constant[m] = float(v[0])
+        else:
+            varying.append(m)
+    return varying, constant
+
+
+def _ecdfs(rows: Sequence[Mapping[str, Any]], sets: Sequence[str], metrics: Sequence[str], path: Path) -> str:
+    """One panel per metric, one empirical CDF (step line, one colour per set) per prediction set; one legend."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _panels(len(metrics), 2.6)
-    for ax, m in zip(axes.flat, metrics):
-        values = [np.array([r[m] for r in rows if r["pred_set"] == s and np.isfinite(r[m])]) for s in sets]
-        allv = np.concatenate([v for v in values if v.size]) if any(v.size for v in values) else np.array([0.0])
-        lo, hi = float(allv.min()), float(allv.max())
-        bins = np.linspace(lo, hi if hi > lo else lo + 1e-9, 16)
-        for s, v in zip(sets, values):
+    handles: dict[str, Any] = {}  # set -> its first line, for the one figure legend
+    for k, (ax, m) in enumerate(zip(axes.flat, metrics)):
+        for i, s in enumerate(sets):
+            v = np.sort([r[m] for r in rows if r["pred_set"] == s and np.isfinite(r[m])])
             if v.size:
-                ax.hist(v, bins=bins, alpha=0.5, label=s)
+                x = np.concatenate([[v[0]], v])
+                y = np.concatenate([[0.0], np.arange(1, v.size + 1) / v.size])
+                (line,) = ax.step(x, y, where="post", color=f"C{i % 10}", lw=1.6, label=s)
+                handles.setdefault(s, line)
         ax.set_title(_label(m), fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.ticklabel_format(axis="x", useOffset=False)
         ax.tick_params(labelsize=8)
-    list(axes.flat)[0].legend(fontsize=7)
-    return _save(fig, axes, len(metrics), path)
+        ax.grid(color="0.92")
+        if k % axes.shape[1] == 0:
+            ax.set_ylabel("fraction of pairs", fontsize=8)
+    names = [s for s in sets if s in handles]
+    fig.legend([handles[s] for s in names], names, loc="upper center", ncol=min(len(names), 6), fontsize=8, frameon=False)
+    return _save(fig, axes, len(metrics), path, top=1 - 0.35 / fig.get_figheight())
 
 
 def _panels(n: int, height: float) -> tuple[Any, np.ndarray]:
@@ -182,20 +198,21 @@ def _panels(n: int, height: float) -> tuple[Any, np.ndarray]:
     return fig, axes
 
 
-def _save(fig: Any, axes: np.ndarray, used: int, path: Path) -> str:
-    """Hide unused panels, save as PNG, return the path relative to the results folder."""
+def _save(fig: Any, axes: np.ndarray, used: int, path: Path, top: float = 1.0) -> str:
+    """Hide unused panels, save as PNG (``top``: fraction of the height left to the panels, the rest to a figure
+    legend), return the path relative to the results folder."""
     import matplotlib.pyplot as plt
 
     for ax in list(axes.flat)[used:]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.relative_to(path.parent.parent).as_posix()
 
 
 def _config_from(summary: Mapping[str, Any]) -> Any:
-    from gapeval.score import ScoreConfig
+    from gapeval.scoring.config import ScoreConfig
 
     cfg = dict(summary["config"])
     names = {f.name for f in fields(ScoreConfig)}
@@ -220,9 +237,12 @@ def _pair_grid(
     import matplotlib.pyplot as plt
     from rasterio.windows import Window
 
-    from gapeval.io import RasterSource, grid_of, raster_info, window_slices
+    from gapeval.grids import grid_of
     from gapeval.metrics.perceptual import TiledLPIPS
-    from gapeval.score import MAPS_DIR, plan_scene
+    from gapeval.scoring.plan import plan_scene
+    from gapeval.sources import RasterSource
+    from gapeval.windows import window_slices
+    from lpips_sat.raster import raster_info
 
     config = _config_from(summary)
     bands = list(config.bands)
@@ -314,6 +334,7 @@ GROUPS = (
         "Consistency with the LR input, and correctness fractions",
         ("refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination"),
     ),
+    ("opensr-test protocol (opensr-test 1.3.3 Metrics().compute; docs/metrics.md)", tuple(OPENSR_COLUMNS.values())),
 )
 
 

@@ -2,578 +2,68 @@
 
 Data flow (one scene = one target and every prediction of it):
 
-    pair files by key -> check headers (bands, scale, grids; all before any pixel is read)
-    -> per window of the target grid: read target once, each prediction (resampled only if asked)
-       -> classical metrics (masked) | LPIPS-Sat tiles, batched, target features shared | LR-upsampled reference
-    -> per window of the LR grid: predictions area-averaged onto it vs LR (consistency)
-    -> one row per (prediction set, scene) appended to ``pairs.csv`` -> ``summary.json`` -> optional report
+    pair files by key (:mod:`gapeval.folders`) -> check headers: bands, scale, grids, all before any pixel is read
+    (:mod:`gapeval.scoring.plan`) -> score each scene window by window (:mod:`gapeval.scoring.scene`, in threads:
+    :mod:`gapeval.scoring.runner`) -> one row per (prediction set, scene) appended to ``pairs.csv`` -> ``summary.json``
+    (:mod:`gapeval.results`) -> optional report (:mod:`gapeval.report`)
 
-The Python API is :func:`score`; the command line is :func:`add_arguments` / :func:`run`.
+The Python API is :func:`score` (also callable as ``gapeval.score(...)``); the command line is
+:func:`add_arguments` / :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import io as _io
-import json
+import functools
 import logging
-import math
 import os
-import platform
 import sys
-import threading
 import time
 import types
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import ExitStack
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gapeval.io import (
-    RESAMPLING_METHODS,
-    Grid,
-    RasterSource,
-    RasterWriter,
-    append_line,
-    band_gain_offset,
-    check_not_tiny,
-    check_reflectance,
-    check_same_grid,
-    expand_window,
-    fixed_size_window,
-    grid_of,
-    iter_windows,
-    lr_ratio,
-    pair_folders,
-    raster_info,
-    read_lines_complete,
-    select_bands,
-    window_slices,
-    write_text_atomic,
+from gapeval import shards
+from gapeval.folders import Pairing, pair_folders
+from gapeval.grids import RESAMPLING_METHODS
+from gapeval.progress import Stages
+from gapeval.results import (
+    MAPS_DIR,
+    PAIRS_CSV,
+    SUMMARY_JSON,
+    PairsTable,
+    ResultsLock,
+    columns,
+    format_cell,
+    format_table,
+    parse_row,
+    prepare_out_dir,
+    remove_stale_temporaries,
+    summarize_rows,
+    versions,
+    write_summary,
 )
-from gapeval.metrics import METRICS, PER_BAND
-from gapeval.metrics.classical import SSIM_RADIUS, ClassicalAccumulator, interior_mask
-from gapeval.metrics.consistency import CORRECTNESS_LAMBDAS, HF_THRESHOLD, ConsistencyAccumulator
-from gapeval.metrics.perceptual import TiledLPIPS
-from gapeval.stats import summarize
-from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
+from gapeval.scoring import runner
+from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
+from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
+from gapeval.scoring.weights import load_metric
+from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
-from lpips_sat.registry import DEFAULT_NAME, sha256_file
+from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
+from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
 
-PAIRS_CSV, SUMMARY_JSON, MAPS_DIR = "pairs.csv", "summary.json", "maps"
-#: ``--weights random-tiny``: a tiny random-weight network (``LPIPSSat.random()``), for tests only.
-RANDOM_WEIGHTS = "random-tiny"
-#: Default window (px) for reading, classical metrics and LPIPS-Sat tiles.
-DEFAULT_TILE = 512
-#: Columns before and after the metric columns of ``pairs.csv``.
-LEAD_COLUMNS = (
-    "pred_set",
-    "key",
-    "status",
-    "reason",
-    "valid_fraction",
-    "pred_invalid_fraction",
-    "height",
-    "width",
-    "lpips_sat",
-    "lpips_tiles",
-)
-TAIL_COLUMNS = ("seconds", "config_hash", "pred_path", "target_path", "lr_path", "pred_sha256", "target_sha256", "lr_sha256")
-#: Columns of ``pairs.csv`` that are not metrics.
-TEXT_COLUMNS = (
-    "pred_set",
-    "key",
-    "status",
-    "reason",
-    "config_hash",
-    "pred_path",
-    "target_path",
-    "lr_path",
-    "pred_sha256",
-    "target_sha256",
-    "lr_sha256",
-)
-
-
-class _Cancelled(Exception):
-    """Raised inside a worker when the run was interrupted."""
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """Everything that changes the numbers of a run (its hash marks rows for ``--resume``)."""
-
-    weights: str
-    weights_sha256: str | None
-    bands: tuple[str, ...]
-    with_lr: bool = False
-    pred_bands: str | None = None
-    target_bands: str | None = None
-    lr_bands: str | None = None
-    pred_scale: float | None = None
-    target_scale: float | None = None
-    lr_scale: float | None = None
-    data_range: float = 1.0
-    resample: str | None = None
-    tile: int = DEFAULT_TILE
-    sr_factor: float | None = None
-    patch: int = 8
-    hf_threshold: float = HF_THRESHOLD
-    lambdas: tuple[float, float, float] = CORRECTNESS_LAMBDAS
-    pattern: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.data_range > 0:
-            raise InputError(f"--data-range must be positive, got {self.data_range}")
-        if self.tile < MIN_SIZE:
-            raise InputError(f"--tile must be at least {MIN_SIZE} px (LPIPS-Sat's smallest input), got {self.tile}")
-        if self.tile % self.patch:
-            raise InputError(f"--tile ({self.tile}) must be a multiple of the correctness patch ({self.patch})")
-        if self.resample is not None and self.resample not in RESAMPLING_METHODS:
-            raise InputError(f"--resample must be one of {RESAMPLING_METHODS}, got {self.resample!r}")
-        if self.sr_factor is not None and not self.sr_factor > 1:
-            raise InputError(f"--sr-factor must be > 1 (e.g. 4 for 10 m -> 2.5 m), got {self.sr_factor}")
-
-    def hash(self) -> str:
-        """Short sha256 of the configuration and the gapeval version."""
-        from gapeval import __version__
-
-        text = json.dumps({**asdict(self), "gapeval": __version__}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def columns(config: ScoreConfig) -> list[str]:
-    """Column order of ``pairs.csv`` for ``config`` (per-band columns use the metric's band names)."""
-    cols = list(LEAD_COLUMNS) + ["psnr", "ssim", "sam_deg", "ergas", "rmse", "mae"]
-    cols += [f"{m}_{b}" for m in ("psnr", "ssim", "rmse", "mae") for b in config.bands]
-    if config.with_lr:
-        cols += [
-            "refl_l1",
-            *[f"refl_l1_{b}" for b in config.bands],
-            "spectral_sam_deg",
-            "shift_dx",
-            "shift_dy",
-            "shift_px",
-            "improvement",
-            "omission",
-            "hallucination",
-            "tc_patches",
-        ]
-    return cols + list(TAIL_COLUMNS)
-
-
-def metric_columns(cols: Sequence[str]) -> list[str]:
-    """The numeric result columns summarised per prediction set."""
-    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches")]
-
-
-# ------------------------------------------------------------------------------------------------- metric
-
-
-def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None = None) -> tuple[LPIPSSat, str, str | None]:
-    """``(metric, label, sha256)`` for a registry name, a ``.safetensors`` path, ``"random-tiny"`` or an instance.
-
-    ``sha256`` identifies the weights: the file's hash, or for an in-memory network the hash of its tensors.
-    """
-    if isinstance(weights, LPIPSSat):
-        metric = weights
-    elif str(weights) == RANDOM_WEIGHTS:
-        metric = LPIPSSat.random()
-    else:
-        name = str(weights or DEFAULT_NAME)
-        try:
-            metric = LPIPSSat(name)
-        except (WeightsError, MissingFileError) as exc:
-            hint = (
-                (
-                    f"\n  The shipped weights {DEFAULT_NAME!r} are not installed yet; `--weights {RANDOM_WEIGHTS}` runs a tiny random "
-                    "network for testing only (its numbers mean nothing)."
-                )
-                if name == DEFAULT_NAME
-                else ""
-            )
-            raise WeightsError(f"{exc}{hint}") from exc
-    if device:
-        metric = metric.to(_device(device))
-    sha = metric.sha256
-    if sha is None and weights is not None and not isinstance(weights, LPIPSSat) and Path(str(weights)).is_file():
-        sha = sha256_file(str(weights))
-    if sha is None:
-        digest = hashlib.sha256()
-        for key, tensor in sorted(metric.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        sha = digest.hexdigest()
-    return metric, metric.name, sha
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-# --------------------------------------------------------------------------------------------------- plan
-
-
-@dataclass
-class _Input:
-    source: RasterSource
-    sha256: str
-    flag: str  # option that sets this file's scale, quoted in errors
-    warp: bool = False
-
-
-@dataclass
-class ScenePlan:
-    """One target with the predictions still to score and its optional LR input, checked and ready to read."""
-
-    key: str
-    target: _Input
-    preds: dict[str, _Input]
-    lr: _Input | None = None
-    ratio: float | None = None  # LR pixel size / target pixel size
-
-
-class _Hashes:
-    """sha256 of files, each computed once."""
-
-    def __init__(self) -> None:
-        self._done: dict[Path, str] = {}
-
-    def __call__(self, path: Path) -> str:
-        if path not in self._done:
-            self._done[path] = sha256_file(path)
-        return self._done[path]
-
-
-def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None, hashes: _Hashes) -> tuple[_Input, Grid]:
-    info = raster_info(path)
-    declared, scale = {
-        "pred": (config.pred_bands, config.pred_scale),
-        "target": (config.target_bands, config.target_scale),
-        "lr": (config.lr_bands, config.lr_scale),
-    }[role]
-    bands = select_bands(info, declared, config.bands, f"--{role}-bands")
-    gain, offset = band_gain_offset(info, bands, scale)
-    grid = grid_of(info, target)
-    return _Input(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale"), grid
-
-
-def plan_scene(
-    key: str, target: Path, preds: Mapping[str, Path], lr: Path | None, config: ScoreConfig, hashes: _Hashes | None = None
-) -> ScenePlan:
-    """Check one scene's headers (bands, scale, size, grids) and build its :class:`ScenePlan`.
-
-    Raises:
-        InputError: wrong band count/order, image too small, grids that differ without ``resample``, LR extent.
-    """
-    hashes = hashes or _Hashes()
-    tin, tgrid = _make_input(target, config, "target", None, hashes)
-    if min(tgrid.height, tgrid.width) < MIN_SIZE:
-        raise InputError(f"{target}: {tgrid.width}x{tgrid.height} px is smaller than LPIPS-Sat's minimum of {MIN_SIZE}x{MIN_SIZE}")
-    plan = ScenePlan(key, tin, {})
-    for name, path in preds.items():
-        pin, pgrid = _make_input(path, config, "pred", tgrid, hashes)
-        pin.warp = check_same_grid(pgrid, tgrid, path, target, config.resample)
-        plan.preds[name] = pin
-    if lr is not None:
-        lin, lgrid = _make_input(lr, config, "lr", tgrid, hashes)
-        plan.lr, plan.ratio = lin, lr_ratio(lgrid, tgrid, lr, target)
-    return plan
-
-
-# -------------------------------------------------------------------------------------------------- scene
-
-
-def _read(inp: _Input, grid: Grid, window: Any, resampling: str | None) -> tuple[np.ndarray, np.ndarray]:
-    data, valid = inp.source.read_on(grid, window, resampling or "nearest") if inp.warp else inp.source.read(window)
-    return data, valid
-
-
-def score_scene(
-    plan: ScenePlan,
-    config: ScoreConfig,
-    metric: LPIPSSat,
-    *,
-    batch_size: int = 8,
-    maps_dir: Path | None = None,
-    stop: threading.Event | None = None,
-) -> list[dict[str, Any]]:
-    """Score every prediction of one scene; returns one record per prediction (see :func:`columns`).
-
-    Reads the target once per window for all predictions; LPIPS-Sat target features are computed once per tile.
-    Raises:
-        InputError: values that are not reflectance (unscaled digital numbers, reflectance divided twice).
-    """
-    t0 = time.perf_counter()
-    tgt = plan.target
-    grid = tgt.source.grid
-    height, width = grid.height, grid.width
-    names = list(plan.preds)
-    ratio_hl = 1.0 / plan.ratio if plan.ratio else (1.0 / config.sr_factor if config.sr_factor else None)
-    classical = {n: ClassicalAccumulator(config.bands, config.data_range, ratio_hl) for n in names}
-    consistency = (
-        {n: ConsistencyAccumulator(config.bands, config.patch, config.hf_threshold, config.lambdas) for n in names} if plan.lr else {}
-    )
-    lpips = TiledLPIPS(metric, names, batch_size=batch_size, maps=maps_dir is not None)
-    n_target = 0
-    pred_invalid = {n: 0 for n in names}
-    maxima = {"target": -math.inf, **{n: -math.inf for n in names}}
-
-    with ExitStack() as stack:
-        for inp in [tgt, *plan.preds.values(), *([plan.lr] if plan.lr else [])]:
-            stack.enter_context(inp.source)
-        writers: dict[str, RasterWriter] = {}
-        if maps_dir is not None:
-            for n in names:
-                path = maps_dir / n / f"{plan.key}.tif"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tags = {
-                    "METRIC": "LPIPS-Sat",
-                    "WEIGHTS": config.weights,
-                    "WEIGHTS_SHA256": config.weights_sha256 or "",
-                    "PREDICTION": str(plan.preds[n].source.path),
-                    "TARGET": str(tgt.source.path),
-                }
-                writers[n] = stack.enter_context(RasterWriter(path, grid, tags=tags, descriptions=["lpips_sat"]))
-
-        def write_maps(done: list[tuple[str, Any, np.ndarray]]) -> None:
-            for name, window, dmap in done:
-                writers[name].write(dmap[None], window)
-
-        for core in iter_windows(height, width, config.tile):
-            if stop is not None and stop.is_set():
-                raise _Cancelled()
-            lp_win = fixed_size_window(core, config.tile, height, width)
-            halo = expand_window(core, SSIM_RADIUS, height, width)
-            read_win = _union(halo, lp_win)
-            core_sl = window_slices(core, read_win)
-            lp_sl = window_slices(lp_win, read_win)
-            core_in_lp = window_slices(core, lp_win)
-            interior = interior_mask(
-                slice(int(core.row_off), int(core.row_off + core.height)),
-                slice(int(core.col_off), int(core.col_off + core.width)),
-                height,
-                width,
-            )
-            t, tv = tgt.source.read(read_win)
-            maxima["target"] = max(maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag))
-            n_target += int(tv[core_sl].sum())
-            lr_up = lr_up_valid = None
-            if plan.lr is not None:
-                lr_up, lr_up_valid = plan.lr.source.read_on(grid, core, "bilinear")
-            lp_preds, lp_valid = {}, {}
-            for n in names:
-                inp = plan.preds[n]
-                p, pv = _read(inp, grid, read_win, config.resample)
-                maxima[n] = max(maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag))
-                joint = tv & pv
-                pred_invalid[n] += int((tv & ~pv)[core_sl].sum())
-                classical[n].update(p, t, joint, core_sl, interior)
-                if plan.lr is not None:
-                    pc = p[:, core_sl[0], core_sl[1]]
-                    consistency[n].update_hr(pc, t[:, core_sl[0], core_sl[1]], lr_up, joint[core_sl] & lr_up_valid)
-                lp_preds[n], lp_valid[n] = p[:, lp_sl[0], lp_sl[1]], joint[lp_sl]
-            write_maps(lpips.add(t[:, lp_sl[0], lp_sl[1]], tv[lp_sl], lp_preds, lp_valid, core_in_lp, tag=core))
-        write_maps(lpips.flush())
-
-        if plan.lr is not None:
-            lgrid = plan.lr.source.grid
-            lr_tile = max(MIN_SIZE, math.ceil(config.tile / plan.ratio))
-            for lcore in iter_windows(lgrid.height, lgrid.width, lr_tile):
-                if stop is not None and stop.is_set():
-                    raise _Cancelled()
-                lv_data, lv = plan.lr.source.read(lcore)
-                check_reflectance(lv_data, lv, plan.lr.source.path, plan.lr.flag)
-                for n in names:
-                    s, sv = plan.preds[n].source.read_on(lgrid, lcore, "average")
-                    consistency[n].update_lr(s, lv_data, sv & lv)
-
-    check_not_tiny(maxima["target"], tgt.source.path, tgt.flag)
-    seconds = time.perf_counter() - t0
-    total = height * width
-    records = []
-    for n in names:
-        inp = plan.preds[n]
-        if maxima[n] > -math.inf:
-            check_not_tiny(maxima[n], inp.source.path, inp.flag)
-        res = classical[n].result()
-        n_valid = classical[n].n_valid
-        rec: dict[str, Any] = {
-            "pred_set": n,
-            "key": plan.key,
-            "status": "ok",
-            "reason": "",
-            "height": height,
-            "width": width,
-            "valid_fraction": n_valid / total,
-            "pred_invalid_fraction": pred_invalid[n] / n_target if n_target else float("nan"),
-        }
-        if n_valid == 0:
-            why = (
-                "the target has no valid pixel (all nodata/NaN)"
-                if n_target == 0
-                else "the prediction has no valid pixel where the target is valid (all nodata/NaN)"
-            )
-            rec.update(status="skipped", reason=why)
-            logger.warning("%s / %s skipped: %s", n, plan.key, why)
-        else:
-            rec.update(res)
-            rec["lpips_sat"], rec["lpips_tiles"] = (float(v) for v in lpips.result(n))
-            if plan.lr is not None:
-                rec.update(consistency[n].result())
-        rec.update(
-            seconds=seconds,
-            config_hash=config.hash(),
-            pred_path=str(inp.source.path),
-            target_path=str(tgt.source.path),
-            lr_path=str(plan.lr.source.path) if plan.lr else "",
-            pred_sha256=inp.sha256,
-            target_sha256=tgt.sha256,
-            lr_sha256=plan.lr.sha256 if plan.lr else "",
-        )
-        records.append(rec)
-    return records
-
-
-def _union(a: Any, b: Any) -> Any:
-    from rasterio.windows import Window
-
-    r0, c0 = min(a.row_off, b.row_off), min(a.col_off, b.col_off)
-    r1, c1 = max(a.row_off + a.height, b.row_off + b.height), max(a.col_off + a.width, b.col_off + b.width)
-    return Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
-
-
-# -------------------------------------------------------------------------------------------------- table
-
-
-def _format(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return "" if np.isnan(value) else format(float(value), ".10g")  # inf stays "inf" (PSNR of identical images)
-    return str(value)
-
-
-def _parse(row: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if k in TEXT_COLUMNS:
-            out[k] = v
-        elif k in ("height", "width"):
-            out[k] = int(v) if v else 0
-        else:
-            out[k] = float(v) if v not in ("", None) else float("nan")
-    return out
-
-
-class PairsTable:
-    """``pairs.csv``: header written atomically, then one row appended per pair (fsync'd), so an interrupted run
-    keeps every finished row. With ``resume`` the rows of other configurations or changed files are dropped."""
-
-    def __init__(self, path: Path, cols: Sequence[str], config_hash: str, *, resume: bool, overwrite: bool) -> None:
-        self.path, self.cols, self.config_hash = Path(path), list(cols), config_hash
-        self.rows: list[dict[str, Any]] = []
-        if self.path.exists() and self.path.stat().st_size:
-            if resume:
-                self._load()
-                return
-            if not overwrite:
-                raise InputError(f"{self.path} already exists; pass --resume to continue that run or --overwrite to start over")
-        write_text_atomic(self.path, self._line(self.cols))
-
-    def _line(self, values: Iterable[Any]) -> str:
-        buf = _io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([_format(v) for v in values])
-        return buf.getvalue()
-
-    def _load(self) -> None:
-        lines = read_lines_complete(self.path)
-        reader = csv.reader(lines)
-        header = next(reader, None)
-        if header != self.cols:
-            raise InputError(
-                f"{self.path} has other columns than this configuration writes (different bands, or --lr given or not); "
-                "use another --out, or --overwrite to start over"
-            )
-        rows = [dict(zip(header, r)) for r in reader]
-        keep = [r for r in rows if r["config_hash"] == self.config_hash]
-        if len(keep) != len(rows):
-            logger.warning(
-                "%s: %d rows were scored with another configuration; they will be scored again", self.path, len(rows) - len(keep)
-            )
-            write_text_atomic(self.path, "".join(self._line(r.values()) for r in [dict(zip(header, header))] + keep))
-        self.rows = [_parse(r) for r in keep]
-
-    def done(self) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(r["pred_set"], r["key"]): r for r in self.rows}
-
-    def drop(self, stale: set[tuple[str, str]]) -> None:
-        """Remove rows (e.g. whose input files changed) so they are scored again."""
-        if not stale:
-            return
-        self.rows = [r for r in self.rows if (r["pred_set"], r["key"]) not in stale]
-        write_text_atomic(self.path, self._line(self.cols) + "".join(self._line(r.get(c) for c in self.cols) for r in self.rows))
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        append_line(self.path, self._line(record.get(c) for c in self.cols))
-        self.rows.append(_parse({c: _format(record.get(c)) for c in self.cols}))
-
-
-# ------------------------------------------------------------------------------------------------ summary
-
-
-def _versions() -> dict[str, str]:
-    import rasterio
-    import scipy
-    import torch
-
-    import gapeval
-    import lpips_sat
-
-    return {
-        "gapeval": gapeval.__version__,
-        "lpips_sat": lpips_sat.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-        "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__,
-    }
-
-
-def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> dict[str, Any]:
-    """Per prediction set: counts and, per metric column, mean/median/std/bootstrap 95 % CI of the scored pairs."""
-    out: dict[str, Any] = {}
-    for name in sorted({r["pred_set"] for r in rows}):
-        mine = [r for r in rows if r["pred_set"] == name]
-        ok = [r for r in mine if r["status"] == "ok"]
-        metrics = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in metric_columns(cols)}
-        out[name] = {"n_pairs": len(mine), "n_scored": len(ok), "n_skipped": len(mine) - len(ok), "metrics": metrics}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- API
+#: Exit status of a run in which some pairs failed and the others were scored (docs/reliability.md).
+EXIT_PARTIAL = 3
 
 
 @dataclass
 class ScoreResult:
-    """What :func:`score` returns: one record per pair (dicts keyed by :func:`columns`), the summary, the output folder."""
+    """What :func:`score` returns: one record per pair (dicts keyed by :func:`gapeval.results.columns`), the summary,
+    the output folder."""
 
     records: list[dict[str, Any]]
     summary: dict[str, Any]
@@ -623,9 +113,13 @@ def score(
     report: bool = False,
     resume: bool = False,
     overwrite: bool = False,
+    strict_bands: bool = False,
+    invalid_pred: str = "fail",
     workers: int = 1,
     device: str | None = None,
     progress: bool = False,
+    protocol: str = "gapeval",
+    shard: tuple[int, int] | None = None,
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
 
@@ -648,8 +142,16 @@ def score(
         maps: write georeferenced LPIPS-Sat maps; report: write the HTML/Markdown report (both need ``out``).
         resume: skip pairs already in ``out/pairs.csv`` with this configuration and unchanged files.
         overwrite: replace an existing ``pairs.csv`` (otherwise an error unless ``resume``).
+        invalid_pred: ``"fail"`` (default): a prediction with NaN/inf/nodata pixels where the target is valid fails its
+            pair (status ``failed``, no numbers); ``"mask"``: score only its valid pixels (``pred_invalid_fraction``).
+        strict_bands: refuse files whose band order would be assumed (no ``*_bands`` and no band names); otherwise
+            the assumed order is recorded in ``summary["inputs"]["assumed_band_order"]``.
         workers: scenes scored in parallel threads. device: ``cpu``, ``cuda``, ``auto``.
-        progress: show a tqdm progress bar (stderr).
+        progress: a line per stage and progress bars with an ETA (stderr).
+        shard: ``(K, N)``: score only the scenes of shard K of N (:func:`gapeval.shards.shard_of`); merge the N
+            results folders with :func:`gapeval.shards.merge_results` (``gapeval merge``).
+        protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
+            ``docs/metrics.md``).
     Returns:
         :class:`ScoreResult` with ``records`` (one dict per pair, metrics as floats, NaN where not applicable)
         and ``summary`` (per prediction set and metric: n, mean, median, std, ci_low, ci_high).
@@ -661,6 +163,9 @@ def score(
     if workers < 1 or batch_size < 1:
         raise InputError(f"workers and batch_size must be at least 1, got {workers} and {batch_size}")
     preds = _pred_sets(pred)
+    stage = Stages("gapeval score", 3 + bool(out is not None and report), enabled=progress)
+    stage(f"loading LPIPS-Sat weights {metric if isinstance(metric, (str, Path)) else getattr(metric, 'name', DEFAULT_NAME)}"
+          f"{f' on {device}' if device else ''}")
     net, label, sha = load_metric(metric, device)
     config = ScoreConfig(
         weights=label,
@@ -678,145 +183,124 @@ def score(
         tile=tile,
         sr_factor=sr_factor,
         pattern=pattern,
+        protocol=protocol,
+        invalid_pred=invalid_pred,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
-    cols = columns(config)
-    out_dir = Path(out) if out is not None else None
-    table = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        table = PairsTable(out_dir / PAIRS_CSV, cols, config.hash(), resume=resume, overwrite=overwrite)
-    done = table.done() if table else {}
+    if shard is not None:
+        pairing = shards.select_shard(pairing, *shard)
+    stage(f"checking {pairing.n_pairs} pairs{f' (shard {shard[0]}/{shard[1]})' if shard else ''}: headers, grids, file hashes")
+    hashes = FileHashes()
+    inputs = {
+        "pred": {k: str(v) for k, v in preds.items()},
+        "target": str(target),
+        "lr": str(lr) if lr else None,
+        "assumed_band_order": assumed_band_orders(pairing, preds, config, hashes, strict=strict_bands),
+    }
+    score_into = functools.partial(
+        _score_pairs, pairing, preds, inputs, config, net, hashes=hashes, batch_size=batch_size, workers=workers, stage=stage, shard=shard
+    )
+    if out is None:
+        result = score_into(None, progress=progress)
+        stage.done()
+        return result
+    out_dir = prepare_out_dir(out)
+    with ResultsLock(out_dir):
+        remove_stale_temporaries(out_dir)
+        table = PairsTable(out_dir / PAIRS_CSV, columns(config), config.hash(), resume=resume, overwrite=overwrite)
+        result = score_into(table, progress=progress, maps=maps)
+        write_summary(out_dir, result.summary)
+        if report:
+            from gapeval.report import write_report
 
-    hashes = _Hashes()
-    plans: list[ScenePlan] = []
-    stale: set[tuple[str, str]] = set()
-    for key in pairing.keys:
-        todo = {}
-        for name in preds:
-            path = pairing.preds[name].get(key)
-            if path is None:
-                continue
-            row = done.get((name, key))
-            if row is not None:
-                lr_path = pairing.lr.get(key) if pairing.lr else None
-                same = (
-                    row["pred_sha256"] == hashes(path)
-                    and row["target_sha256"] == hashes(pairing.targets[key])
-                    and row["lr_sha256"] == (hashes(lr_path) if lr_path else "")
-                )
-                if same:
-                    continue
-                stale.add((name, key))
-            todo[name] = path
-        if todo:
-            plans.append(plan_scene(key, pairing.targets[key], todo, pairing.lr.get(key) if pairing.lr else None, config, hashes))
+            stage("writing the report: figures and best/worst grids")
+            write_report(out_dir, metric=net, progress=progress)
+    stage.done()
+    return result
+
+
+def _score_pairs(
+    pairing: Pairing,
+    preds: Mapping[str, Path],
+    inputs: Mapping[str, Any],
+    config: ScoreConfig,
+    net: LPIPSSat,
+    table: PairsTable | None,
+    *,
+    hashes: FileHashes,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    stage: Stages,
+    shard: tuple[int, int] | None = None,
+    maps: bool = False,
+) -> ScoreResult:
+    """Score the pairs not yet in ``table`` (all without a table), append them to it, and summarise this run's pairs."""
+    cols = columns(config)
+    done = table.done() if table else {}
+    plans, stale = plan_pairs(pairing, preds, config, done, hashes, progress=progress)
     if table is not None:
         table.drop(stale)
-    n_todo = sum(len(p.preds) for p in plans)
     if done:
-        logger.info("resume: %d pairs already scored, %d to score", len(done) - len(stale), n_todo)
-
-    new_records = _run_plans(
+        logger.info("resume: %d pairs already scored, %d to score", len(done) - len(stale), sum(len(p.preds) for p in plans))
+    new_records = runner.run_plans(
         plans,
         config,
         net,
-        batch_size,
-        out_dir / MAPS_DIR if maps and out_dir else None,
-        workers,
-        progress,
-        n_todo,
-        table.append if table else None,
+        batch_size=batch_size,
+        maps_dir=table.path.parent / MAPS_DIR if maps and table else None,
+        workers=workers,
+        progress=progress,
+        sink=table.append if table else None,
     )
     if table is not None:  # rows of this run's sets and scenes (a resumed file may hold others)
         records = [r for r in table.rows if r["pred_set"] in preds and r["key"] in pairing.targets]
     else:
-        records = [_parse({c: _format(r.get(c)) for c in cols}) for r in new_records]
-    order = {k: i for i, k in enumerate(pairing.keys)}
-    records.sort(
-        key=lambda r: (list(preds).index(r["pred_set"]) if r["pred_set"] in preds else len(preds), order.get(r["key"], len(order)))
-    )
-    skipped = [{"pred_set": r["pred_set"], "key": r["key"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
-    summary = {
+        records = [parse_row({c: format_cell(r.get(c)) for c in cols}) for r in new_records]
+    records.sort(key=_record_order(list(preds), pairing.keys))
+    skipped = [
+        {"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]} for r in records if r["status"] != "ok"
+    ]
+    stage(f"summarising {len(preds)} prediction set(s): bootstrap 95 % CIs of {len(cols)} columns")
+    summary = _summary(config, inputs, records, cols, pairing, skipped)
+    if shard is not None:
+        summary["shard"] = {"index": shard[0], "count": shard[1]}
+    return ScoreResult(records, summary, table.path.parent if table else None, config, skipped)
+
+
+def _record_order(sets: Sequence[str], keys: Sequence[str]) -> Any:
+    """Sort key of records: prediction sets in the order given, then scenes in key order (unknown ones last)."""
+    order = {k: i for i, k in enumerate(keys)}
+
+    def key(r: Mapping[str, Any]) -> tuple[int, int]:
+        return (sets.index(r["pred_set"]) if r["pred_set"] in sets else len(sets), order.get(r["key"], len(order)))
+
+    return key
+
+
+def _summary(
+    config: ScoreConfig,
+    inputs: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    cols: Sequence[str],
+    pairing: Pairing,
+    skipped: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The content of ``summary.json``: inputs, configuration, weights, versions, statistics per prediction set."""
+    return {
         "command": "gapeval score",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "inputs": {"pred": {k: str(v) for k, v in preds.items()}, "target": str(target), "lr": str(lr) if lr else None},
+        "inputs": dict(inputs),
+        "protocol": config.protocol if config.with_lr else None,
         "config": asdict(config),
         "config_hash": config.hash(),
-        "weights": {"name": label, "sha256": sha, "testing_only": label.startswith("random-")},
-        "versions": _versions(),
+        "weights": {"name": config.weights, "sha256": config.weights_sha256, "testing_only": config.weights.startswith("random-")},
+        "versions": versions(),
         "pred_sets": summarize_rows(records, cols),
         "skipped": skipped,
         "unpaired": pairing.unpaired,
-        "columns": cols,
+        "columns": list(cols),
     }
-    if out_dir is not None:
-        write_text_atomic(out_dir / SUMMARY_JSON, json.dumps(_jsonable(summary), indent=2) + "\n")
-        if report:
-            from gapeval.report import write_report
-
-            write_report(out_dir, metric=net)
-    return ScoreResult(records, summary, out_dir, config, skipped)
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def _run_plans(
-    plans: list[ScenePlan],
-    config: ScoreConfig,
-    metric: LPIPSSat,
-    batch_size: int,
-    maps_dir: Path | None,
-    workers: int,
-    progress: bool,
-    total: int,
-    sink: Any,
-) -> list[dict[str, Any]]:
-    """Score the scenes (in ``workers`` threads), handing each record to ``sink`` as soon as its scene is done."""
-    from tqdm import tqdm
-
-    records: list[dict[str, Any]] = []
-    bar = tqdm(total=total, unit="pair", desc="gapeval score", disable=not progress or total == 0)
-    stop = threading.Event()
-
-    def finish(recs: list[dict[str, Any]]) -> None:
-        for rec in recs:
-            if sink is not None:
-                sink(rec)
-            records.append(rec)
-        bar.update(len(recs))
-
-    try:
-        if workers == 1:
-            for plan in plans:
-                finish(score_scene(plan, config, metric, batch_size=batch_size, maps_dir=maps_dir))
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gapeval-score") as pool:
-                pending = {pool.submit(score_scene, p, config, metric, batch_size=batch_size, maps_dir=maps_dir, stop=stop) for p in plans}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            finish(fut.result())
-                except BaseException:
-                    stop.set()
-                    for fut in pending:
-                        fut.cancel()
-                    raise
-    finally:
-        bar.close()
-    return records
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -828,6 +312,14 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
     if sep and name and not os.path.exists(text) and "/" not in name:
         return name, path
     return None, text
+
+
+def _tile_size(text: str) -> int:
+    """``--tile``: at least LPIPS-Sat's smallest input and a multiple of the correctness patch (8 px)."""
+    value = int_at_least(MIN_SIZE)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 px (the correctness patch), got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -850,8 +342,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
-    parser.add_argument("--workers", type=int, default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="scenes scored in parallel threads (default 1)")
+    parser.add_argument("--device", type=device, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,
@@ -866,24 +358,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             f"--{role}-scale",
-            type=float,
+            type=positive_float,
             metavar="S",
             help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata",
         )
     parser.add_argument(
         "--resample", choices=RESAMPLING_METHODS, help="resample predictions onto the target grid when grids differ (else an error)"
     )
+    parser.add_argument(
+        "--invalid-pred",
+        choices=INVALID_PRED_POLICIES,
+        default="fail",
+        help="a prediction with NaN/inf/nodata pixels where the target is valid: fail its pair (default, exit 3) or "
+        "mask them (score only its valid pixels)",
+    )
+    parser.add_argument(
+        "--strict-bands", action="store_true", help="refuse files without band names instead of assuming the metric's band order"
+    )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
-    parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
-    parser.add_argument("--sr-factor", type=float, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--data-range", type=positive_float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
+    parser.add_argument("--sr-factor", type=ratio_above_one, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="gapeval",
+        help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
+        "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
+    )
+    parser.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
+    parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
+                        help="score only shard K of N (scenes split by key hash); combine the N folders with gapeval merge")
+    parser.add_argument("--dist-timeout", type=positive_float, default=86400.0, metavar="S",
+                        help="under torchrun: seconds the ranks wait for each other before rank 0 merges (default 86400)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0, or raises an LPIPSSatError."""
+    """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0 (2: usage), or raises an LPIPSSatError."""
+    if args.protocol == "opensr-test" and not args.lr:
+        print("gapeval score: error: --protocol opensr-test needs --lr DIR (every opensr-test value compares SR with LR)", file=sys.stderr)
+        return 2
     preds: dict[str, str] = {}
     for text in args.pred:
         name, path = _pred_arg(text)
@@ -891,11 +407,24 @@ def run(args: argparse.Namespace) -> int:
         if name in preds:
             raise InputError(f"--pred {text}: a prediction set named {name!r} was given twice; use NAME=DIR")
         preds[name] = path
+    dist = shards.distributed_env()
+    out, shard, device, report = args.out, args.shard, args.device, args.report
+    if dist is not None:
+        if args.shard is not None:
+            print("gapeval score: error: under torchrun the shard comes from RANK and WORLD_SIZE; drop --shard", file=sys.stderr)
+            return 2
+        rank, world, local = dist
+        shards.check_merge_target(args.out, args.overwrite or args.resume)
+        shard, out, report = (rank + 1, world), shards.shard_dir(args.out, rank + 1, world), False
+        if device == "auto":
+            import torch
+
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     result = score(
         preds,
         args.target,
         lr=args.lr,
-        out=args.out,
+        out=out,
         metric=args.weights,
         pred_bands=args.pred_bands,
         target_bands=args.target_bands,
@@ -911,68 +440,74 @@ def run(args: argparse.Namespace) -> int:
         pattern=args.glob,
         allow_missing=args.allow_missing,
         maps=args.maps,
-        report=args.report,
+        report=report,
         resume=args.resume,
         overwrite=args.overwrite,
+        strict_bands=args.strict_bands,
+        invalid_pred=args.invalid_pred,
         workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
+        device=device,
+        progress=not args.no_progress and (dist is None or dist[0] == 0),
+        protocol=args.protocol,
+        shard=shard,
     )
-    print(format_table(result.summary))
-    if result.summary["weights"]["testing_only"]:
-        print(f"note: weights {result.summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
-    for item in result.skipped:
-        print(f"skipped {item['pred_set']}/{item['key']}: {item['reason']}")
-    for label, keys in result.summary["unpaired"].items():
+    summary = result.summary
+    if dist is not None:
+        shards.barrier(args.dist_timeout)
+        if dist[0] != 0:
+            print(f"rank {dist[0]}: shard {shard[0]}/{shard[1]} scored into {out}; rank 0 merges")
+            shards.finish_distributed()
+            return 0
+        parts = [shards.shard_dir(args.out, k, dist[1]) for k in range(1, dist[1] + 1)]
+        metric = shards.recorded_metric(summary, device) if args.report else None
+        summary = shards.merge_results(parts, args.out, overwrite=True, report=args.report, metric=metric)
+        shards.finish_distributed()
+    print(format_table(summary))
+    if summary["weights"]["testing_only"]:
+        print(f"note: weights {summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
+    for item in summary["skipped"]:
+        print(f"{item['status']} {item['pred_set']}/{item['key']}: {item['reason']}")
+    for label, keys in summary["unpaired"].items():
         print(f"unpaired ({label}): {len(keys)} file(s), e.g. {', '.join(keys[:5])}")
+    _warn(result)
     print(
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
+    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
+    if failed:
+        print(f"gapeval score: {len(failed)} pair(s) failed (listed above); the others were scored (exit 3)", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 
-def format_table(
-    summary: Mapping[str, Any], metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px")
-) -> str:
-    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
-    sets = summary["pred_sets"]
-    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
-    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
-    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
-    rows = [head]
-    for name in ranked:
-        s = sets[name]
-        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
-        for m in metrics:
-            st = s["metrics"][m]
-            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
-            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-
-def _nan_last(value: Any) -> float:
-    return float(value) if value is not None and np.isfinite(value) else math.inf
+def _warn(result: ScoreResult) -> None:
+    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid prediction pixels."""
+    for role, item in result.summary["inputs"]["assumed_band_order"].items():
+        files = item["files"]
+        print(
+            f"warning: {len(files)} {role} file(s) have no band names; their bands were assumed to be {','.join(item['order'])} "
+            f"(e.g. {files[0]}; recorded in summary.json). Declare them with --{role}-bands, or refuse them with --strict-bands",
+            file=sys.stderr,
+        )
+    holes = [r for r in result.records if r["pred_invalid_fraction"] > 0]
+    if holes:
+        worst = max(holes, key=lambda r: r["pred_invalid_fraction"])
+        print(
+            f"note: {len(holes)} pair(s) had invalid prediction pixels (NaN/inf/nodata) where the target is valid; worst "
+            f"{worst['pred_set']}/{worst['key']}: {worst['pred_invalid_fraction']:.2%} (column pred_invalid_fraction)",
+            file=sys.stderr,
+        )
 
 
 __all__ = [
-    "PER_BAND",
-    "LPIPSSatError",
-    "PairsTable",
-    "ScenePlan",
     "ScoreConfig",
     "ScoreResult",
     "add_arguments",
-    "columns",
     "format_table",
     "load_metric",
-    "plan_scene",
     "run",
     "score",
-    "score_scene",
-    "summarize_rows",
 ]
 
 

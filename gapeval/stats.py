@@ -80,6 +80,15 @@ def wilcoxon_signed_rank(a: np.ndarray, b: np.ndarray | None = None, *, alternat
     return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "n_nonzero": nonzero}
 
 
+def smallest_wilcoxon_p(n_nonzero: int) -> float:
+    """The smallest two-sided p-value :func:`wilcoxon_signed_rank` can return for ``n_nonzero`` non-zero differences:
+    its p for ``n`` distinct differences of one sign. With the exact null distribution (small samples without ties)
+    this is ``2 / 2**n`` (all ``2**n`` sign patterns equally likely, two tails); 1 for ``n = 0``."""
+    if n_nonzero < 1:
+        return 1.0
+    return wilcoxon_signed_rank(np.arange(1.0, n_nonzero + 1.0))["pvalue"]
+
+
 def holm(pvalues: np.ndarray) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values controlling the family-wise error rate.
 
@@ -154,6 +163,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, **bootstrap_kwargs) -> dict[
         "median_gap": float(np.median(d)) if d.size else float("nan"),
         "wilcoxon_statistic": w["statistic"],
         "p_value": w["pvalue"],
+        "n_nonzero": w["n_nonzero"],
         "cohens_dz": cohens_dz(d),
         "rank_biserial": rank_biserial(d),
     }

@@ -77,6 +77,16 @@ class ResNetTaps(nn.Module):
         return [stem, l1, l2, l3, l4]
 
 
+def distance_upper_bound(heads: Sequence[torch.Tensor]) -> float:
+    """Largest possible LPIPS distance with these non-negative heads on :class:`ResNetTaps` features.
+
+    Every tap is a ReLU output, so its channel-normalised feature vectors are non-negative with norm <= 1 and
+    ``|f_a - f_b|^2 = |f_a|^2 + |f_b|^2 - 2 f_a.f_b <= 2``; hence ``sum_c w_c (f_a - f_b)_c^2 <= 2 max_c w_c`` at every
+    pixel of a tap, and spatial means or bilinear upsampling keep the bound: ``d <= 2 sum_l max_c w_lc``.
+    """
+    return 2.0 * float(sum(float(h.max()) for h in heads))
+
+
 def _narrow(net: resnet.ResNet, div: int) -> resnet.ResNet:
     """Rebuild ``net`` with every channel count divided by ``div`` (test-size networks)."""
     block = type(net.layer1[0])

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch
 from lpips_sat.backbones import TAPS
 from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
+from lpips_sat.options import device, positive_float
+from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +37,22 @@ TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "realcheck": ("lpips_sat.train.realcheck", "real-imagery checks: cross-acquisition 2AFC (NAIP years) and gain versus blur"),
 }
 
-EVAL_HINT = 'pip install "lpips-sat[eval]"'
-
-
 # ------------------------------------------------------------------------------------------------ reading images
-def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndarray, Any]:
-    """Read a GeoTIFF, PNG/JPEG or ``.npy`` file as (bands, rows, cols) float32 plus its :class:`gapeval.io.Raster`.
+def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndarray, Raster]:
+    """Read a GeoTIFF, PNG/JPEG or ``.npy`` file as (bands, rows, cols) float32 plus its :class:`lpips_sat.raster.Raster`.
 
     ``scale`` divides the pixel values (e.g. 10000 for Sentinel-2 DN); without it, a GeoTIFF's own band
     scale/offset metadata is applied (as ``gapeval score`` does). Pixels flagged invalid (nodata in every
     band, NaN/inf) are refused: the metric has no masked mode, and filling them silently would change the distance.
     Raises:
         MissingFileError: no such file. InputError: unreadable file or invalid pixels.
-        LPIPSSatError: the optional reader (rasterio / Pillow) is not installed.
+        MissingExtraError: the optional reader (rasterio / Pillow) is not installed.
     """
-    from gapeval.io import band_gain_offset, raster_info, read_raster
-
     path = Path(path)
-    try:
-        raster = read_raster(path, scale=scale)
-        if scale is None:
-            gain, offset = band_gain_offset(raster_info(path), list(range(raster.data.shape[0])), None)
-            raster.data = raster.data * gain[:, None, None] + offset[:, None, None]
-    except ImportError as exc:  # rasterio (GeoTIFF) and Pillow (PNG/JPEG) are optional extras
-        raise LPIPSSatError(f"{path}: reading {path.suffix} files needs {exc.name or 'an optional package'}; install it with {EVAL_HINT}") from exc
+    raster = read_raster(path, scale=scale)
+    if scale is None:
+        gain, offset = band_gain_offset(raster_info(path), list(range(raster.data.shape[0])), None)
+        raster.data = raster.data * gain[:, None, None] + offset[:, None, None]
     invalid = int((~raster.valid).sum())
     if invalid:
         raise InputError(f"{path}: {invalid} of {raster.valid.size} pixels are nodata/NaN/inf; crop or fill them before comparing")
@@ -100,28 +93,17 @@ def _same_geometry(ra: Any, rb: Any) -> bool:
     return ra.crs == rb.crs and ra.transform.almost_equals(rb.transform)
 
 
-def write_map(path: str | Path, dist_map: np.ndarray, like: Any) -> Path:
+def write_map(path: str | Path, dist_map: np.ndarray, like: Raster) -> Path:
     """Write an (H, W) distance map as a single-band GeoTIFF (geometry of ``like``) or ``.npy``, atomically."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        from gapeval.io import atomic_path
-
-        tmp = atomic_path(path)
-        with open(tmp, "wb") as fh:
-            np.save(fh, dist_map.astype(np.float32))
-        os.replace(tmp, path)
-        return path
+        return write_npy(path, dist_map)
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"--spatial-out {path}: use a .tif or .npy file name")
-    try:
-        from gapeval.io import write_raster
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # PNG/.npy inputs carry no geometry
-            return write_raster(path, dist_map[None].astype(np.float32), transform=like.transform, crs=like.crs,
-                                tags={"LPIPS_SAT": "per-pixel distance map (mean = distance)"}, descriptions=("lpips_sat",))
-    except ImportError as exc:
-        raise LPIPSSatError(f"writing {path} needs rasterio; install it with {EVAL_HINT}, or write a .npy map") from exc
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # PNG/.npy inputs carry no geometry
+        return write_raster(path, dist_map[None].astype(np.float32), transform=like.transform, crs=like.crs,
+                            tags={"LPIPS_SAT": "per-pixel distance map (mean = distance)"}, descriptions=("lpips_sat",))
 
 
 # ------------------------------------------------------------------------------------------------ compare
@@ -132,10 +114,10 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    "such as B04,B03,B02,B08 / red,green,blue,nir (default: the GeoTIFF band descriptions, else the model's order)")
     p.add_argument("--input-range", choices=("reflectance", "dn"), default="reflectance",
                    help="pixel values are reflectance (DN / 10000) or Sentinel-2 digital numbers (default: reflectance)")
-    p.add_argument("--scale", type=float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
-    p.add_argument("--weights", default=None, help="registry name or .safetensors file (default: the shipped lpips-sat-s2-rn18)")
+    p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
+    p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -190,7 +172,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ info
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="show one registry entry or a .safetensors file in detail (default: all entries)")
+    p.add_argument("--weights", help="show one registry entry, a .safetensors file or a model folder in detail (default: all entries)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -220,6 +202,12 @@ def info_records(only: str | None = None) -> list[dict[str, Any]]:
     """One record per registry entry (or for the named entry / file): what ``lpips-sat info`` shows."""
     from lpips_sat.registry import REGISTRY, get_entry, weights_dir
 
+    if only and Path(only).is_dir():  # a model folder (save_pretrained / calibrate): its weights file against its config
+        from lpips_sat.hub import WEIGHTS_NAME, read_config
+
+        config = read_config(Path(only))
+        return [{"name": config["name"] or Path(only).name, "shipped": False, "folder": only, "config": config,
+                 **describe_file(Path(only) / WEIGHTS_NAME, config["sha256"])}]
     if only and (only.endswith(".safetensors") or Path(only).is_file()):
         path = Path(only)
         if not path.is_file():
@@ -270,7 +258,7 @@ def run_info(args: argparse.Namespace) -> int:
     from lpips_sat.registry import weights_dir
 
     records = info_records(args.weights)
-    bad = [r["name"] for r in records if r.get("shipped") and not r.get("sha256_ok")]
+    bad = [r["name"] for r in records if (r.get("shipped") or "folder" in r) and not r.get("sha256_ok")]
     if args.json:
         print(json.dumps({"records": records, "failed": bad}, indent=2))
     else:
@@ -284,7 +272,8 @@ def run_info(args: argparse.Namespace) -> int:
         for rec in records:
             _print_record(rec)
     if bad:
-        print(f"lpips-sat info: error: shipped weights failed their check: {', '.join(bad)}; reinstall lpips-sat", file=sys.stderr)
+        what = "model folder" if args.weights and Path(args.weights).is_dir() else "shipped weights"
+        print(f"lpips-sat info: error: {what} failed their sha256 check: {', '.join(bad)}; reinstall lpips-sat or re-save the folder", file=sys.stderr)
         return 1
     return 0
 
@@ -311,7 +300,8 @@ def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tup
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen sub-command; exit codes 0 ok, 1 data error (LPIPSSatError), 2 usage."""
+    """Parse ``argv`` and run the chosen sub-command; exit codes (docs/reliability.md): 0 ok, 1 data error
+    (LPIPSSatError, or the file system refused), 2 usage error, 3 partial (returned by the command), 130 interrupted."""
     args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
     if extra and not getattr(args, "_unavailable", None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -322,6 +312,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     try:
         return int(args._run(args) or 0)
     except LPIPSSatError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the file system refused (disk full, permissions, a path that changed during the run)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

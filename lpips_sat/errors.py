@@ -25,3 +25,7 @@ class MissingFileError(LPIPSSatError, FileNotFoundError):
 
 class OfflineError(LPIPSSatError, RuntimeError):
     """A Hugging Face hub id was given but the hub cannot be reached; pass a local path instead."""
+
+
+class MissingExtraError(LPIPSSatError, ImportError):
+    """An optional dependency is not installed; the message names the extra (``pip install "lpips-sat[eval]"``)."""

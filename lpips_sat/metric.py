@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
+from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, distance_upper_bound, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
-from lpips_sat.errors import InputError, WeightsError
-from lpips_sat.registry import DEFAULT_NAME, WeightsEntry, get_entry, load_weights, weights_dir
+from lpips_sat import hub
+from lpips_sat.errors import InputError, MissingFileError, WeightsError
+from lpips_sat.registry import DEFAULT_NAME, REGISTRY, WeightsEntry, get_entry, load_weights, weights_dir
 
 #: Smallest accepted image side: the deepest tap has stride 32.
 MIN_SIZE = 32
@@ -35,6 +36,9 @@ MAX_REFLECTANCE = 2.0
 #: DN images whose maximum is at most this almost surely hold reflectance instead.
 MIN_DN_MAX = 2.0
 INPUT_RANGES = ("reflectance", "dn")
+#: The lpips package's input conventions (``normalize=True``: [0, 1]; ``normalize=False``: [-1, 1]) and the
+#: affine map of each to reflectance: ``reflectance = scale * x + offset``.
+LPIPS_CONVENTIONS: dict[bool, tuple[tuple[float, float], float, float]] = {True: ((0.0, 1.0), 1.0, 0.0), False: ((-1.0, 1.0), 0.5, 0.5)}
 
 
 @dataclass
@@ -106,12 +110,22 @@ class LPIPSSat(nn.Module):
     """Learned perceptual distance between two multispectral images (Sentinel-2 reflectance).
 
     Args:
-        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), or a path to a ``.safetensors``
-            file written by ``lpips-sat calibrate``.
+        weights: registry name (default: the shipped ``lpips-sat-s2-rn18``), a path to a ``.safetensors``
+            file written by ``lpips-sat calibrate``, or a model folder written by :meth:`save_pretrained`
+            (hub ids: :meth:`from_pretrained`).
         bands: band order of the tensors you pass (preset such as ``"planetscope-4b"``, or band names);
             default: the model's own order (R, G, B, NIR = B04, B03, B02, B08).
         input_range: ``"reflectance"`` (DN / 10000, about 0..1.5) or ``"dn"`` (divided by 10000 here).
+        normalize: the lpips package's convention, for inputs that are *reflectance* scaled to a fixed interval:
+            ``True``: values in [0, 1] are reflectance 0..1 (DN / 10000 clipped at 1, as SSL4EO-S12);
+            ``False``: values in [-1, 1] are reflectance 0..1 via ``(x + 1) / 2``; ``None`` (default): no lpips
+            convention, ``input_range`` applies. A value outside the declared interval is an error, never clipped.
+            A display stretch (e.g. reflectance / 0.3) is not reflectance: undo it before the metric.
         spatial: return an (N, 1, H, W) distance map instead of (N,) distances.
+
+    Attributes:
+        lower_better: ``True`` (pyiqa's name; torchmetrics' ``higher_is_better=False``): a smaller distance is better.
+        score_range: ``(0, upper)`` with ``upper = 2 * sum over taps of the largest head weight`` (see the property).
 
     Example:
         >>> import torch
@@ -122,12 +136,18 @@ class LPIPSSat(nn.Module):
         [0.0, 0.0]
     """
 
+    lower_better = True
+
     def __init__(self, weights: str | Path | _Parts = DEFAULT_NAME, *, bands: str | Sequence[str] | None = None,
-                 input_range: str = "reflectance", spatial: bool = False, eps: float = 1e-10) -> None:
+                 input_range: str = "reflectance", normalize: bool | None = None, spatial: bool = False, eps: float = 1e-10) -> None:
         super().__init__()
         parts = weights if isinstance(weights, _Parts) else _parts_from_weights(weights)
         if input_range not in INPUT_RANGES:
             raise InputError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
+        if normalize not in (None, True, False):
+            raise InputError(f"normalize must be True ([0, 1] inputs), False ([-1, 1] inputs) or None (reflectance), got {normalize!r}")
+        if normalize is not None and input_range != "reflectance":
+            raise InputError(f"normalize={normalize} declares [0, 1] / [-1, 1] inputs; it cannot be combined with input_range={input_range!r}")
         # channels-last weights and inputs: 1.1-1.25x faster ResNet forward on CPU (oneDNN) and the usual layout on
         # CUDA; numbers agree with the default layout to float32 rounding (docs/performance.md)
         self.backbone = parts.backbone.to(memory_format=torch.channels_last)
@@ -141,8 +161,9 @@ class LPIPSSat(nn.Module):
         self._order = band_indices(self.bands, self.model_bands)
         self.register_buffer("mean", torch.tensor(list(parts.mean), dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(parts.std), dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
-        self.input_range, self.spatial, self.eps = input_range, spatial, eps
+        self.input_range, self.normalize, self.spatial, self.eps = input_range, normalize, spatial, eps
         self.name, self.sha256, self.metadata = parts.name, parts.sha256, parts.metadata
+        self._norm = (list(parts.mean), list(parts.std))  # as loaded (exact decimal values for save_pretrained)
         self.input_norm = str(parts.metadata.get("input_norm", "global"))
         if self.input_norm not in INPUT_NORMS:
             raise WeightsError(f"{parts.name}: unknown input_norm {self.input_norm!r} in the weights metadata; known: {INPUT_NORMS}")
@@ -227,6 +248,69 @@ class LPIPSSat(nn.Module):
                        metadata={"arch": arch, "input_norm": input_norm})
         return cls(parts, **kwargs)
 
+    # ---------------------------------------------------------------- hub model folders (lpips_sat.hub)
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                        force_download: bool = False, token: str | bool | None = None, local_files_only: bool = False, **kwargs) -> "LPIPSSat":
+        """Load a model folder written by :meth:`save_pretrained`, a hub repo holding one, or a registry name.
+
+        Args:
+            repo_or_dir: a local folder (``config.json`` + ``model.safetensors``), a hub id ``owner/name`` (downloaded
+                into the hub cache with ``huggingface_hub``), or a registry name such as the shipped
+                ``lpips-sat-s2-rn18`` (loaded offline from the wheel, as ``LPIPSSat(name)``).
+            revision, cache_dir, force_download, token, local_files_only: as ``huggingface_hub.hf_hub_download``.
+            **kwargs: :class:`LPIPSSat` options (``bands``, ``input_range``, ``normalize``, ``spatial``).
+        Raises:
+            WeightsError: the folder's sha256 or config does not match its weights. OfflineError: the hub is unreachable.
+        """
+        text = str(repo_or_dir)
+        folder = Path(text)
+        from_hub = not folder.is_dir()
+        if from_hub:
+            if _known_name(text):  # the lookup also registers the shipped weights
+                return cls(text, **kwargs)
+            if not hub.is_hub_id(text):
+                raise MissingFileError(f"{text} is neither a model folder, a registry name ({', '.join(sorted(REGISTRY))}) nor a hub id owner/name")
+            folder = hub.download(text, revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
+                                  local_files_only=local_files_only)
+        parts = _parts_from_folder(folder)
+        if from_hub:
+            parts.name = text  # a hub model is known by its repo id
+        return cls(parts, **kwargs)
+
+    def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors (``backbone.*``, ``heads.{i}.weight``) and safetensors metadata that reproduce this metric."""
+        tensors = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
+        tensors.update({f"heads.{i}.weight": h.detach() for i, h in enumerate(self.heads)})
+        meta = {str(k): str(v) for k, v in self.metadata.items()}
+        mean, std = self._norm
+        meta.update({"name": self.name, "arch": self.backbone.arch, "width_div": str(self.backbone.width_div), "taps": json.dumps(list(TAPS)),
+                     "bands": json.dumps(list(self.model_bands)), "mean": json.dumps(mean), "std": json.dumps(std)})
+        return tensors, meta
+
+    def save_pretrained(self, save_directory: str | Path, *, license: str | None = None, tags: Sequence[str] = (), datasets: Sequence[str] = (),
+                        dtype: torch.dtype = torch.float32, push_to_hub: bool = False, repo_id: str | None = None, **push_kwargs) -> Path:
+        """Write a hub model folder: ``model.safetensors``, ``config.json`` (bands, normalisation, arch, taps, sha256)
+        and a model card ``README.md`` (YAML metadata: license, library_name, tags, datasets).
+
+        ``license`` defaults to the hub id found in the weights' licence text (else ``other``). With ``push_to_hub``,
+        the folder is then uploaded to ``repo_id`` (see :meth:`push_to_hub` for ``push_kwargs``).
+        """
+        tensors, meta = self.export()
+        folder = hub.save_folder(save_directory, tensors, meta, license=license, tags=tags, datasets=datasets, dtype=dtype)
+        if push_to_hub:
+            if not repo_id:
+                raise InputError("save_pretrained(push_to_hub=True) needs repo_id='owner/name'")
+            hub.upload(folder, repo_id, **push_kwargs)
+        return folder
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None, commit_message: str | None = None,
+                    branch: str | None = None, create_pr: bool = False, license: str | None = None, tags: Sequence[str] = (),
+                    datasets: Sequence[str] = ()) -> str:
+        """Create the hub repo ``repo_id`` if needed and upload a :meth:`save_pretrained` folder as one commit; returns its URL."""
+        return hub.push_folder(lambda tmp: self.save_pretrained(tmp, license=license, tags=tags, datasets=datasets), repo_id, token=token,
+                               private=private, commit_message=commit_message, branch=branch, create_pr=create_pr)
+
     def train(self, mode: bool = True) -> "LPIPSSat":
         """The metric is always in eval mode (frozen BatchNorm statistics), also inside a training model."""
         return super().train(False)
@@ -254,11 +338,19 @@ class LPIPSSat(nn.Module):
             if self.input_range != "dn":
                 raise InputError(f"`{name}` is an integer tensor ({x.dtype}); pass float reflectance (DN / 10000) or input_range='dn'")
         x = x.float()
+        if x.shape[0] == 0:  # an empty batch has no values to check; its distances are an empty tensor
+            return x[:, self._order]
         lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one pass, no copy; NaN/inf anywhere make lo or hi non-finite
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
             raise InputError(f"`{name}` contains {bad} NaN/inf values; mask or fill nodata before calling the metric")
-        if self.input_range == "reflectance":
+        if self.normalize is not None:
+            (low, high), gain, offset = LPIPS_CONVENTIONS[self.normalize]
+            if lo < low or hi > high:
+                raise InputError(f"`{name}` has values {lo:g}..{hi:g} outside [{low:g}, {high:g}], the range declared by normalize={self.normalize}; "
+                                 "clamp the network output to that range, or pass reflectance with normalize=None")
+            x = x * gain + offset if gain != 1.0 or offset != 0.0 else x
+        elif self.input_range == "reflectance":
             if hi > MAX_REFLECTANCE:
                 raise InputError(f"`{name}` looks like digital numbers (max {hi:g} > {MAX_REFLECTANCE}); divide by 10000 (Sentinel-2 L1C/L2A) or pass input_range='dn'")
             if lo < -0.5:
@@ -270,6 +362,13 @@ class LPIPSSat(nn.Module):
         if self._order != list(range(len(self._order))):
             x = x[:, self._order]
         return x
+
+    def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`)."""
+        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
+        if a.shape != b.shape:
+            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        return a, b
 
     def features(self, x: torch.Tensor, name: str = "input", prepared: bool = False) -> list[torch.Tensor]:
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
@@ -314,16 +413,17 @@ class LPIPSSat(nn.Module):
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
         spatial = self.spatial if spatial is None else spatial
-        ra, rb = self.reflectance(sr, "sr"), self.reflectance(hr, "hr")
-        if ra.shape != rb.shape:
-            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
-        if self.input_norm == "per-image":
-            (a, ma, sa), (b, mb, sb) = standardize_per_image(ra), standardize_per_image(rb)
+        if self.input_norm == "global" and not radiometry:
+            a, b = self.prepare_pair(sr, hr)
         else:
-            a, b = (ra - self.mean) / self.std, (rb - self.mean) / self.std
-            if radiometry:
-                ma, sa = _band_stats(ra)
-                mb, sb = _band_stats(rb)
+            ra, rb = self.reflectance(sr, "sr"), self.reflectance(hr, "hr")
+            if ra.shape != rb.shape:
+                raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+            if self.input_norm == "per-image":
+                (a, ma, sa), (b, mb, sb) = standardize_per_image(ra), standardize_per_image(rb)
+            else:
+                a, b = (ra - self.mean) / self.std, (rb - self.mean) / self.std
+                (ma, sa), (mb, sb) = _band_stats(ra), _band_stats(rb)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)
@@ -341,16 +441,46 @@ class LPIPSSat(nn.Module):
             out = out + (radiometric_difference(ma, sa, mb, sb),)
         return out if len(out) > 1 else total
 
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """``(0, upper)``: every distance (and every value of a spatial map) lies in this interval.
+
+        ``upper = 2 * sum over taps of the largest head weight`` (:func:`lpips_sat.backbones.distance_upper_bound`);
+        it is reached only by disjoint feature supports, so real distances stay far below it.
+        """
+        return 0.0, distance_upper_bound(self.heads)
+
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, bands={list(self.bands)}, input_range={self.input_range!r}, spatial={self.spatial}"
+        norm = "" if self.normalize is None else f", normalize={self.normalize}"
+        return f"name={self.name!r}, bands={list(self.bands)}, input_range={self.input_range!r}{norm}, spatial={self.spatial}"
 
 
-def _parts_from_weights(weights: str | Path) -> _Parts:
-    """Load a registry name or a safetensors path into :class:`_Parts`, verifying sha256 for shipped files."""
+def _known_name(text: str) -> bool:
+    try:
+        get_entry(text)
+    except WeightsError:
+        return False
+    return True
+
+
+def _parts_from_folder(folder: Path) -> _Parts:
+    """Load a model folder (:mod:`lpips_sat.hub` layout), checking its sha256 and config against the weights file."""
+    config = hub.read_config(folder)
+    parts = _parts_from_weights(folder / hub.WEIGHTS_NAME, sha256=config["sha256"])
+    hub.check_consistent(config, parts.metadata, str(folder))
+    parts.name = config["name"] or folder.name
+    return parts
+
+
+def _parts_from_weights(weights: str | Path, sha256: str | None = None) -> _Parts:
+    """Load a registry name, a model folder or a safetensors path into :class:`_Parts`, verifying sha256 (shipped
+    files, folders, or ``sha256``)."""
     text = str(weights)
+    if Path(text).is_dir():
+        return _parts_from_folder(Path(text))
     if text.endswith(".safetensors") or Path(text).is_file():
-        tensors, meta = load_weights(text)
-        name, sha = Path(text).name, None
+        tensors, meta = load_weights(text, sha256=sha256)
+        name, sha = Path(text).name, sha256
     else:
         entry = get_entry(text)
         if entry.file is None:

@@ -32,8 +32,9 @@ from scipy.ndimage import gaussian_filter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from gapeval.io import write_raster, write_text_atomic
+from lpips_sat.atomic import write_text_atomic
 from lpips_sat.bands import DEFAULT_BANDS, band_indices
+from lpips_sat.raster import write_raster
 
 SOURCE = REPO.parent / "shared" / "data" / "s2" / "s2_l1c_virginia_13band_10m.tif"
 ATTRIBUTION = "Contains modified Copernicus Sentinel data 2016"

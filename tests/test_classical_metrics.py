@@ -9,8 +9,8 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torchmetrics.functional.image import error_relative_global_dimensionless_synthesis, spectral_angle_mapper
 
-from gapeval.io import expand_window, iter_windows, window_slices
 from gapeval.metrics.classical import SSIM_RADIUS, ClassicalAccumulator, ergas, interior_mask, mae, psnr, rmse, sam, ssim, ssim_map
+from gapeval.windows import expand_window, iter_windows, window_slices
 from lpips_sat.errors import InputError
 
 BANDS = ("B04", "B03", "B02", "B08")

@@ -55,6 +55,16 @@ def test_basicsr_registry(tiny_examples, capsys) -> None:
         ns["LOSS_REGISTRY"].register()(ns["LPIPSSatLoss"])
 
 
+def test_pyiqa_registry(tiny_examples, capsys) -> None:
+    ns = tiny_examples("pyiqa_registry.py")
+    result = ns["main"]()
+    assert result["lower_better"] is True and "pyiqa-style 'lpips_sat'" in capsys.readouterr().out
+    low, high = (float(v) for v in result["score_range"].split(","))
+    assert low == 0.0 and all(low <= d <= high for d in result["distances"]) and max(result["distances"]) > 0
+    with pytest.raises(KeyError, match="already registered"):
+        ns["ARCH_REGISTRY"].register()(ns["LPIPSSatArch"])
+
+
 def test_running_mean(tiny_examples, capsys) -> None:
     mean = tiny_examples("running_mean.py")["main"]()
     out = capsys.readouterr().out
@@ -73,5 +83,24 @@ def test_example_runs_as_a_script_on_real_scenes(tmp_path: Path) -> None:
 
 def test_integration_doc_names_existing_examples() -> None:
     text = (ROOT / "docs" / "integration.md").read_text()
-    for name in ("plain_loop.py", "lightning_style.py", "basicsr_registry.py", "running_mean.py"):
+    for name in ("plain_loop.py", "lightning_style.py", "basicsr_registry.py", "pyiqa_registry.py", "running_mean.py"):
         assert f"docs/examples/{name}" in text and (EXAMPLES / name).exists()
+
+
+def test_documented_gap_example_command_writes_only_under_out(capsys) -> None:
+    """The worked gap example's documented command must not rewrite tracked docs: ``--write-docs`` is for maintainers,
+    absent from the docs' commands and from ``--help``."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/domain_gap_example.md", "docs/gap.md"):
+        commands = [line for line in (root / doc).read_text().splitlines() if "gap_example.py" in line and "--out" in line]
+        assert all("--write-docs" not in c for c in commands), (doc, commands)
+    assert re.search(r"^python3 scripts/gap_example\.py --out \S+$", (root / "docs/domain_gap_example.md").read_text(), re.M)
+    spec = importlib.util.spec_from_file_location("gap_example", root / "scripts/gap_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert done.value.code == 0 and "--out" in help_text and "--write-docs" not in help_text

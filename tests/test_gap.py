@@ -199,9 +199,58 @@ def test_cli_pairs_and_design(tmp_path, scenes, capsys):
     bad.write_text("comparisons:\n  - {a: x}\n")
     with pytest.raises(InputError, match="needs keys 'a' and 'b'"):
         load_design(bad)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["gap", "--out", str(tmp_path / "o4")])  # neither --design nor --pairs
-    assert exc.value.code == 2
+    assert cli.main(["gap", "--out", str(tmp_path / "o4")]) == 2  # no runs, neither --design nor --pairs
+    assert "exactly two --run" in capsys.readouterr().err
+    c = write_pairs(tmp_path / "res" / "c", table_rows(keys, d, 30 - 10 * d))
+    three = ["gap", "--run", f"a={a}", "--run", f"b={b}", "--run", f"c={c}", "--out", str(tmp_path / "o5"), "--no-images"]
+    assert cli.main(three) == 2 and "--pairs" in capsys.readouterr().err
+
+
+def test_two_runs_need_no_pairs(tmp_path, scenes, capsys):
+    keys, d, rng = scenes
+    a = write_pairs(tmp_path / "a", table_rows(keys, d, 30 - 10 * d))
+    b = write_pairs(tmp_path / "b", table_rows(keys, d + 0.03 + rng.normal(0, 0.003, 30), 30 - 10 * d))
+    assert cli.main(["gap", "--run", f"new={b}", "--run", f"old={a}", "--out", str(tmp_path / "o"), "--no-images", "--n-resamples", "300"]) == 0
+    res = json.loads((tmp_path / "o" / "gap.json").read_text())
+    (comp,) = res["comparisons"]
+    assert (comp["name"], comp["a"], comp["b"]) == ("new - old", "new", "old")  # first run minus second
+    assert comp["metrics"]["lpips_sat"]["gap"] == pytest.approx(0.03, abs=0.002)
+    assert "underpowered" not in capsys.readouterr().out  # 30 scenes: 2/2^30 is far below alpha / n_tests
+
+
+def test_smallest_wilcoxon_p_is_two_over_two_to_the_n():
+    from gapeval.gap import scenes_needed
+    from gapeval.stats import smallest_wilcoxon_p, wilcoxon_signed_rank
+
+    for n in range(1, 12):
+        assert smallest_wilcoxon_p(n) == pytest.approx(2.0 / 2 ** n)
+    # no outcome of 6 non-zero differences gets below it: all 64 sign patterns of ranks 1..6
+    signs = ((np.arange(64)[:, None] >> np.arange(6)) & 1) * 2 - 1
+    assert min(wilcoxon_signed_rank(s * np.arange(1.0, 7.0))["pvalue"] for s in signs) == pytest.approx(2 / 64)
+    for m in (1, 4, 30, 200):
+        n = scenes_needed(m, 0.05)
+        assert smallest_wilcoxon_p(n) * m < 0.05 <= smallest_wilcoxon_p(n - 1) * m
+
+
+def test_few_scenes_are_flagged_underpowered_and_explained(tmp_path, scenes, capsys):
+    keys, d, rng = scenes
+    k6, d6 = keys[:6], d[:6]
+    a = write_pairs(tmp_path / "a", table_rows(k6, d6, 30 - 10 * d6))
+    b = write_pairs(tmp_path / "b", table_rows(k6, d6 + 0.05 + rng.normal(0, 0.002, 6), 30 - 10 * d6 - 2 + rng.normal(0, 0.01, 6)))
+    assert cli.main(["gap", "--run", f"b={b}", "--run", f"a={a}", "--out", str(tmp_path / "o"), "--no-images", "--n-resamples", "300"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "o" / "gap.json").read_text())
+    s = res["comparisons"][0]["metrics"]["lpips_sat"]
+    # every scene is worse: the smallest p 6 scenes allow, which Holm over 4 tests lifts above 0.05
+    assert res["n_tests"] == 4 and s["p_value"] == pytest.approx(2 / 64) and s["ci_low"] > 0
+    assert s["underpowered"] and not s["significant"] and s["ci_excludes_zero"]
+    assert "n.s. (underpowered)" in out and "cannot be significant" in out and "not adjusted for the other tests" in out
+    assert "no (underpowered)" in (tmp_path / "o" / "report.md").read_text()
+    # the same comparison tested alone is reachable: 2/64 < 0.05
+    assert cli.main(["gap", "--run", f"b={b}", "--run", f"a={a}", "--metrics", "lpips_sat", "--out", str(tmp_path / "o1"), "--no-images",
+                     "--n-resamples", "300"]) == 0
+    alone = json.loads((tmp_path / "o1" / "gap.json").read_text())["comparisons"][0]["metrics"]["lpips_sat"]
+    assert alone["significant"] and not alone["underpowered"]
 
 
 # ---------------------------------------------------------------------------------------------- spectra
@@ -283,3 +332,75 @@ def test_missing_image_files_name_the_run_and_the_way_out(tmp_path, scenes):
     b = write_pairs(tmp_path / "b", rows)
     with pytest.raises(MissingFileError, match=r"run 'a', scene 'scene_00'.*--no-images"):
         gap_analysis(Design({"a": a, "b": b}, [("a - b", "a", "b")]), tmp_path / "out", GapConfig(n_resamples=100), metric=LPIPSSat.random())
+
+
+def test_degenerate_figure_panels_are_skipped(tmp_path):
+    from PIL import Image
+
+    from gapeval.plots import band_histograms, forest_plot
+
+    rng = np.random.default_rng(0)
+    const = np.full((2, 500), 0.1)
+    assert band_histograms({"a": const.copy()}, const.copy(), ["B04", "B08"], tmp_path / "none.png") is None
+    varied = const.copy()
+    varied[1] = rng.uniform(0, 0.4, 500)
+    path = band_histograms({"a": varied.copy()}, varied, ["B04", "B08"], tmp_path / "one.png")  # only B08 varies
+    both = band_histograms({"a": varied + rng.normal(0, 0.01, (2, 500))}, varied + rng.normal(0, 0.01, (2, 500)), ["B04", "B08"],
+                           tmp_path / "two.png")
+    with Image.open(path) as one, Image.open(both) as two:
+        assert one.size[0] < 0.75 * two.size[0]  # one panel instead of two
+    zero = {"gap": 0.0, "ci_low": 0.0, "ci_high": 0.0, "significant": False}
+    moved = {"gap": 0.1, "ci_low": 0.05, "ci_high": 0.15, "significant": True}
+    assert forest_plot([{"name": "x", "metrics": {"m": zero}}], ["m"], tmp_path / "f.png") is None
+    assert forest_plot([{"name": "x", "metrics": {"m": zero, "n": moved}}], ["m", "n"], tmp_path / "f.png") is not None
+
+
+# ---------------------------------------------------------------------------------------------- scoring settings
+def _with_summary(folder: Path, **config) -> Path:
+    (folder / "summary.json").write_text(json.dumps({"command": "gapeval score", "config": config}))
+    return folder
+
+
+def test_runs_scored_with_different_settings_are_refused_unless_allowed(tmp_path, scenes, capsys):
+    keys, d, _ = scenes
+    a = _with_summary(write_pairs(tmp_path / "a", table_rows(keys, d, 30 - 10 * d)), protocol="gapeval", align="shift", harmonize="linear")
+    b = _with_summary(write_pairs(tmp_path / "b", table_rows(keys, d + 0.01, 30 - 10 * d)), protocol="gapeval", align="none", harmonize="linear")
+    design = Design({"a": a, "b": b}, [("a - b", "a", "b")])
+    with pytest.raises(InputError, match=r"'a - b'.*--align shift vs none.*--allow-mixed"):
+        gap_analysis(design, tmp_path / "out", fast())
+    res = gap_analysis(design, tmp_path / "out", fast(allow_mixed=True))
+    assert res["comparisons"][0]["metrics"]["lpips_sat"]["gap"] == pytest.approx(-0.01)
+    assert any("different settings" in n for n in res["notes"])
+    assert res["runs"]["a"]["scoring"] == {"protocol": "gapeval", "align": "shift", "harmonize": "linear"}
+    # the CLI: exit 1 with the reason, then --allow-mixed
+    assert cli.main(["gap", "--run", f"a={a}", "--run", f"b={b}", "--out", str(tmp_path / "cli"), "--no-images"]) == 1
+    assert "--allow-mixed" in capsys.readouterr().err
+    assert cli.main(["gap", "--run", f"a={a}", "--run", f"b={b}", "--out", str(tmp_path / "cli"), "--no-images", "--allow-mixed"]) == 0
+    # a protocol difference is refused too; runs from before the options existed count as gapeval/none/none
+    c = _with_summary(write_pairs(tmp_path / "c", table_rows(keys, d, 30 - 10 * d)), protocol="opensr-test")
+    old = _with_summary(write_pairs(tmp_path / "old", table_rows(keys, d, 30 - 10 * d)), weights="x")
+    with pytest.raises(InputError, match="--protocol opensr-test vs gapeval"):
+        gap_analysis(Design({"c": c, "old": old}, [("c - old", "c", "old")]), tmp_path / "out", fast())
+    same = _with_summary(write_pairs(tmp_path / "same", table_rows(keys, d, 30 - 10 * d)), protocol="gapeval", align="none", harmonize="none")
+    notes = gap_analysis(Design({"s": same, "old": old}, [("s - old", "s", "old")]), tmp_path / "out", fast())["notes"]
+    assert not any("settings" in n for n in notes)
+    bare = write_pairs(tmp_path / "bare", table_rows(keys, d, 30 - 10 * d))  # no summary.json: allowed, said so
+    notes = gap_analysis(Design({"s": same, "bare": bare}, [("s - bare", "s", "bare")]), tmp_path / "out", fast())["notes"]
+    assert any("'bare': no summary.json" in n for n in notes)
+
+
+def test_alignment_columns_are_bookkeeping_and_opensr_columns_are_metrics(tmp_path, scenes):
+    keys, d, _ = scenes
+    extra = {"align_dx": np.full(30, 0.5), "harm_gain_B04": np.full(30, 1.1), "opensr_improvement": d, "opensr_tiles": np.ones(30)}
+    cols = COLUMNS + list(extra)
+    folder = tmp_path / "r"
+    folder.mkdir()
+    with (folder / "pairs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for row in table_rows(keys, d, 30 - 10 * d, **extra):
+            w.writerow({"pred_set": "sr", "status": "ok", "config_hash": "h", "pred_sha256": "p", "target_sha256": "t", **row})
+    run = read_run("r", folder)
+    metrics = run.metrics(None, per_band=True)
+    assert "opensr_improvement" in metrics
+    assert not {"align_dx", "harm_gain_B04", "opensr_tiles"} & set(metrics)

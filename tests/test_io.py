@@ -1,4 +1,5 @@
-"""gapeval.io: pairing, grids and the half-pixel check, bands, scale, windowed/resampled reads, atomic writes."""
+"""Reading inputs: lpips_sat.raster (files, scale), gapeval.folders (pairing), gapeval.grids (half-pixel check),
+gapeval.bands, gapeval.reflectance, gapeval.windows and gapeval.sources (windowed/resampled reads), atomic writes."""
 
 from __future__ import annotations
 
@@ -8,31 +9,15 @@ from affine import Affine
 from PIL import Image
 from rasterio.windows import Window
 
-from gapeval.io import (
-    Grid,
-    RasterSource,
-    RasterWriter,
-    append_line,
-    band_gain_offset,
-    check_not_tiny,
-    check_reflectance,
-    check_same_grid,
-    expand_window,
-    fixed_size_window,
-    grid_of,
-    iter_windows,
-    list_images,
-    lr_ratio,
-    pair_folders,
-    raster_info,
-    read_lines_complete,
-    read_raster,
-    select_bands,
-    window_slices,
-    write_raster,
-)
+from gapeval.bands import select_bands
+from gapeval.folders import list_images, pair_folders
+from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
+from gapeval.reflectance import check_not_tiny, check_reflectance
+from gapeval.sources import RasterSource, RasterWriter
+from gapeval.windows import expand_window, fixed_size_window, iter_windows, window_slices
 from lpips_sat.bands import DEFAULT_BANDS, S2_L1C_13
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.raster import band_gain_offset, raster_info, read_raster, write_raster
 
 CRS = "EPSG:32618"
 T10 = Affine(10, 0, 435730, 0, -10, 4179460)
@@ -125,7 +110,7 @@ def test_check_same_grid_needs_explicit_resample(tmp_path):
 
 def test_files_without_geometry_take_the_target_extent():
     target = Grid(T10, CRS, 40, 40)
-    from gapeval.io import RasterInfo
+    from lpips_sat.raster import RasterInfo
 
     same = grid_of(RasterInfo(path=None, count=4, height=40, width=40, dtype="uint8"), target)  # type: ignore[arg-type]
     assert same.mismatch(target) is None and not same.georeferenced
@@ -294,13 +279,3 @@ def test_raster_writer_is_atomic_and_georeferenced(tmp_path):
     r = read_raster(path)
     assert r.transform == T10 and r.crs.to_epsg() == 32618 and r.tags["A"] == "1"
     assert r.data[0, :4].sum() == 32 and r.data[0, 4:].sum() == 64
-
-
-def test_appended_lines_survive_a_partial_write(tmp_path):
-    path = tmp_path / "rows.csv"
-    append_line(path, "a,b")
-    append_line(path, "1,2")
-    with open(path, "a") as fh:
-        fh.write("3,")  # a crash in the middle of a row
-    assert read_lines_complete(path) == ["a,b", "1,2"]
-    assert path.read_text() == "a,b\n1,2\n"

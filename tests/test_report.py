@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gapeval.report import load_results, write_report
+from gapeval.report import write_report
+from gapeval.results import load_results
 from gapeval.score import score
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import MissingFileError
@@ -43,7 +44,7 @@ def test_report_files_and_images(results):
     html = (results / "report.html").read_text()
     md = (results / "report.md").read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert set(images) == {"figures/boxplots.png", "figures/histograms.png", "figures/pairs_bicubic.png", "figures/pairs_noisy.png"}
+    assert set(images) == {"figures/boxplots.png", "figures/ecdf.png", "figures/pairs_bicubic.png", "figures/pairs_noisy.png"}
     for rel in images:
         with Image.open(results / rel) as im:
             assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
@@ -78,3 +79,27 @@ def test_report_from_results_alone(results, tmp_path, monkeypatch):
     assert (copy / "figures" / "pairs_noisy.png").is_file() and (copy / "report.html").is_file()
     with pytest.raises(MissingFileError, match="pairs.csv"):
         write_report(tmp_path / "nothing")
+
+
+def test_constant_metrics_are_listed_not_drawn(results, tmp_path):
+    import csv
+
+    from gapeval.report import _split_constant
+
+    rows = [{"pred_set": "a", "x": 0.0, "y": 1.0}, {"pred_set": "b", "x": 0.0, "y": 2.0}, {"pred_set": "b", "x": float("nan"), "y": 3.0}]
+    assert _split_constant(rows, ["x", "y"]) == (["y"], {"x": 0.0})
+    copy = tmp_path / "res"
+    shutil.copytree(results, copy)
+    with open(copy / "pairs.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    for r in table:
+        r["shift_px"] = "0"
+    with open(copy / "pairs.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    write_report(copy)
+    md = (copy / "report.md").read_text()
+    assert "not drawn, the same in every pair: shift_px = 0" in md
+    with Image.open(copy / "figures" / "ecdf.png") as fewer, Image.open(results / "figures" / "ecdf.png") as full:
+        assert fewer.size[0] * fewer.size[1] <= full.size[0] * full.size[1]  # one panel fewer never grows the figure

@@ -15,11 +15,12 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio
 
 import gapeval.score as score_mod
+import gapeval.scoring.scene as scene_mod
 from gapeval.cli import main
-from gapeval.io import read_raster, write_raster
 from gapeval.score import score
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.raster import read_raster, write_raster
 
 torch.set_num_threads(1)  # tiny networks: threads only add overhead on a shared machine
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -165,10 +166,10 @@ def test_nodata_is_masked_out_of_every_metric(tmp_path, metric):
     junk[:, :20, :] = 0.9  # anything under the target's nodata must not matter
     put(tmp_path / "junk" / "a.tif", junk, "town")
     holes = b.copy()
-    holes[:, 40:44, 10:20] = np.nan  # NaN where the target is valid: masked, and reported
+    holes[:, 40:44, 10:20] = np.nan  # NaN where the target is valid: masked when asked, and reported
     holes[0, 50, 50] = np.inf
     put(tmp_path / "holes" / "a.tif", holes, "town")
-    res = score({n: tmp_path / n for n in ("clean", "junk", "holes")}, tmp_path / "hr", metric=metric)
+    res = score({n: tmp_path / n for n in ("clean", "junk", "holes")}, tmp_path / "hr", metric=metric, invalid_pred="mask")
     clean, junk_r, holes_r = (by(res.records, n, "a") for n in ("clean", "junk", "holes"))
     assert clean["valid_fraction"] == pytest.approx(44 / 64) and clean["pred_invalid_fraction"] == 0
     for col in ("psnr", "ssim", "sam_deg", "rmse", "mae", "lpips_sat"):
@@ -189,7 +190,7 @@ def test_all_nodata_pair_is_skipped_never_scored(tmp_path, metric):
     assert rec["status"] == "skipped" and "no valid pixel" in rec["reason"]
     assert all(np.isnan(rec[c]) for c in ("psnr", "ssim", "lpips_sat", "mae"))
     assert res.summary["pred_sets"]["p"]["n_skipped"] == 1 and res.summary["pred_sets"]["p"]["metrics"]["psnr"]["n"] == 1
-    assert res.skipped == [{"pred_set": "p", "key": "empty", "reason": rec["reason"]}]
+    assert res.skipped == [{"pred_set": "p", "key": "empty", "status": "skipped", "reason": rec["reason"]}]
     with open(tmp_path / "out" / "pairs.csv") as fh:
         row = next(r for r in csv.DictReader(fh) if r["key"] == "empty")
     assert row["status"] == "skipped" and row["psnr"] == "" and row["lpips_sat"] == ""
@@ -266,7 +267,7 @@ def test_folder_errors_and_corrupt_files(dataset, metric):
 
 def test_interrupted_run_resumes_without_losing_rows(dataset, metric, monkeypatch):
     out = dataset / "out"
-    real = score_mod.score_scene
+    real = scene_mod.score_scene
     calls = []
 
     def interrupted(plan, *args, **kwargs):
@@ -275,7 +276,7 @@ def test_interrupted_run_resumes_without_losing_rows(dataset, metric, monkeypatc
             raise KeyboardInterrupt
         return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(score_mod, "score_scene", interrupted)
+    monkeypatch.setattr(scene_mod, "score_scene", interrupted)
     with pytest.raises(KeyboardInterrupt):
         score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric, out=out)
     lines = (out / "pairs.csv").read_text().splitlines()
@@ -285,7 +286,7 @@ def test_interrupted_run_resumes_without_losing_rows(dataset, metric, monkeypatc
     with pytest.raises(InputError, match="--resume"):
         score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric, out=out)
     calls.clear()
-    monkeypatch.setattr(score_mod, "score_scene", lambda plan, *a, **k: (calls.append(plan.key), real(plan, *a, **k))[1])
+    monkeypatch.setattr(scene_mod, "score_scene", lambda plan, *a, **k: (calls.append(plan.key), real(plan, *a, **k))[1])
     res = score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric, out=out, resume=True)
     assert sorted(calls) == sorted(set(SCENES) - {lines[1].split(",")[1]})  # only the scenes not yet written
     fresh = score(preds(dataset, "same", "blur"), dataset / "hr", metric=metric)

@@ -57,6 +57,13 @@ def test_pretrain_resume_equals_uninterrupted(s2_folder, tmp_path):
     assert len(loss) == 5  # header + 4 steps, none lost on resume
     assert json.loads(ma["data"])[0]["sha256"]  # data provenance recorded
     assert len(json.loads(ma["mean"])) == 4
+    # the hub-layout folder holds the same backbone with all-ones heads (an uncalibrated LPIPS metric)
+    folder = tmp_path / "a" / "model"
+    assert json.loads((folder / "config.json").read_text())["heads"] == "ones"
+    wf, _ = load_weights(folder / "model.safetensors")
+    assert all(torch.equal(wf[k], wa[k]) for k in wa) and all(bool((wf[k] == 1).all()) for k in wf if k.startswith("heads."))
+    x = torch.rand(1, 4, 32, 32) * 0.2
+    assert float(LPIPSSat.from_pretrained(folder)(x, x)) == 0.0
 
 
 def test_calibrate_end_to_end_produces_loadable_weights(s2_folder, tmp_path):
@@ -73,6 +80,11 @@ def test_calibrate_end_to_end_produces_loadable_weights(s2_folder, tmp_path):
     assert float(m(x, x)) == 0.0
     assert report["fp16_max_abs_diff"] < 1e-2
     assert report["properties"]["identity_max"] == 0.0
+    # the model folder (hub layout) is the fp32 weights: identical distances
+    folder = LPIPSSat.from_pretrained(report["model_folder"])
+    fp32 = LPIPSSat(tmp_path / "cal" / "lpips-sat-s2-rn18.fp32.safetensors")
+    y = (x + 0.05 * torch.rand(1, 4, 64, 64)).clamp(0, 1)
+    assert torch.equal(folder(x, y), fp32(x, y)) and float(fp32(x, y)) > 0
 
 
 def test_fit_heads_learns_which_channels_matter():

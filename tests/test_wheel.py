@@ -85,7 +85,7 @@ def test_wheel_contains_weights_and_index(installed) -> None:
     assert index, "weights/index.json lists no weights"
     for row in index:
         assert f"lpips_sat/weights/{row['file']}" in names, f"{row['file']} missing from the wheel"
-    for module in ("lpips_sat/metric.py", "lpips_sat/cli.py", "lpips_sat/running.py", "gapeval/io.py"):
+    for module in ("lpips_sat/metric.py", "lpips_sat/cli.py", "lpips_sat/running.py", "lpips_sat/raster.py", "gapeval/score.py", "gapeval/scoring/scene.py"):
         assert module in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -13,8 +13,9 @@ Points that matter in a real Lightning project:
 * the metric is a sub-module, so Lightning moves it to the GPU with the model; it stays in eval mode and
   frozen even though Lightning calls ``.train()`` on the whole module every epoch;
 * optimise ``self.net.parameters()`` only (the metric's parameters have ``requires_grad=False`` anyway);
-* the validation metric accumulates with ``LPIPSSatMetric`` and is reset at epoch end; in DDP, all-reduce
-  its ``total`` and ``n`` buffers (or use ``merge``) before ``compute()``.
+* the validation metric accumulates with ``LPIPSSatMetric`` and is reset at epoch end; with torchmetrics
+  installed it is a ``torchmetrics.Metric``, so under DDP ``compute()`` sums ``total`` and ``n`` over all ranks
+  itself (``self.log("val_lpips_sat", self.val_lpips)`` also works).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lpips_sat.running import LPIPSSatMetric
-from common import STEPS, TinySR, make_metric, toy_pairs  # docs/examples/common.py
+from common import STEPS, Progress, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 
 class SRModule(nn.Module):
@@ -70,6 +71,7 @@ def fit(module: SRModule, train: DataLoader, val: DataLoader, epochs: int) -> li
     """The part of ``lightning.Trainer.fit`` this example needs: train/eval switching and hook order."""
     opt = module.configure_optimizers()
     scores = []
+    progress = Progress(epochs * len(train), every=len(train))  # a line per epoch, and at least every 20 s
     for epoch in range(epochs):
         module.train()
         for i, batch in enumerate(train):
@@ -77,6 +79,7 @@ def fit(module: SRModule, train: DataLoader, val: DataLoader, epochs: int) -> li
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            progress(epoch * len(train) + i, f"epoch {epoch}  train_lpips_sat {module.logged['train_lpips_sat']:.4f}")
         module.eval()
         for i, batch in enumerate(val):
             module.validation_step(batch, i)

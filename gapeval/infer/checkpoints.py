@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,12 +75,13 @@ class CheckpointSource:
         return self._metadata
 
 
-def resolve(spec: str | Path, *, hub_patterns: Sequence[str] | None = None) -> CheckpointSource:
+def resolve(spec: str | Path, *, hub_parts: Sequence[str] | None = None) -> CheckpointSource:
     """Turn ``--checkpoint`` into a local file/folder (downloading hub ids) and hash it.
 
     Args:
         spec: local path, ``owner/name`` (diffusers repository) or ``owner/name:file``.
-        hub_patterns: for a repository id, the file patterns to fetch (e.g. ``["unet/*", "vae/*"]``).
+        hub_parts: for a repository id, the part folders to fetch (e.g. ``["unet", "vae", "scheduler"]``): their
+            configs and ONE weights file each (see :func:`select_hub_files`).
     Raises:
         MissingFileError: a local path that does not exist. OfflineError: a hub id that cannot be fetched.
     """
@@ -92,7 +93,7 @@ def resolve(spec: str | Path, *, hub_patterns: Sequence[str] | None = None) -> C
         if match is None or text.startswith((".", "/", "~")) or (match.group("file") is None and text.endswith(WEIGHT_SUFFIXES)):
             raise MissingFileError(f"Checkpoint {text} does not exist (not a local file or folder, nor a hub id 'owner/name[:file]')")
         hub_id = text
-        path = _hub_fetch(match.group("repo"), match.group("file"), hub_patterns)
+        path = _hub_fetch(match.group("repo"), match.group("file"), hub_parts)
     return CheckpointSource(spec=text, path=path, sha256=checkpoint_sha256(path), hub_id=hub_id)
 
 
@@ -100,8 +101,25 @@ def _offline_requested() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _hub_fetch(repo_id: str, filename: str | None, patterns: Sequence[str] | None) -> Path:
-    """Download one file or a filtered snapshot of a hub repository; any failure -> :class:`OfflineError`."""
+def select_hub_files(files: Sequence[str], parts: Sequence[str]) -> list[str]:
+    """The files of a diffusers repository to download: ``model_index.json``, and per part folder its config/tokenizer
+    files (``.json``, ``.txt``) and ONE weights file, the first of :data:`PART_WEIGHT_NAMES` present.
+
+    Hub repositories often carry the same weights twice (``.bin`` and ``.safetensors``, sometimes ``fp16`` variants);
+    a pattern such as ``unet/*`` would fetch them all.
+    """
+    present = set(files)
+    chosen = [f for f in ("model_index.json",) if f in present]
+    for part in parts:
+        chosen += sorted(f for f in present if f.startswith(part + "/") and f.count("/") == 1 and f.endswith((".json", ".txt")))
+        weight = next((f"{part}/{n}" for n in PART_WEIGHT_NAMES if f"{part}/{n}" in present), None)
+        if weight is not None:
+            chosen.append(weight)
+    return chosen
+
+
+def _hub_fetch(repo_id: str, filename: str | None, parts: Sequence[str] | None) -> Path:
+    """Download one file or the selected files of a hub repository; any failure -> :class:`OfflineError`."""
     try:
         import huggingface_hub
     except ImportError as exc:  # pragma: no cover - optional dependency
@@ -110,7 +128,11 @@ def _hub_fetch(repo_id: str, filename: str | None, patterns: Sequence[str] | Non
     try:
         if filename:
             return Path(huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=offline))
-        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=list(patterns) if patterns else None, local_files_only=offline))
+        if offline:  # no listing offline: accept whatever the cache holds of these parts (nothing is downloaded)
+            patterns = ["model_index.json"] + [f"{p}/{n}" for p in parts or () for n in ("*.json", "*.txt", *PART_WEIGHT_NAMES)]
+        else:
+            patterns = select_hub_files(huggingface_hub.list_repo_files(repo_id), parts or ())
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
     except Exception as exc:
         where = f"{repo_id}:{filename}" if filename else repo_id
         raise OfflineError(f"{where} is not a local file or folder, and fetching it as a Hugging Face hub id failed "
@@ -148,23 +170,80 @@ def folder_part(folder: Path, names: Sequence[str]) -> Path:
     raise WeightsError(f"Checkpoint folder {folder} has no {' or '.join(repr(n) for n in names)} sub-folder; is it a diffusers model of the right kind?")
 
 
+#: Weight file names of a diffusers part folder, in order of preference (one format is read, safetensors first).
+PART_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
+
+#: Pre-0.17 diffusers ``AttentionBlock`` parameter names -> today's ``Attention`` names (diffusers 0.17 renamed them;
+#: checkpoints written by diffusers 0.8-0.16, e.g. the CompVis LDM x4 UNet/VQ and the SD x4 upscaler VAE, keep the old ones).
+LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
 def read_folder_weights(part: Path) -> dict[str, torch.Tensor]:
     """The state dict in a diffusers part folder (``diffusion_pytorch_model.safetensors`` preferred, ``.bin`` via weights_only)."""
-    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin"):
+    for name in PART_WEIGHT_NAMES:
         if (part / name).is_file():
             return read_checkpoint(part / name)
     raise MissingFileError(f"{part}: no diffusion_pytorch_model.safetensors (or .bin) weights file")
 
 
+def current_attention_name(key: str, expected: Collection[str]) -> str | None:
+    """Today's name of a pre-0.17 attention key (``….query.weight`` -> ``….to_q.weight``) when the module expects that
+    name and not the key itself; else None."""
+    head, _, param = key.rpartition(".")
+    path, _, leaf = head.rpartition(".")
+    if leaf not in LEGACY_ATTENTION_NAMES or not path or key in expected:
+        return None
+    new = f"{path}.{LEGACY_ATTENTION_NAMES[leaf]}.{param}"
+    return new if new in expected else None
+
+
+def rename_legacy_attention(state: Mapping[str, torch.Tensor], expected: Collection[str], source: str) -> dict[str, torch.Tensor]:
+    """Rename pre-0.17 attention keys (``….query.weight`` -> ``….to_q.weight`` …) where the module expects the new name.
+
+    A key is renamed only when it is not itself expected, its new name is expected, and the state dict does not
+    already hold the new name (both present -> :class:`WeightsError` naming them). Everything else is left as it is,
+    so the strict load that follows still reports every missing, unexpected or reshaped key by name.
+    """
+    out: dict[str, torch.Tensor] = {}
+    renamed = 0
+    for key, value in state.items():
+        new = current_attention_name(key, expected)
+        if new is None:
+            out[key] = value
+            continue
+        if new in state:
+            raise WeightsError(f"{source}: both the legacy key {key!r} and its current name {new!r} are present")
+        out[new] = value
+        renamed += 1
+    if renamed:
+        log.info("%s: renamed %d pre-0.17 diffusers attention keys (query/key/value/proj_attn)", source, renamed)
+    return out
+
+
 def build_diffusers_part(cls: type, part: Path) -> nn.Module:
-    """Instantiate diffusers ``cls`` from ``part/config.json`` and load ``part``'s weights strictly (no network access)."""
+    """Instantiate diffusers ``cls`` from ``part/config.json`` and load ``part``'s weights strictly (no network access).
+
+    Checkpoints written before diffusers 0.17 (legacy attention names) are renamed on load by
+    :func:`rename_legacy_attention`; every key must still be accounted for, and an error about a renamed key also
+    gives the name stored in the file.
+    """
     config = read_json(part / "config.json")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     try:
         module = cls.from_config(config)
     except Exception as exc:
         raise WeightsError(f"{part}/config.json does not describe a valid {cls.__name__} ({exc})") from exc
-    load_strict(module, read_folder_weights(part), str(part))
+    expected = set(module.state_dict())
+    stored = read_folder_weights(part)
+    state = rename_legacy_attention(stored, expected, str(part))
+    try:
+        load_strict(module, state, str(part))
+    except WeightsError as exc:
+        legacy = {new: key for key in stored if (new := current_attention_name(key, expected))}
+        named = [f"{new} <- {old}" for new, old in legacy.items() if repr(new) in str(exc)]
+        if named:
+            raise WeightsError(f"{exc}; renamed from the file's pre-0.17 names: {', '.join(named[:5])}") from exc
+        raise
     return module.eval()
 
 
@@ -220,7 +299,7 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta
     """Write float32 tensors + metadata atomically as safetensors; return the file's sha256."""
     from safetensors.torch import save_file
 
-    from gapeval.io import atomic_path
+    from lpips_sat.atomic import atomic_path
 
     path = Path(path)
     tmp = atomic_path(path)
@@ -241,6 +320,8 @@ __all__ = [
     "config_from_metadata",
     "load_strict",
     "resolve",
+    "rename_legacy_attention",
     "save_safetensors",
+    "select_hub_files",
     "split_prefixed",
 ]

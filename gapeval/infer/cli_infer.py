@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from gapeval.infer.base import PRECISIONS, SamplingOptions
 from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, select_shard
 from gapeval.infer.pipeline import run as run_pipeline
-from gapeval.infer.registry import ADAPTERS, get
+from gapeval.infer.registry import get
+from lpips_sat.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ def _batch(text: str) -> int | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=list(ADAPTERS), help="adapter (see `gapeval models`)")
+    parser.add_argument("--model", required=True, help="adapter: a built-in or an installed plug-in (see `gapeval models`)")
     parser.add_argument("--input", required=True, type=Path, help="a GeoTIFF or a folder of GeoTIFFs (low resolution)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (STEM.tif, STEM_std.tif)")
     parser.add_argument("--checkpoint", required=True, help="local file/folder, or hub id owner/name[:file] (needs network)")
@@ -61,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gapeval.infer.registry import load_adapter
 
-    get(args.model)
+    try:
+        get(args.model)
+    except InputError as exc:
+        print(f"gapeval infer: error: {exc}", file=sys.stderr)
+        return 2
     files = list_inputs(args.input)
     k, n = parse_shard(args.shard)
     mine = select_shard(files, k, n)

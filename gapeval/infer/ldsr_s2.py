@@ -52,7 +52,7 @@ SCHEDULE_BUFFERS = frozenset({"betas", "alphas_cumprod", "alphas_cumprod_prev", 
                               "logvar", "lvlb_weights", "scale_factor"})
 DEFAULT_STEPS, DEFAULT_ETA, NUM_HEAD_CHANNELS = 100, 0.95, 32
 #: Fallback schedule when a checkpoint carries no ``betas`` (config_10m.yaml: LDM "linear", i.e. sqrt-linear).
-LINEAR_START, LINEAR_END, TIMESTEPS = 1e-4, 0.015, 1000
+LINEAR_START, LINEAR_END, TIMESTEPS = 1e-4, 0.0155, 1000
 
 
 def ema_key(ldm_unet_key: str) -> str:

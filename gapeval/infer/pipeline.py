@@ -2,9 +2,9 @@
 
 For each input GeoTIFF (this process's ``--shard`` of the sorted list):
 
-1. read it with :func:`gapeval.io.read_raster`, check it is georeferenced, select the adapter's bands
-   (:func:`gapeval.io.band_order`: ``--bands``, else the file's band descriptions), convert to reflectance
-   ``(pixel + offset) / scale`` (``--scale``, else the file's scale metadata; :func:`gapeval.io.check_reflectance`
+1. read it with :func:`lpips_sat.raster.read_raster`, check it is georeferenced, select the adapter's bands
+   (:func:`gapeval.bands.band_order`: ``--bands``, else the file's band descriptions), convert to reflectance
+   ``(pixel + offset) / scale`` (``--scale``, else the file's scale metadata; :func:`gapeval.reflectance.check_reflectance`
    refuses digital numbers), fill nodata with the band mean (nodata is masked again on output);
 2. cut overlapping tiles (:mod:`gapeval.infer.tiling`), run them through the adapter in batches with one seeded
    generator per tile (seed = sha256 of run seed, file name, tile origin, sample index), halving the batch on
@@ -34,26 +34,17 @@ import torch.nn.functional as F
 from affine import Affine
 
 import gapeval
-from gapeval.degrade import histogram_match
+from gapeval.align import histogram_match
+from gapeval.bands import band_order
+from gapeval.folders import list_images
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
-from gapeval.io import (
-    RASTER_SUFFIXES,
-    Raster,
-    atomic_path,
-    band_gain_offset,
-    band_order,
-    check_not_tiny,
-    check_reflectance,
-    list_images,
-    raster_info,
-    read_raster,
-    write_raster,
-    write_text_atomic,
-)
+from gapeval.reflectance import check_not_tiny, check_reflectance
+from lpips_sat.atomic import atomic_path, write_text_atomic
 from lpips_sat.bands import band_indices
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError
+from lpips_sat.raster import RASTER_SUFFIXES, Raster, band_gain_offset, raster_info, read_raster, write_raster
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +89,7 @@ class FileResult:
 
 def list_inputs(path: str | Path) -> list[tuple[str, Path]]:
     """``(key, file)`` of a GeoTIFF, or of the GeoTIFFs under a folder (recursive; key = relative path without suffix,
-    as :func:`gapeval.io.list_images` keys them, so outputs pair with targets in ``gapeval score``)."""
+    as :func:`gapeval.folders.list_images` keys them, so outputs pair with targets in ``gapeval score``)."""
     path = Path(path)
     if path.is_file():
         return [(path.stem, path)]
@@ -375,10 +366,10 @@ class Pipeline:
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                if self.batch == 1:
+                if len(chunk) == 1:
                     raise InputError(f"{self.adapter.name}: out of memory even with one {self.tile} px tile per batch; "
                                      "use a smaller --tile or --precision bf16/fp16") from exc
-                self.batch = max(1, self.batch // 2)
+                self.batch = max(1, len(chunk) // 2)  # halve what failed (the batch may exceed the tiles left)
                 log.warning("out of memory with %d tiles per batch; retrying with %d", len(chunk), self.batch)
                 if self.adapter.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -1,10 +1,16 @@
-"""``sr3``: pixel-space conditional diffusion (SR3, Saharia et al. 2022) on a diffusers ``UNet2DModel``.
+"""``sr3``: an SR3-style trainable baseline, pixel-space conditional diffusion on a diffusers ``UNet2DModel``.
+
+What it shares with SR3 (Saharia et al. 2022): eps-prediction on the noisy HR image concatenated with the bicubically
+upsampled LR image. What it does NOT implement: SR3's conditioning on the continuous noise level sqrt(alpha_bar)
+(sampled between steps during training) and its linear 1e-6..1e-2 schedule over 2000 training steps; this UNet
+takes the discrete timestep of a 1000-step linear 1e-4..2e-2 schedule (the DDPM defaults). No SR3 weights were
+published, so nothing is lost for loading; results are those of "an SR3-like model", not of SR3.
 
 The UNet predicts the noise (eps) of the noisy high-resolution image given ``[x_t, bicubic x scale of the LR]``
 concatenated on channels (SR3's conditioning). Values: reflectance -> ``2 * refl / ref_max - 1`` (``ref_max`` in the
 checkpoint, default 0.5), no clipping. Sampling: DDIM (default 50 steps, eta 0) or DDPM (``--sampler ddpm``,
 default 50 steps of the respaced chain) from the checkpoint's training schedule. Weights come from
-``gapeval train sr3`` (:mod:`gapeval.infer.train_sr3`), so the training domain (synthetic ``gapeval degrade`` pairs
+``gapeval train sr3`` (:mod:`gapeval.infer.train`), so the training domain (synthetic ``gapeval degrade`` pairs
 or real cross-sensor pairs) is the user's choice.
 """
 

@@ -1,11 +1,16 @@
 """Metrics of gapeval: classical full-reference metrics (:mod:`.classical`), LR-consistency and correctness
-(:mod:`.consistency`), and tiled LPIPS-Sat (:mod:`.perceptual`). Every metric honours a validity mask.
+(:mod:`.consistency`), tiled LPIPS-Sat (:mod:`.perceptual`), and the opensr-test protocol (:mod:`.opensr`). Every
+metric of gapeval's own protocol honours a validity mask.
 
 This module also holds the one table of metric names, directions and descriptions used by the score
-tables, summaries and reports.
+tables, summaries and reports, and gives ``compute(sr, hr, lr=None, ...)``: every ``pairs.csv`` column of arrays or
+tensors in memory, through the code ``gapeval score`` runs per scene (:func:`gapeval.scoring.arrays.compute`; imported
+on first use, as it needs the scoring pipeline that uses these metrics).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 #: Headline metric -> (better direction, unit, one-line description). Per-band columns are ``<metric>_<band>``.
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -22,6 +27,14 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "improvement": ("higher", "", "fraction of high-frequency patches closest to the improvement reference"),
     "omission": ("lower", "", "fraction of high-frequency patches closest to the omission reference (kept LR blur)"),
     "hallucination": ("lower", "", "fraction of high-frequency patches closest to the hallucination reference"),
+    # --protocol opensr-test (opensr-test 1.3.3 Metrics().compute, gapeval/metrics/opensr.py)
+    "opensr_reflectance": ("lower", "refl.", "opensr-test reflectance: |SR bilinearly on the LR grid - LR|, 16 px border masked"),
+    "opensr_spectral": ("lower", "deg", "opensr-test spectral: spectral angle between SR on the LR grid and LR"),
+    "opensr_spatial": ("lower", "LR px", "opensr-test spatial: phase-correlation shift length, SR on the LR grid vs LR"),
+    "opensr_synthesis": ("higher", "refl.", "opensr-test synthesis: |LR upsampled - harmonised SR|, detail added (more, not necessarily right)"),
+    "opensr_improvement": ("higher", "", "opensr-test im_metric: mean softmin weight of the improvement class"),
+    "opensr_omission": ("lower", "", "opensr-test om_metric: mean softmin weight of the omission class"),
+    "opensr_hallucination": ("lower", "", "opensr-test ha_metric: mean softmin weight of the hallucination class"),
 }
 
 #: Metrics that are computed per band too (columns ``<metric>_<band>``).
@@ -34,3 +47,11 @@ def direction(column: str) -> str | None:
         return METRICS[column][0]
     base = column.rsplit("_", 1)[0]
     return METRICS[base][0] if base in PER_BAND else None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compute":
+        from gapeval.scoring.arrays import compute
+
+        return compute
+    raise AttributeError(f"module 'gapeval.metrics' has no attribute {name!r}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gapeval.align import phase_correlation
 from gapeval.metrics.classical import _check, error_sums, sam_sums
 from lpips_sat.errors import InputError
 
@@ -31,69 +32,6 @@ CORRECTNESS_LAMBDAS = (0.8, 0.8, 0.4)
 HF_THRESHOLD = 0.002
 #: Smallest LR tile (px) on which a shift is estimated; and the least valid fraction a tile/patch needs.
 MIN_SHIFT_TILE, MIN_VALID_FRACTION = 16, 0.5
-
-
-# ------------------------------------------------------------------------------------- phase correlation
-
-
-def _upsampled_dft(spectrum: np.ndarray, size: int, factor: int, offset: tuple[float, float]) -> np.ndarray:
-    """Inverse DFT of ``spectrum`` evaluated on a ``size`` x ``size`` grid of step ``1/factor`` px starting at
-    ``offset`` (row, col), by two matrix products (no zero padding)."""
-    rows, cols = spectrum.shape
-    fr = np.fft.fftfreq(rows) * rows  # signed integer frequencies
-    fc = np.fft.fftfreq(cols) * cols
-    pos = np.arange(size) / factor
-    kr = np.exp(2j * np.pi * np.outer(pos + offset[0], fr) / rows)  # (size, rows)
-    kc = np.exp(2j * np.pi * np.outer(fc, pos + offset[1]) / cols)  # (cols, size)
-    return kr @ spectrum @ kc
-
-
-#: Exponent of the cross-power normalisation: 1 = pure phase correlation, 0 = plain cross-correlation. 0.5 with a
-#: Hann window had the smallest errors on real Sentinel-2 crops (x4 block means of shifted 10 m crops, 32 and 16 px:
-#: mean 0.08, max 0.16 LR px; pure phase correlation: mean 0.11, max 0.35).
-PHASE_NORM = 0.5
-
-
-def phase_correlation(
-    reference: np.ndarray, moving: np.ndarray, *, upsample: int = 20, window: bool = True, normalization: float = PHASE_NORM
-) -> tuple[float, float]:
-    """Translation ``(dy, dx)`` in pixels of ``moving`` relative to ``reference``: content at (r, c) in the
-    reference appears at (r + dy, c + dx) in ``moving``. Resolution ``1 / upsample`` px.
-
-    Cross-power spectrum divided by its magnitude to the power ``normalization`` (1: classic phase correlation),
-    integer peak, then refinement on an ``upsample``-times finer grid within +-1.5 px by an upsampled DFT
-    (Guizar-Sicairos et al. 2008). ``window`` applies a Hann window against the edge effects of non-periodic
-    images. NaNs are replaced by the image mean.
-
-    Example:
-        >>> import numpy as np
-        >>> a = np.random.default_rng(0).random((32, 32))
-        >>> tuple(round(s, 2) for s in phase_correlation(a, np.roll(a, (2, -3), axis=(0, 1)), window=False))
-        (2.0, -3.0)
-    """
-    a, b = np.asarray(reference, np.float64), np.asarray(moving, np.float64)
-    if a.ndim != 2 or a.shape != b.shape:
-        raise InputError(f"phase_correlation needs two 2-D images of one shape, got {a.shape} and {b.shape}")
-    a = np.where(np.isfinite(a), a, np.nanmean(a)) - np.nanmean(a)
-    b = np.where(np.isfinite(b), b, np.nanmean(b)) - np.nanmean(b)
-    if window:
-        win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
-        a, b = a * win, b * win
-    cross = np.fft.fft2(a) * np.conj(np.fft.fft2(b))
-    if normalization:
-        cross /= np.maximum(np.abs(cross), 1e-15) ** normalization
-    corr = np.abs(np.fft.ifft2(cross))
-    peak = np.array(np.unravel_index(np.argmax(corr), corr.shape), dtype=np.float64)
-    shape = np.array(a.shape, dtype=np.float64)
-    peak = np.where(peak > shape // 2, peak - shape, peak)
-    if upsample > 1:
-        size = int(np.ceil(upsample * 3))
-        start = peak - (size // 2) / upsample
-        fine = np.abs(_upsampled_dft(cross, size, upsample, (start[0], start[1])))
-        idx = np.array(np.unravel_index(np.argmax(fine), fine.shape), dtype=np.float64)
-        peak = start + idx / upsample
-    # the correlation peaks at -shift (moving = reference translated by +shift)
-    return float(-peak[0]) + 0.0, float(-peak[1]) + 0.0
 
 
 # ------------------------------------------------------------------------------------------- correctness

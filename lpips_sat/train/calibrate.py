@@ -31,6 +31,7 @@ from torch import nn
 
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
+from lpips_sat.hub import save_folder
 from lpips_sat.metric import normalize_channels, standardize_per_image
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
@@ -282,7 +283,7 @@ def split_heads(w: torch.Tensor, channels: Sequence[int]) -> list[torch.Tensor]:
 
 def read_judgments_csv(path: str | Path, featurizer: Featurizer) -> Triplets:
     """User judgments: CSV with columns ref, a, b, p_a_closer (image paths relative to the CSV, reflectance)."""
-    from gapeval.io import read_raster
+    from lpips_sat.raster import read_raster
 
     path = Path(path)
     rows = list(csv.DictReader(open(path, newline="")))
@@ -512,11 +513,13 @@ def run(args: argparse.Namespace) -> int:
     report["properties"] = property_checks(full32, val_imgs + scenes)
     report["sha256_fp16"] = sha16
     report["sha256_fp32"] = sha256_file(full32)
+    report["model_folder"] = str(save_folder(out / args.name, tensors, meta))  # hub layout: LPIPSSat.from_pretrained / push_to_hub
     report["backbone_sha256"] = sha256_file(args.backbone)
     report["seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v["2afc"] for k, v in report["splits"].items()}, indent=2))
     print(f"weights: {out / (args.name + '.safetensors')} (fp16, sha256 {sha16}); fp16 vs fp32 max |diff| {report['fp16_max_abs_diff']:.2e}")
+    print(f"model folder (config, model card, fp32 weights): {report['model_folder']}; load with LPIPSSat.from_pretrained, upload with push_to_hub")
     return 0
 
 
@@ -535,7 +538,6 @@ def _fp16_check(path32: Path, path16: Path, images: Sequence[np.ndarray], n: int
 def property_checks(weights: Path, images: Sequence[np.ndarray], n: int = 64) -> dict[str, float]:
     """On real held-out patches: identity, symmetry, and how often a 1-px shift scores below a sigma=1.5 blur."""
     from lpips_sat.metric import LPIPSSat
-
     from lpips_sat.train.distortions import fourier_shift, gaussian_blur
 
     m = LPIPSSat(weights)

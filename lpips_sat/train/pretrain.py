@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpips_sat.backbones import ResNetTaps, load_strict
+from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.bands import DEFAULT_BANDS
 from lpips_sat.errors import InputError
+from lpips_sat.hub import save_folder
 from lpips_sat.metric import INPUT_NORMS, normalize_channels, standardize_per_image
 from lpips_sat.registry import get_entry, load_weights, save_weights, weights_dir
 from lpips_sat.train.checkpoint import load_state, save_state
@@ -338,6 +339,11 @@ def run(args: argparse.Namespace) -> int:
             "input_norm": args.input_norm}
     sha = save_weights(out / "backbone.safetensors", {f"backbone.{k}": v for k, v in backbone.state_dict().items()}, meta, dtype=torch.float32)
     print(f"backbone written to {out / 'backbone.safetensors'} (sha256 {sha}, {step} steps)")
+    # the same backbone with all-ones heads (uncalibrated LPIPS) as a hub model folder: LPIPSSat.from_pretrained(out / "model")
+    ones = {f"heads.{i}.weight": torch.ones(1, c, 1, 1) for i, c in enumerate(backbone.channels)}
+    folder = save_folder(out / "model", {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()}, **ones},
+                         {**meta, "name": out.name, "taps": json.dumps(list(TAPS)), "description": "LPIPS-Sat backbone after pretraining, uncalibrated (all-ones heads)"})
+    print(f"model folder (uncalibrated, all-ones heads): {folder}")
     return 0
 
 

@@ -98,3 +98,12 @@ def test_ema_weights_and_bad_checkpoints() -> None:
     u = {k[len("model.diffusion_model."):]: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
     with pytest.raises(WeightsError, match="not covered"):
         K.convert_unet({**u, "input_blocks.1.0.extra.weight": torch.zeros(1)}, K.infer_unet_layout(u), 32)
+
+
+def test_ldsr_fallback_schedule_is_config_10m() -> None:
+    """opensr-model config_10m.yaml: linear_start 0.0001, linear_end 0.0155, 1000 timesteps, LDM "linear" (sqrt-spaced) betas."""
+    from gapeval.infer.ldsr_s2 import default_betas
+
+    betas = default_betas()
+    assert betas.shape == (1000,) and abs(float(betas[0]) - 1e-4) < 1e-12 and abs(float(betas[-1]) - 0.0155) < 1e-12
+    assert abs(float(betas[500] ** 0.5) - (0.01 + (0.0155 ** 0.5 - 0.01) * 500 / 999)) < 1e-12

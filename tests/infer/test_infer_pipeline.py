@@ -10,9 +10,9 @@ import torch
 from infer_helpers import TRANSFORM, read, s2_dn, write_tif
 from skimage.exposure import match_histograms as sk_match
 
+from gapeval.degrade import histogram_match
 from gapeval.infer.base import Adapter, batch_randn
 from gapeval.infer.checkpoints import CheckpointSource, checkpoint_sha256
-from gapeval.degrade import histogram_match
 from gapeval.infer.pipeline import InferConfig, Pipeline, list_inputs, parse_shard, run, select_shard, tile_seed
 from gapeval.infer.tiling import Tile
 from lpips_sat.errors import InputError, MissingFileError
@@ -59,7 +59,7 @@ def test_geometry_tags_and_identity(s2_tif: Path, source: CheckpointSource, tmp_
     assert crs.to_string() == "EPSG:32618" and desc == BANDS
     assert tags["model"] == "toy" and tags["checkpoint_sha256"] == source.sha256 and tags["seed"] == "3" and tags["steps"] == "0"
     assert tags["sampler"] == "toy" and tags["gapeval_version"] == "0.1.0" and tags["units"] == "reflectance"
-    refl = s2_dn().astype(np.float32) * np.float32(1 / 10000) + np.float32(0)  # gapeval.io.band_gain_offset's conversion
+    refl = s2_dn().astype(np.float32) * np.float32(1 / 10000) + np.float32(0)  # lpips_sat.raster.band_gain_offset's conversion
     expected = np.repeat(np.repeat(refl, 4, 1), 4, 2)
     assert np.array_equal(data, expected)  # identity model through tiles + blending: exact
 
@@ -120,6 +120,18 @@ def test_oom_halves_batch_and_keeps_results(s2_tif: Path, source: CheckpointSour
     assert pipe.batch == 2 and max(toy.batches) <= 2
     run(Toy(), source, config(tmp_path / "b", batch=1), [s2_tif])
     assert np.array_equal(read(tmp_path / "a" / "scene.tif")[0], read(tmp_path / "b" / "scene.tif")[0])
+    # a batch far above the tile count halves what failed, never retrying a chunk of the same size
+    pipe3 = Pipeline(Toy(), source, config(tmp_path / "d", batch=1024))
+    tried = []
+
+    def record(lr, gens):
+        tried.append(lr.shape[0])
+        return flaky(lr, gens)
+
+    pipe3.sample_fn = record
+    pipe3.process(s2_tif)
+    failed = [n for n in tried if n > 2]
+    assert failed == sorted(set(failed), reverse=True) and pipe3.batch == 2
     pipe2 = Pipeline(Toy(), source, config(tmp_path / "c", batch=1))
     pipe2.sample_fn = lambda lr, gens: (_ for _ in ()).throw(RuntimeError("CUDA error: out of memory"))
     with pytest.raises(InputError, match="out of memory even with one"):
