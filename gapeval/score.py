@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from gapeval import shards
 from gapeval.align import ALIGN_MODES, DEFAULT_MAX_SHIFT, HARMONIZE_MODES
 from gapeval.folders import Pairing, pair_folders
 from gapeval.grids import RESAMPLING_METHODS
 from gapeval.metrics import METRICS
+from gapeval.progress import Stages
 from gapeval.results import (
     MAPS_DIR,
     PAIRS_CSV,
@@ -125,6 +127,7 @@ def score(
     harmonize: str = "none",
     max_shift: float = DEFAULT_MAX_SHIFT,
     report_raw: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
 
@@ -152,7 +155,9 @@ def score(
         strict_bands: refuse files whose band order would be assumed (no ``*_bands`` and no band names); otherwise
             the assumed order is recorded in ``summary["inputs"]["assumed_band_order"]``.
         workers: scenes scored in parallel threads. device: ``cpu``, ``cuda``, ``auto``.
-        progress: show a tqdm progress bar (stderr).
+        progress: a line per stage and progress bars with an ETA (stderr).
+        shard: ``(K, N)``: score only the scenes of shard K of N (:func:`gapeval.shards.shard_of`); merge the N
+            results folders with :func:`gapeval.shards.merge_results` (``gapeval merge``).
         protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
             ``docs/metrics.md``).
         align, harmonize, max_shift, report_raw: bring each target onto each prediction before the full-reference
@@ -170,6 +175,9 @@ def score(
     if workers < 1 or batch_size < 1:
         raise InputError(f"workers and batch_size must be at least 1, got {workers} and {batch_size}")
     preds = _pred_sets(pred)
+    stage = Stages("gapeval score", 3 + bool(out is not None and report), enabled=progress)
+    stage(f"loading LPIPS-Sat weights {metric if isinstance(metric, (str, Path)) else getattr(metric, 'name', DEFAULT_NAME)}"
+          f"{f' on {device}' if device else ''}")
     net, label, sha = load_metric(metric, device)
     config = ScoreConfig(
         weights=label,
@@ -195,6 +203,9 @@ def score(
         report_raw=report_raw,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
+    if shard is not None:
+        pairing = shards.select_shard(pairing, *shard)
+    stage(f"checking {pairing.n_pairs} pairs{f' (shard {shard[0]}/{shard[1]})' if shard else ''}: headers, grids, file hashes")
     hashes = FileHashes()
     inputs = {
         "pred": {k: str(v) for k, v in preds.items()},
@@ -202,9 +213,13 @@ def score(
         "lr": str(lr) if lr else None,
         "assumed_band_order": assumed_band_orders(pairing, preds, config, hashes, strict=strict_bands),
     }
-    score_into = functools.partial(_score_pairs, pairing, preds, inputs, config, net, hashes=hashes, batch_size=batch_size, workers=workers)
+    score_into = functools.partial(
+        _score_pairs, pairing, preds, inputs, config, net, hashes=hashes, batch_size=batch_size, workers=workers, stage=stage, shard=shard
+    )
     if out is None:
-        return score_into(None, progress=progress)
+        result = score_into(None, progress=progress)
+        stage.done()
+        return result
     out_dir = prepare_out_dir(out)
     with ResultsLock(out_dir):
         remove_stale_temporaries(out_dir)
@@ -214,7 +229,9 @@ def score(
         if report:
             from gapeval.report import write_report
 
-            write_report(out_dir, metric=net)
+            stage("writing the report: figures and best/worst grids")
+            write_report(out_dir, metric=net, progress=progress)
+    stage.done()
     return result
 
 
@@ -230,12 +247,14 @@ def _score_pairs(
     batch_size: int,
     workers: int,
     progress: bool,
+    stage: Stages,
+    shard: tuple[int, int] | None = None,
     maps: bool = False,
 ) -> ScoreResult:
     """Score the pairs not yet in ``table`` (all without a table), append them to it, and summarise this run's pairs."""
     cols = columns(config)
     done = table.done() if table else {}
-    plans, stale = plan_pairs(pairing, preds, config, done, hashes)
+    plans, stale = plan_pairs(pairing, preds, config, done, hashes, progress=progress)
     if table is not None:
         table.drop(stale)
     if done:
@@ -258,7 +277,10 @@ def _score_pairs(
     skipped = [
         {"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]} for r in records if r["status"] != "ok"
     ]
+    stage(f"summarising {len(preds)} prediction set(s): bootstrap 95 % CIs of {len(cols)} columns")
     summary = _summary(config, inputs, records, cols, pairing, skipped)
+    if shard is not None:
+        summary["shard"] = {"index": shard[0], "count": shard[1]}
     return ScoreResult(records, summary, table.path.parent if table else None, config, skipped)
 
 
@@ -392,7 +414,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-raw", action="store_true", help="with --align/--harmonize: also report the unaligned values (raw_* columns)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
     parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
+    parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
+                        help="score only shard K of N (scenes split by key hash); combine the N folders with gapeval merge")
+    parser.add_argument("--dist-timeout", type=float, default=86400.0, metavar="S",
+                        help="under torchrun: seconds the ranks wait for each other before rank 0 merges (default 86400)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -407,11 +433,24 @@ def run(args: argparse.Namespace) -> int:
         if name in preds:
             raise InputError(f"--pred {text}: a prediction set named {name!r} was given twice; use NAME=DIR")
         preds[name] = path
+    dist = shards.distributed_env()
+    out, shard, device, report = args.out, args.shard, args.device, args.report
+    if dist is not None:
+        if args.shard is not None:
+            print("gapeval score: error: under torchrun the shard comes from RANK and WORLD_SIZE; drop --shard", file=sys.stderr)
+            return 2
+        rank, world, local = dist
+        shards.check_merge_target(args.out, args.overwrite or args.resume)
+        shard, out, report = (rank + 1, world), shards.shard_dir(args.out, rank + 1, world), False
+        if device == "auto":
+            import torch
+
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     result = score(
         preds,
         args.target,
         lr=args.lr,
-        out=args.out,
+        out=out,
         metric=args.weights,
         pred_bands=args.pred_bands,
         target_bands=args.target_bands,
@@ -427,26 +466,38 @@ def run(args: argparse.Namespace) -> int:
         pattern=args.glob,
         allow_missing=args.allow_missing,
         maps=args.maps,
-        report=args.report,
+        report=report,
         resume=args.resume,
         overwrite=args.overwrite,
         strict_bands=args.strict_bands,
         invalid_pred=args.invalid_pred,
         workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
+        device=device,
+        progress=not args.no_progress and (dist is None or dist[0] == 0),
         protocol=args.protocol,
         align=args.align,
         harmonize=args.harmonize,
         max_shift=args.max_shift,
         report_raw=args.report_raw,
+        shard=shard,
     )
-    print(format_table(result.summary))
-    if result.summary["weights"]["testing_only"]:
-        print(f"note: weights {result.summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
-    for item in result.skipped:
+    summary = result.summary
+    if dist is not None:
+        shards.barrier(args.dist_timeout)
+        if dist[0] != 0:
+            print(f"rank {dist[0]}: shard {shard[0]}/{shard[1]} scored into {out}; rank 0 merges")
+            shards.finish_distributed()
+            return 0
+        parts = [shards.shard_dir(args.out, k, dist[1]) for k in range(1, dist[1] + 1)]
+        metric = shards.recorded_metric(summary, device) if args.report else None
+        summary = shards.merge_results(parts, args.out, overwrite=True, report=args.report, metric=metric)
+        shards.finish_distributed()
+    print(format_table(summary))
+    if summary["weights"]["testing_only"]:
+        print(f"note: weights {summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
+    for item in summary["skipped"]:
         print(f"{item['status']} {item['pred_set']}/{item['key']}: {item['reason']}")
-    for label, keys in result.summary["unpaired"].items():
+    for label, keys in summary["unpaired"].items():
         print(f"unpaired ({label}): {len(keys)} file(s), e.g. {', '.join(keys[:5])}")
     _warn(result)
     print(
@@ -454,6 +505,7 @@ def run(args: argparse.Namespace) -> int:
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
     failed = [s for s in result.skipped if s["status"] in ("failed", "not_alignable")]
+    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
     if failed:
         print(f"gapeval score: {len(failed)} pair(s) failed or were not alignable (listed above); the others were scored (exit 3)", file=sys.stderr)
         return EXIT_PARTIAL

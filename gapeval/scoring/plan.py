@@ -135,15 +135,21 @@ def plan_pairs(
     config: ScoreConfig,
     done: Mapping[tuple[str, str], Mapping[str, Any]],
     hashes: FileHashes,
+    *,
+    progress: bool = False,
 ) -> tuple[list[ScenePlan], set[tuple[str, str]]]:
     """Plans of the scenes with pairs to score, and the ``(set, key)`` of scored rows whose files changed (``stale``).
 
-    A pair in ``done`` is skipped when its files are unchanged; otherwise it is scored again.
+    A pair in ``done`` is skipped when its files are unchanged; otherwise it is scored again. ``progress``: a bar
+    (stderr) when there are 100 scenes or more (headers are read and files hashed here).
     """
+    from tqdm import tqdm
+
     sets = list(sets)
     plans: list[ScenePlan] = []
     stale: set[tuple[str, str]] = set()
-    for key in pairing.keys:
+    keys = pairing.keys
+    for key in tqdm(keys, unit="scene", desc="gapeval score: checking", disable=not progress or len(keys) < 100):
         target = pairing.targets[key]
         lr = pairing.lr.get(key) if pairing.lr else None
         todo = {}
