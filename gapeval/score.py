@@ -504,8 +504,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
-    failed = [s for s in result.skipped if s["status"] in ("failed", "not_alignable")]
-    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
+    failed = [s for s in summary["skipped"] if s["status"] in ("failed", "not_alignable")]
     if failed:
         print(f"gapeval score: {len(failed)} pair(s) failed or were not alignable (listed above); the others were scored (exit 3)", file=sys.stderr)
         return EXIT_PARTIAL
