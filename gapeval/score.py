@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import sys
 import time
@@ -26,13 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gapeval import shards
 from gapeval.align import ALIGN_MODES, DEFAULT_MAX_SHIFT, HARMONIZE_MODES
 from gapeval.folders import Pairing, pair_folders
 from gapeval.grids import RESAMPLING_METHODS
-from gapeval.metrics import METRICS
 from gapeval.progress import Stages
 from gapeval.results import (
     MAPS_DIR,
@@ -42,6 +38,7 @@ from gapeval.results import (
     ResultsLock,
     columns,
     format_cell,
+    format_table,
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
@@ -55,7 +52,8 @@ from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOL
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
 from lpips_sat.errors import InputError
-from lpips_sat.metric import LPIPSSat
+from lpips_sat.metric import MIN_SIZE, LPIPSSat
+from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
@@ -331,6 +329,14 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
     return None, text
 
 
+def _tile_size(text: str) -> int:
+    """``--tile``: at least LPIPS-Sat's smallest input and a multiple of the correctness patch (8 px)."""
+    value = int_at_least(MIN_SIZE)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 px (the correctness patch), got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gapeval score``."""
     parser.add_argument(
@@ -351,8 +357,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
-    parser.add_argument("--workers", type=int, default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="scenes scored in parallel threads (default 1)")
+    parser.add_argument("--device", type=device, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,
@@ -367,7 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             f"--{role}-scale",
-            type=float,
+            type=positive_float,
             metavar="S",
             help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata",
         )
@@ -386,8 +392,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
-    parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
-    parser.add_argument("--sr-factor", type=float, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument("--data-range", type=positive_float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
+    parser.add_argument("--sr-factor", type=ratio_above_one, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -409,15 +415,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="map each target's radiometry onto its prediction first: per-band linear fit or histogram matching (default none)",
     )
     parser.add_argument(
-        "--max-shift", type=float, default=DEFAULT_MAX_SHIFT, help=f"pairs misaligned by more pixels are listed as not alignable (default {DEFAULT_MAX_SHIFT:g})"
+        "--max-shift", type=positive_float, default=DEFAULT_MAX_SHIFT, help=f"pairs misaligned by more pixels are listed as not alignable (default {DEFAULT_MAX_SHIFT:g})"
     )
     parser.add_argument("--report-raw", action="store_true", help="with --align/--harmonize: also report the unaligned values (raw_* columns)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
+    parser.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
     parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
                         help="score only shard K of N (scenes split by key hash); combine the N folders with gapeval merge")
-    parser.add_argument("--dist-timeout", type=float, default=86400.0, metavar="S",
+    parser.add_argument("--dist-timeout", type=positive_float, default=86400.0, metavar="S",
                         help="under torchrun: seconds the ranks wait for each other before rank 0 merges (default 86400)")
 
 
@@ -528,32 +534,6 @@ def _warn(result: ScoreResult) -> None:
             f"{worst['pred_set']}/{worst['key']}: {worst['pred_invalid_fraction']:.2%} (column pred_invalid_fraction)",
             file=sys.stderr,
         )
-
-
-def format_table(
-    summary: Mapping[str, Any],
-    metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px", "opensr_reflectance", "opensr_spatial"),
-) -> str:
-    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
-    sets = summary["pred_sets"]
-    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
-    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
-    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
-    rows = [head]
-    for name in ranked:
-        s = sets[name]
-        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
-        for m in metrics:
-            st = s["metrics"][m]
-            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
-            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-
-def _nan_last(value: Any) -> float:
-    return float(value) if value is not None and np.isfinite(value) else math.inf
 
 
 __all__ = [

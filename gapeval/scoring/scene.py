@@ -100,7 +100,7 @@ class SceneScorer:
         )
         tgt = plan.target
         t, tv = tgt.source.read(read_win)
-        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag))
+        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag, scaled=tgt.scaled))
         self.n_target += int(tv[core_sl].sum())
         lr_up = lr_up_valid = lr_block = None
         if self.opensr:  # the LR pixels under this window, on their own grid (the protocol resamples by itself)
@@ -112,7 +112,7 @@ class SceneScorer:
         for n in self.names:
             inp = plan.preds[n]
             p, pv = _read(inp, grid, read_win, config.resample)
-            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag))
+            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag, scaled=inp.scaled))
             joint = tv & pv
             self.pred_invalid[n] += int((missing := (tv & ~pv)[core_sl]).sum())
             if missing.any():
@@ -178,7 +178,7 @@ class SceneScorer:
         assert lr is not None and self.plan.ratio is not None
         s = round(self.plan.ratio)
         data, valid = lr.source.read(Window(int(core.col_off) // s, int(core.row_off) // s, int(core.width) // s, int(core.height) // s))
-        check_reflectance(data, valid, lr.source.path, lr.flag)
+        check_reflectance(data, valid, lr.source.path, lr.flag, scaled=lr.scaled)
         return data, valid
 
     def lr_windows(self) -> Any:
@@ -194,7 +194,7 @@ class SceneScorer:
         lr = self.plan.lr
         assert lr is not None
         lv_data, lv = lr.source.read(lcore)
-        check_reflectance(lv_data, lv, lr.source.path, lr.flag)
+        check_reflectance(lv_data, lv, lr.source.path, lr.flag, scaled=lr.scaled)
         for n in self.names:
             s, sv = self.plan.preds[n].source.read_on(lr.source.grid, lcore, "average")
             self.consistency[n].update_lr(s, lv_data, sv & lv)
