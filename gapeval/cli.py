@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("gapeval.shards", "combine the results folders of gapeval score --shard K/N into one"),
     "models": ("gapeval.infer.cli_models", "list the inference adapters"),
     "infer": ("gapeval.infer.cli_infer", "run a diffusion SR adapter over a folder of GeoTIFFs"),
-    "train": ("gapeval.infer.cli_train", "train an SR model (sr3) on LR/HR folders"),
+    "train": ("gapeval.infer.cli_train", "train an SR model (sr3, resshift) on LR/HR folders"),
+    "study": ("gapeval.study.cli", "the 2 x 2 domain-gap study: train, infer, score, gap, report (cached, resumable)"),
 }
 
 

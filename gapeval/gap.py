@@ -26,7 +26,6 @@ between runs with the same number of tiles) while KID is unbiased.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -135,10 +134,9 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
         raise MissingFileError(f"run {name!r}: results folder {directory} does not exist")
     if not path.is_file():
         raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = list(reader)
+    from gapeval.results import read_table
+
+    fields, rows = read_table(path)
     if not rows:
         raise InputError(f"run {name!r}: {path} has no scored pairs (empty table)")
     if SET_COLUMN in fields:

@@ -335,7 +335,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``gapeval merge``: exit 0, 3 when shards were missing (``--allow-partial``), 1 on a data error."""
-    from gapeval.score import format_table
+    from gapeval.results import format_table
 
     metric = None
     if args.report:

@@ -188,6 +188,8 @@ class LPIPSSatMetric(_MetricBase):
 
     def merge(self, other: "LPIPSSatMetric") -> None:
         """Add another accumulator's state to this one (combining workers or shards by hand)."""
+        if hasattr(self, "_computed"):
+            self._computed = None  # torchmetrics caches compute(); the merged state needs a fresh one
         with torch.no_grad():
             self.total = self.total + other.total.to(self.total.device)
             self.n = self.n + other.n.to(self.n.device)
