@@ -308,10 +308,22 @@ def _reflectance(data: np.ndarray, nodata: Any, profile: Any) -> np.ndarray:
 
 
 def check_scale(lr: LRGrid, high: Scene, config: PairsConfig, low_path: Path) -> int:
-    """The integer HR-per-LR pixel ratio (after checking both grids are square and the ratio is an integer)."""
+    """The integer HR-per-LR pixel ratio (after checking both grids are square and the ratio is an integer).
+
+    An HR scene in another CRS (``--reproject``) is resampled onto the LR grid subdivided ``scale`` times anyway, so
+    its own pixel size only has to be close: ``--scale`` is taken as given, else the ratio rounded when within 2 %.
+    """
     lr_px = (abs(lr.transform.a), abs(lr.transform.e))
     hr_px = (abs(high.info.transform.a), abs(high.info.transform.e))
     ratio = (lr_px[0] / hr_px[0], lr_px[1] / hr_px[1])
+    if not same_crs(high.info.crs, lr.crs):
+        scale = config.scale if config.scale is not None else int(round(ratio[0]))
+        if config.scale is None and (scale < 1 or abs(ratio[0] - scale) > 0.02 * scale):
+            raise InputError(f"{high.path}: pixel {hr_px[0]:g} ({high.info.crs}) is not about 1/N of the LR pixel {lr_px[0]:g} of {low_path} "
+                             f"({lr.crs}; ratio {ratio[0]:g}); give --scale")
+        if config.tile % scale:
+            raise InputError(f"--tile {config.tile} is not a multiple of the scale {scale}")
+        return scale
     if abs(ratio[0] - ratio[1]) > SCALE_TOL * ratio[0]:
         raise InputError(f"{high.path}: LR/HR pixel ratio differs in x ({ratio[0]:g}) and y ({ratio[1]:g})")
     if config.scale is not None and abs(ratio[0] - config.scale) > SCALE_TOL * config.scale:
@@ -495,6 +507,9 @@ def measure_tile(t: Tile, lr_tile: np.ndarray, lr_valid: np.ndarray, work: HRWor
         t.correlation = correlation(lr_tile, hr0_lr, lr_valid & np.isfinite(hr0_lr).all(axis=0))  # uncorrected, for the record
         return t.reject(f"shift {worst:.2f} px > --max-shift {config.max_shift:g}"), None
     hr, hr_ok = resample(win, (size, size), origin=local, shift=t.shift if config.correct else None, valid=win_valid)
+    t.valid_fraction = float((hr_ok & lr_cov).mean())
+    if t.valid_fraction < config.min_valid:  # the correction may reach past the HR scene's edge
+        return t.reject(f"valid fraction {t.valid_fraction:.3f} < {config.min_valid} after the shift correction"), None
     hr_lr = block_mean(np.where(hr_ok[None], hr, np.nan), scale)
     joint = lr_valid & np.isfinite(hr_lr).all(axis=0)
     try:
