@@ -639,7 +639,7 @@ def _band_names(scene: Scene) -> list[str]:
     return [f"b{i + 1}" for i in range(len(scene.bands))]
 
 
-def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene, halo: int) -> Iterator[tuple[Tile, tuple[float, float]]]:
+def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene) -> Iterator[tuple[Tile, tuple[float, float]]]:
     """Candidate tiles of the LR grid whose HR footprint (with halo) touches the HR pixels."""
     n = config.tile // scale
     _, h, w = lr.data.shape
@@ -698,7 +698,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
         check_reflectance(work.data, work.valid, high.path, "--hr-scale")
         n = config.tile // scale
         measured = []
-        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high, halo):
+        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high):
             lr_tile = lr_grid.data[:, t.row:t.row + n, t.col:t.col + n]
             lr_valid = lr_grid.valid[t.row:t.row + n, t.col:t.col + n]
             t, hr_tile = measure_tile(t, lr_tile, lr_valid, work, origin, scale, config, halo)
