@@ -446,7 +446,7 @@ class Tile:
 
 def manifest_columns(bands: Sequence[str]) -> list[str]:
     cols = ["tile", "split", "status", "reason", "lr_scene", "lr_date", "hr_scene", "hr_date", "row", "col", "left", "bottom", "right", "top",
-            "valid_fraction", "hr_std", "shift_dy", "shift_dx", "shift_px", "corrected", "residual_dy", "residual_dx", "residual_px",
+            "valid_fraction", "hr_std", "shift_dy", "shift_dx", "shift_px", "affine", "corrected", "residual_dy", "residual_dx", "residual_px",
             "align_quality", "correlation", "fit_rmse", "fit_r2"]
     cols += [f"fit_gain_{b}" for b in bands] + [f"fit_offset_{b}" for b in bands]
     cols += ["harmonize"] + [f"harm_gain_{b}" for b in bands] + [f"harm_offset_{b}" for b in bands]
@@ -469,6 +469,7 @@ def manifest_row(t: Tile, bands: Sequence[str], config: PairsConfig) -> dict[str
         "left": t.bounds[0], "bottom": t.bounds[1], "right": t.bounds[2], "top": t.bounds[3],
         "valid_fraction": t.valid_fraction, "hr_std": t.hr_std,
         "shift_dy": t.shift.dy if t.shift else nan, "shift_dx": t.shift.dx if t.shift else nan, "shift_px": t.shift.px if t.shift else nan,
+        "affine": " ".join(f"{v:.6g}" for v in t.shift.deform) if t.shift is not None and config.align == "shift+affine" else "",
         "corrected": str(config.correct and t.shift is not None and t.status == "kept").lower(),
         "residual_dy": t.residual.dy if t.residual else nan, "residual_dx": t.residual.dx if t.residual else nan,
         "residual_px": t.residual.px if t.residual else nan, "align_quality": t.shift.quality if t.shift else nan,
@@ -639,7 +640,7 @@ def _band_names(scene: Scene) -> list[str]:
     return [f"b{i + 1}" for i in range(len(scene.bands))]
 
 
-def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene, halo: int) -> Iterator[tuple[Tile, tuple[float, float]]]:
+def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene) -> Iterator[tuple[Tile, tuple[float, float]]]:
     """Candidate tiles of the LR grid whose HR footprint (with halo) touches the HR pixels."""
     n = config.tile // scale
     _, h, w = lr.data.shape
@@ -698,7 +699,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
         check_reflectance(work.data, work.valid, high.path, "--hr-scale")
         n = config.tile // scale
         measured = []
-        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high, halo):
+        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high):
             lr_tile = lr_grid.data[:, t.row:t.row + n, t.col:t.col + n]
             lr_valid = lr_grid.valid[t.row:t.row + n, t.col:t.col + n]
             t, hr_tile = measure_tile(t, lr_tile, lr_valid, work, origin, scale, config, halo)

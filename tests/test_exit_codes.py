@@ -19,6 +19,9 @@ DATA_ERRORS = {
     "score": ("gapeval", "gapeval.score", ["score", "--pred", MISSING, "--target", MISSING, "--out", "{tmp}/o", "--weights", "random-tiny"]),
     "degrade": ("gapeval", "gapeval.degrade", ["degrade", "--hr", MISSING, "--out", "{tmp}/o", "--profile", "bicubic"]),
     "gap": ("gapeval", "gapeval.gap", ["gap", "--run", f"a={MISSING}", "--run", f"b={MISSING}", "--out", "{tmp}/o"]),
+    "pairs": ("gapeval", "gapeval.pairs", ["pairs", "--hr", MISSING, "--lr", MISSING, "--out", "{tmp}/o"]),
+    "merge": ("gapeval", "gapeval.shards", ["merge", f"{MISSING}/s1", f"{MISSING}/s2", "--out", "{tmp}/o"]),
+    "study": ("gapeval", "gapeval.study.cli", ["study", "run", f"{MISSING}.yaml", "--out", "{tmp}/o"]),
     "models": ("gapeval", "gapeval.infer.cli_models", ["models", "no-such-model"]),  # no data inputs: an unknown name is usage (2)
     "infer": ("gapeval", "gapeval.infer.cli_infer", ["infer", "--model", "sr3", "--input", MISSING, "--out", "{tmp}/o", "--checkpoint", f"{MISSING}.safetensors"]),
     "train": ("gapeval", "gapeval.infer.cli_train", ["train", "sr3", "--lr", MISSING, "--hr", MISSING, "--out", "{tmp}/o", "--steps", "1"]),
