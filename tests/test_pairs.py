@@ -180,6 +180,18 @@ def test_harmonised_hr_takes_the_lr_radiometry(scenes, tmp_path, harmonize):
             np.testing.assert_allclose(gains, GAINS, rtol=0.01)
 
 
+def test_shift_affine_records_a_near_zero_deformation_for_a_pure_shift(scenes, tmp_path):
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--hr", str(scenes["hr"]), "--lr", str(scenes["lr"]), "--out", str(out), "--tile", "128", "--block", "256",
+                 "--synthetic", "none", "--align", "shift+affine"]) == 0
+    kept = [r for r in _manifest(out) if r["status"] == "kept"]
+    assert len(kept) >= 12
+    for r in kept:
+        deform = np.array([float(v) for v in r["affine"].split()])
+        assert deform.shape == (4,) and np.abs(deform).max() < 2e-3  # < 0.13 px at the tile corners
+        assert float(r["shift_dy"]) == pytest.approx(SHIFT[0], abs=0.1) and float(r["shift_dx"]) == pytest.approx(SHIFT[1], abs=0.1)
+
+
 def test_reproject_brings_an_hr_scene_in_another_crs_onto_the_lr_grid(scenes, tmp_path):
     out = tmp_path / "pairs"
     assert main(["pairs", "--hr", str(scenes["hr"]), "--lr", str(scenes["crs"]), "--out", str(out), "--tile", "128", "--block", "256",
