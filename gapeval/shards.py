@@ -32,6 +32,7 @@ from gapeval.results import (
     PAIRS_CSV,
     SUMMARY_JSON,
     ResultsLock,
+    format_table,
     parse_row,
     prepare_out_dir,
     read_records_complete,
@@ -351,12 +352,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``gapeval merge``: exit 0, 3 when shards were missing (``--allow-partial``), 1 on a data error."""
-    from gapeval.results import format_table
-
     metric = None
-    if args.report:
-        metric = recorded_metric(json.loads((Path(args.shards[0]) / SUMMARY_JSON).read_text()), args.device) \
-            if (Path(args.shards[0]) / SUMMARY_JSON).is_file() else None
+    if args.report:  # the weights the shards recorded draw the report's map crops (a bad folder fails in the merge)
+        try:
+            metric = recorded_metric(json.loads((Path(args.shards[0]) / SUMMARY_JSON).read_text()), args.device)
+        except (OSError, json.JSONDecodeError):
+            metric = None
     summary = merge_results(args.shards, args.out, overwrite=args.overwrite, allow_partial=args.allow_partial, report=args.report,
                             metric=metric)
     print(format_table(summary))
