@@ -42,6 +42,7 @@ from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import device as device_option
 
 log = logging.getLogger(__name__)
 
@@ -804,7 +805,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-images", action="store_true", help="only the tables: no features, spectra or histograms")
     parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space: registry name or .safetensors (default: the shipped "
                         "weights; 'random-tiny' = a random network for tests)")
-    parser.add_argument("--device", default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
+    parser.add_argument("--device", type=device_option, default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
     parser.add_argument("--pred-scale", type=float, help="divide SR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--target-scale", type=float, help="divide HR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--pred-bands", help="band order of the SR files (preset or names)")

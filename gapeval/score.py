@@ -36,13 +36,13 @@ from gapeval.results import (
     SUMMARY_JSON,
     PairsTable,
     ResultsLock,
+    alignment_note,
     columns,
     format_cell,
     format_table,
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
-    alignment_note,
     summarize_rows,
     versions,
     write_summary,
@@ -53,7 +53,8 @@ from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
-from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
+from lpips_sat.options import device as device_option
+from lpips_sat.options import int_at_least, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
@@ -358,7 +359,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
     parser.add_argument("--workers", type=int_at_least(1), default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", type=device, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--device", type=device_option, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,

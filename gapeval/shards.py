@@ -40,6 +40,7 @@ from gapeval.results import (
 )
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import device as device_option
 
 #: Sub-folder of ``OUT`` holding the shards of a ``torchrun`` run.
 SHARDS_DIR = "shards"
@@ -346,7 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action="store_true", help="write report.html and report.md for the merged results")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--allow-partial", action="store_true", help="merge the shards given even if some are missing (exit 3)")
-    parser.add_argument("--device", default="cpu", help="device for the report's LPIPS-Sat maps (default cpu)")
+    parser.add_argument("--device", type=device_option, default="cpu", help="device for the report's LPIPS-Sat maps (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:

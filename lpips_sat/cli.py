@@ -25,7 +25,8 @@ import torch
 from lpips_sat.backbones import TAPS
 from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
-from lpips_sat.options import device, positive_float
+from lpips_sat.options import device as device_option
+from lpips_sat.options import positive_float
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
     p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
-    p.add_argument("--device", type=device, default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
+    p.add_argument("--device", type=device_option, default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

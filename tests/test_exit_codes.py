@@ -48,6 +48,10 @@ BAD_VALUES = [
     ["degrade", "--gsd", "-10"],
     ["compare", "--device", "tpu"],
     ["compare", "--scale", "0"],
+    ["infer", "--device", "tpu"],
+    ["train", "--device", "tpu"],
+    ["gap", "--device", "tpu"],
+    ["merge", "--device", "tpu"],
 ]
 if not __import__("torch").cuda.is_available():
     BAD_VALUES += [["score", "--device", "cuda"], ["compare", "--device", "cuda:0"]]

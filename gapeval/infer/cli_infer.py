@@ -12,6 +12,7 @@ from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, l
 from gapeval.infer.pipeline import run as run_pipeline
 from gapeval.infer.registry import get
 from lpips_sat.errors import InputError
+from lpips_sat.options import device as device_option
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="a GeoTIFF or a folder of GeoTIFFs (low resolution)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (STEM.tif, STEM_std.tif)")
     parser.add_argument("--checkpoint", required=True, help="local file/folder, or hub id owner/name[:file] (needs network)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda:$LOCAL_RANK / cuda when available, else cpu)")
+    parser.add_argument("--device", type=device_option, default=None, help="cpu, cuda, cuda:1 … (default: cuda:$LOCAL_RANK / cuda when available, else cpu)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="denoiser autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: per model)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (default: per model)")

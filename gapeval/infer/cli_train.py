@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gapeval.infer.base import PRECISIONS
+from lpips_sat.options import device as device_option
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (default 32)")
     parser.add_argument("--ref-max", type=float, default=0.5, help="reflectance mapped to +1 (default 0.5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--device", type=device_option, default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
 
 
