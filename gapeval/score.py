@@ -46,8 +46,9 @@ from gapeval.scoring import runner
 from gapeval.scoring.config import DEFAULT_TILE, RANDOM_WEIGHTS, ScoreConfig
 from gapeval.scoring.plan import FileHashes, plan_pairs
 from gapeval.scoring.weights import load_metric
+from lpips_sat.cli import device_option, number, positive_float, positive_int
 from lpips_sat.errors import InputError
-from lpips_sat.metric import LPIPSSat
+from lpips_sat.metric import MIN_SIZE, LPIPSSat
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
@@ -268,8 +269,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
-    parser.add_argument("--workers", type=int, default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="scenes scored in parallel threads (default 1)")
+    parser.add_argument("--device", type=device_option(allow_auto=True), default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,
@@ -284,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             f"--{role}-scale",
-            type=float,
+            type=positive_float,
             metavar="S",
             help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata",
         )
@@ -293,10 +294,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
-    parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
-    parser.add_argument("--sr-factor", type=float, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
+    parser.add_argument("--data-range", type=positive_float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
+    parser.add_argument("--sr-factor", type=number(float, 1, lo_open=True), help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument("--tile", type=number(int, MIN_SIZE, multiple_of=ScoreConfig.patch), default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -1,20 +1,64 @@
 """Atomic file writes: write a temporary file in the target's folder, then ``os.replace`` it onto the target,
-so a reader never sees a half-written file and an interrupted write leaves the old file (or none)."""
+so a reader never sees a half-written file and an interrupted write leaves the old file (or none).
+
+A temporary file is named ``.NAME.PID@HOST.XXXXXXXX.tmp``; one left by a killed process is removed by
+:func:`remove_stale_temporaries` at the next run on the same folder (a live writer's file is never touched).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lpips_sat.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+#: ``.NAME.PID@HOST.RANDOM.tmp`` (see :func:`atomic_path`).
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^/]*)\.[^.]+\.tmp$")
+#: A temporary file of unknown owner (another host, or an older naming) counts as stale after this many seconds.
+STALE_AFTER_S = 6 * 3600.0
+
+
+def make_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Create ``folder`` (and its parents) if needed and return it.
+
+    Raises:
+        OutputError: ``folder`` is a file, lies under a file, or cannot be created (the message names ``what``).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder}: is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputError(f"{what} {folder}: cannot create the folder: part of the path is a file ({exc.strerror})") from exc
+    except OSError as exc:
+        raise OutputError(f"{what} {folder}: cannot create the folder ({exc.strerror or exc})") from exc
+    return folder
+
 
 def atomic_path(target: str | Path) -> Path:
-    """A fresh temporary path in ``target``'s folder (same file system, so ``os.replace`` is atomic)."""
+    """A fresh temporary path in ``target``'s folder (same file system, so ``os.replace`` is atomic).
+
+    Raises:
+        OutputError: the folder cannot be created or written, or ``target`` is a folder.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    make_folder(target.parent, "output")
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder, but a file is to be written there; remove it or choose another name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write in {target.parent} ({exc.strerror or exc})") from exc
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -38,3 +82,53 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_path` whose writer is gone: its pid no longer runs on
+    this host, or (other host, older naming) it is older than :data:`STALE_AFTER_S`."""
+    if not (path.name.startswith(".") and path.name.endswith(".tmp")) or path.is_symlink() or not path.is_file():
+        return False
+    m = _TEMP_NAME.match(path.name)
+    if m and m["host"] == _host():
+        return int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]))
+    try:
+        age = (now if now is not None else time.time()) - path.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_AFTER_S
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> int:
+    """Delete the temporary files that killed runs left in ``folder`` (see :func:`is_stale_temporary`); returns how
+    many were removed. Safe while other processes write into the same folder: their files are kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        if is_stale_temporary(path):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                continue
+    if removed:
+        logger.warning("%s: removed %d temporary file(s) left by an interrupted run", folder, removed)
+    return removed

@@ -5,7 +5,9 @@
     lpips-sat pretrain ...      (lpips_sat.train.pretrain)
     lpips-sat calibrate ...     (lpips_sat.train.calibrate)
 
-Exit codes: 0 success, 1 data error (a file, value or weights file is wrong; the message names it), 2 usage error.
+Exit codes (the same for ``gapeval``; docs/reliability.md): 0 success, 1 data error (a file, value or weights file is
+wrong, or an output cannot be written; the message names it), 2 usage error (a bad option or value, an unavailable
+device), 3 partial (some items failed, the others were written), 130 interrupted (Ctrl-C; finished outputs are kept).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 
 from lpips_sat.backbones import TAPS
 from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
-from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
+from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure, WeightsError
+from lpips_sat.metric import check_device
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,68 @@ TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("lpips_sat.train.pretrain", "self-supervised pretraining of the Sentinel-2 backbone on GeoTIFF folders"),
     "calibrate": ("lpips_sat.train.calibrate", "train the calibration heads on 2AFC judgments (LPIPS recipe)"),
 }
+
+# ------------------------------------------------------------------------------------------------ option types
+# argparse ``type=`` functions shared by every lpips-sat and gapeval sub-command: a bad value is a usage error (exit 2)
+# reported at parse time, before any file is read. Non-finite numbers (nan, inf) are always refused.
+
+
+def number(kind: type = float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False, multiple_of: int | None = None) -> Any:
+    """An argparse type: ``kind`` (int or float) within ``[lo, hi]`` (``lo_open``/``hi_open`` exclude the bound),
+    finite, optionally a multiple of ``multiple_of``."""
+    words = []
+    if lo is not None:
+        words.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        words.append(f"{'<' if hi_open else '<='} {hi:g}")
+    if multiple_of:
+        words.append(f"a multiple of {multiple_of}")
+    want = f"{'an integer' if kind is int else 'a number'}{' ' + ' and '.join(words) if words else ''}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        bad = not np.isfinite(value)
+        bad |= lo is not None and (value <= lo if lo_open else value < lo)
+        bad |= hi is not None and (value >= hi if hi_open else value > hi)
+        bad |= bool(multiple_of) and value % multiple_of != 0
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__}_option"
+    for key, value in dict(expects=want, kind=kind, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, multiple_of=multiple_of).items():
+        setattr(parse, key, value)  # the bounds, for docs and tests/test_exit_codes.py
+    return parse
+
+
+#: Common option types.
+positive_int = number(int, 1)
+nonnegative_int = number(int, 0)
+positive_float = number(float, 0, lo_open=True)
+nonnegative_float = number(float, 0)
+finite_float = number(float)
+open_fraction = number(float, 0, 1, lo_open=True, hi_open=True)
+fraction = number(float, 0, 1)
+
+
+def device_option(allow_auto: bool = False) -> Any:
+    """An argparse type for ``--device``: a torch device that exists on this machine (``auto`` if ``allow_auto``)."""
+
+    def parse(text: str) -> str:
+        if allow_auto and text == "auto":
+            return text
+        try:
+            return check_device(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "device"
+    return parse
+
 
 # ------------------------------------------------------------------------------------------------ reading images
 def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndarray, Raster]:
@@ -112,10 +177,10 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    "such as B04,B03,B02,B08 / red,green,blue,nir (default: the GeoTIFF band descriptions, else the model's order)")
     p.add_argument("--input-range", choices=("reflectance", "dn"), default="reflectance",
                    help="pixel values are reflectance (DN / 10000) or Sentinel-2 digital numbers (default: reflectance)")
-    p.add_argument("--scale", type=float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
+    p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
     p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--device", type=device_option(), default="cpu", help="torch device (cpu, cuda, mps)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -290,23 +355,34 @@ def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tup
         p.set_defaults(_run=run)
 
 
+#: Exit codes of every lpips-sat and gapeval command (docs/reliability.md).
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen sub-command; exit codes 0 ok, 1 data error (LPIPSSatError), 2 usage."""
+    """Parse ``argv`` and run the chosen sub-command; returns the exit code (:data:`EXIT_OK` ... :data:`EXIT_INTERRUPTED`).
+
+    argparse exits 2 itself on usage errors (``SystemExit``); a :class:`PartialFailure` is 3, any other
+    :class:`LPIPSSatError` 1, ``KeyboardInterrupt`` (SIGINT) 130.
+    """
     args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
     if extra and not getattr(args, "_unavailable", None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "_unavailable", None):
         print(f"{parser.prog}: error: {args._unavailable}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
-        return int(args._run(args) or 0)
+        return int(args._run(args) or EXIT_OK)
+    except PartialFailure as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
     except LPIPSSatError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_DATA
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,31 @@ class _Parts:
     metadata: dict
 
 
+def check_device(name: str) -> str:
+    """``name`` if it is a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...).
+
+    Raises:
+        InputError: not a torch device name (e.g. ``tpu``), or its backend / device index is not available here.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"{name!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return name
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {name!r}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return name
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        raise InputError(f"device {name!r}: the {device.type} backend is not available on this machine; use --device cpu")
+    return name
+
+
 def normalize_channels(feat: torch.Tensor, eps: float = 1e-10, inplace: bool = False) -> torch.Tensor:
     """Unit-normalise each spatial feature vector over channels, in float32.
 
@@ -287,6 +312,8 @@ class LPIPSSat(nn.Module):
             if self.input_range != "dn":
                 raise InputError(f"`{name}` is an integer tensor ({x.dtype}); pass float reflectance (DN / 10000) or input_range='dn'")
         x = x.float()
+        if x.shape[0] == 0:  # an empty batch has no values to check; its distances are an empty tensor
+            return (x[:, self._order] - self.mean) / self.std
         lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one pass, no copy; NaN/inf anywhere make lo or hi non-finite
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())

@@ -21,7 +21,7 @@ from gapeval.grids import Grid
 from gapeval.metrics.classical import SSIM_RADIUS, ClassicalAccumulator, interior_mask
 from gapeval.metrics.consistency import ConsistencyAccumulator
 from gapeval.metrics.perceptual import TiledLPIPS
-from gapeval.reflectance import check_not_tiny, check_reflectance
+from gapeval.reflectance import check_not_tiny, check_reflectance, declared_scale
 from gapeval.scoring.config import ScoreConfig
 from gapeval.scoring.plan import SceneInput, ScenePlan
 from gapeval.sources import RasterWriter
@@ -91,7 +91,7 @@ class SceneScorer:
         )
         tgt = plan.target
         t, tv = tgt.source.read(read_win)
-        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag))
+        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag, _declared(tgt)))
         self.n_target += int(tv[core_sl].sum())
         lr_up = lr_up_valid = None
         if plan.lr is not None:
@@ -100,7 +100,7 @@ class SceneScorer:
         for n in self.names:
             inp = plan.preds[n]
             p, pv = _read(inp, grid, read_win, config.resample)
-            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag))
+            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag, _declared(inp)))
             joint = tv & pv
             self.pred_invalid[n] += int((tv & ~pv)[core_sl].sum())
             self.classical[n].update(p, t, joint, core_sl, interior)
@@ -121,7 +121,7 @@ class SceneScorer:
         lr = self.plan.lr
         assert lr is not None
         lv_data, lv = lr.source.read(lcore)
-        check_reflectance(lv_data, lv, lr.source.path, lr.flag)
+        check_reflectance(lv_data, lv, lr.source.path, lr.flag, _declared(lr))
         for n in self.names:
             s, sv = self.plan.preds[n].source.read_on(lr.source.grid, lcore, "average")
             self.consistency[n].update_lr(s, lv_data, sv & lv)
@@ -134,12 +134,12 @@ class SceneScorer:
         """
         plan, config = self.plan, self.config
         tgt = plan.target
-        check_not_tiny(self.maxima["target"], tgt.source.path, tgt.flag)
+        check_not_tiny(self.maxima["target"], tgt.source.path, tgt.flag, _declared(tgt))
         records = []
         for n in self.names:
             inp = plan.preds[n]
             if self.maxima[n] > -math.inf:
-                check_not_tiny(self.maxima[n], inp.source.path, inp.flag)
+                check_not_tiny(self.maxima[n], inp.source.path, inp.flag, _declared(inp))
             rec = {"pred_set": n, "key": plan.key, **self._metrics(n)}
             rec.update(
                 seconds=seconds,
@@ -223,3 +223,9 @@ def score_scene(
 def _check_stop(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise Cancelled()
+
+
+def _declared(inp: SceneInput) -> str | None:
+    """The file's own scale metadata when it converted this input's values (for the range checks' advice)."""
+    src = inp.source
+    return declared_scale(src.info, src.bands, src.gain, src.offset)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gapeval.scoring.config import RANDOM_WEIGHTS
 from lpips_sat.errors import MissingFileError, WeightsError
-from lpips_sat.metric import LPIPSSat
+from lpips_sat.metric import LPIPSSat, check_device
 from lpips_sat.registry import DEFAULT_NAME, sha256_file
 
 
@@ -24,7 +24,7 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
         name = str(weights or DEFAULT_NAME)
         try:
             metric = LPIPSSat(name)
-        except (WeightsError, MissingFileError) as exc:
+        except MissingFileError as exc:  # only an absent file gets the hint; a present file that fails its check is refused as is
             hint = (
                 (
                     f"\n  The shipped weights {DEFAULT_NAME!r} are not installed yet; `--weights {RANDOM_WEIGHTS}` runs a tiny random "
@@ -49,9 +49,9 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name unchanged."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name checked by :func:`lpips_sat.metric.check_device`."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return check_device(device)
