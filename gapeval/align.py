@@ -235,17 +235,74 @@ def estimate_shift(moving: np.ndarray, reference: np.ndarray, valid: np.ndarray 
     dy, dx, quality = _phase_peak(r, m, upsample=upsample, window=True, normalization=PHASE_NORM)
     deform = np.zeros(4)
     if refine or affine:
-        fine = _refine(ref.astype(np.float64), mov.astype(np.float64), mask, dy, dx, affine=affine, min_valid=min_valid)
+        fine = _refine(ref.astype(np.float64), mask, mov.astype(np.float64), mask, _base(mask.shape), dy, dx, affine=affine, min_valid=min_valid)
         if fine is not None and math.hypot(fine[0] - dy, fine[1] - dx) <= REFINE_MAX_MOVE:
             dy, dx = fine[0], fine[1]
             deform = np.asarray(fine[2:]) if affine else deform
         elif affine:
             raise AlignmentError("the affine least-squares fit did not converge; use align 'shift'")
+    return Shift(_snap(dy), _snap(dx), float(quality), tuple(float(v) for v in deform))  # type: ignore[arg-type]
 
-    def snap(v: float) -> float:
-        return round(float(v) / SHIFT_RESOLUTION) * SHIFT_RESOLUTION + 0.0
 
-    return Shift(snap(dy), snap(dx), float(quality), tuple(float(v) for v in deform))  # type: ignore[arg-type]
+def _snap(value: float) -> float:
+    return round(float(value) / SHIFT_RESOLUTION) * SHIFT_RESOLUTION + 0.0
+
+
+def estimate_shift_scaled(hr: np.ndarray, lr: np.ndarray, scale: int, *, origin: tuple[float, float] = (0.0, 0.0),
+                          hr_valid: np.ndarray | None = None, lr_valid: np.ndarray | None = None, affine: bool = False,
+                          refine: bool = True, upsample: int = 20, min_valid: int = MIN_VALID_PIXELS) -> Shift:
+    """Misregistration, in HR pixels, of an HR image relative to an LR image on a grid ``scale`` times coarser.
+
+    Geometry: without misregistration, LR pixel (i, j) covers the HR pixels ``origin + scale * (i, j) + (0..scale-1)``
+    (``origin``: HR pixel coordinates, may be fractional, e.g. the offset of the HR grid from the LR grid plus a halo
+    read around the tile). The returned :class:`Shift` says where LR content lies in the HR image, exactly as
+    :func:`estimate_shift` does on one grid; :func:`resample` with the same ``origin`` and ``shift`` cuts the corrected
+    HR tile.
+
+    Model: ``LR_b = gain_b * box(HR_b)(centres + shift) + offset_b``, ``box`` the area average over one LR footprint
+    (a ``scale`` x ``scale`` moving average; any further symmetric sensor blur does not bias the shift). Coarse
+    estimate: phase correlation on the LR grid between the LR image and the model at zero shift (times ``scale``);
+    refinement: the Gauss-Newton fit of :func:`estimate_shift` on the LR pixels. ``min_valid`` counts LR pixels.
+
+    Raises:
+        AlignmentError: LR smaller than :data:`MIN_SIZE` px, too few valid pixels, or the HR image does not cover the LR.
+    """
+    from scipy.ndimage import uniform_filter
+
+    if int(scale) != scale or scale < 1:
+        raise InputError(f"scale must be a positive integer, got {scale}")
+    scale = int(scale)
+    hr_b, lr_b = _as_bands(hr, "HR image").astype(np.float64), _as_bands(lr, "LR image").astype(np.float64)
+    if hr_b.shape[0] != lr_b.shape[0]:
+        raise InputError(f"HR and LR need the same bands, got {hr_b.shape[0]} and {lr_b.shape[0]}")
+    hr_mask, lr_mask = _mask([hr_b], hr_valid), _mask([lr_b], lr_valid)
+    if min(lr_mask.shape) < MIN_SIZE:
+        raise AlignmentError(f"LR image of {lr_mask.shape[0]}x{lr_mask.shape[1]} px is too small to estimate a shift (need {MIN_SIZE} px a side)")
+    box = uniform_filter(_fill_invalid(hr_b, hr_mask), size=(1, scale, scale), mode="mirror")
+    box_mask = uniform_filter(hr_mask.astype(np.float64), size=scale, mode="constant", cval=0.0) > 1.0 - 1e-9
+    centre_offset = (scale - 1) / 2.0 - scale // 2  # box[q] averages HR pixels centred on q + centre_offset
+    start = (origin[0] + (scale - 1) / 2.0 - centre_offset, origin[1] + (scale - 1) / 2.0 - centre_offset)
+    base = _base(lr_mask.shape, start, float(scale))
+    model, model_ok = _sample(box, box_mask, base[0], base[1])
+    joint = lr_mask & model_ok
+    n = int(joint.sum())
+    if n < min_valid:
+        raise AlignmentError(f"only {n} LR pixels are valid and covered by the HR image; need at least {min_valid}")
+    m = np.where(joint, model.mean(axis=0), np.nan)
+    r = np.where(joint, lr_b.mean(axis=0), np.nan)
+    dy, dx, quality = _phase_peak(r, m, upsample=upsample, window=True, normalization=PHASE_NORM)
+    dy, dx = dy * scale, dx * scale
+    deform = np.zeros(4)
+    if refine or affine:
+        fine = _refine(lr_b, lr_mask, box, box_mask, base, dy, dx, affine=affine, min_valid=min_valid)
+        if fine is not None and math.hypot(fine[0] - dy, fine[1] - dx) <= REFINE_MAX_MOVE * scale:
+            dy, dx = fine[0], fine[1]
+            deform = np.asarray(fine[2:]) if affine else deform
+        elif affine:
+            raise AlignmentError("the affine least-squares fit did not converge; use align 'shift'")
+    return Shift(_snap(dy), _snap(dx), float(quality), tuple(float(v) for v in deform))  # type: ignore[arg-type]
+
+
 
 
 def _fill_invalid(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -282,52 +339,56 @@ def _tap_bad(bad: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sample(data: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, coeffs: list[np.ndarray] | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _sample(data: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cubic-spline samples of every band of ``data`` (C, H, W) at ``(rows, cols)``, and whether every tap of each
     sample lies inside the image on a valid pixel."""
     from scipy.ndimage import map_coordinates, spline_filter
 
-    h, w = mask.shape
-    fr, fc = np.floor(rows), np.floor(cols)
-    ok = (fr >= 1) & (fr <= h - 3) & (fc >= 1) & (fc <= w - 3)
-    bad = _tap_bad(~mask)
-    ok[ok] = ~bad[fr[ok].astype(np.intp), fc[ok].astype(np.intp)]
-    if coeffs is None:
-        filled = _fill_invalid(data, mask)
-        coeffs = [spline_filter(filled[b], order=SPLINE_ORDER, mode="mirror") for b in range(data.shape[0])]
+    ok = _taps_ok(_tap_bad(~mask), rows, cols)
+    filled = _fill_invalid(data, mask)
+    coeffs = [spline_filter(filled[b], order=SPLINE_ORDER, mode="mirror") for b in range(data.shape[0])]
     out = np.stack([map_coordinates(c, [rows, cols], order=SPLINE_ORDER, mode="mirror", prefilter=False) for c in coeffs])
     return out, ok
 
 
-def _coords(shift_dy: float, shift_dx: float, deform: Sequence[float], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sampling positions in the moving image of every reference pixel under a :class:`Shift`."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    ys, xs = yy - (h - 1) / 2.0, xx - (w - 1) / 2.0
+def _warp(base_r: np.ndarray, base_c: np.ndarray, centre: tuple[float, float], dy: float, dx: float,
+          deform: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the moving image of reference pixels whose unshifted positions are ``(base_r, base_c)``:
+    ``base + (dy, dx) + deform @ (base - centre)``."""
     a, b, c, d = deform
-    return yy + shift_dy + a * ys + b * xs, xx + shift_dx + c * ys + d * xs
+    ys, xs = base_r - centre[0], base_c - centre[1]
+    return base_r + dy + a * ys + b * xs, base_c + dx + c * ys + d * xs
 
 
-def _refine(ref: np.ndarray, mov: np.ndarray, mask: np.ndarray, dy: float, dx: float, *, affine: bool, min_valid: int) -> list[float] | None:
-    """Gauss-Newton fit of the warp (2 or 6 parameters) plus per-band gain and offset; ``None`` if it fails."""
+def _base(shape: tuple[int, int], origin: tuple[float, float] = (0.0, 0.0), step: float = 1.0) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Unshifted positions ``origin + step * (i, j)`` of a ``shape`` grid and its centre."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    return origin[0] + step * yy, origin[1] + step * xx, (origin[0] + step * (h - 1) / 2.0, origin[1] + step * (w - 1) / 2.0)
+
+
+def _refine(ref: np.ndarray, ref_mask: np.ndarray, mov: np.ndarray, mov_mask: np.ndarray, base: tuple[np.ndarray, np.ndarray, tuple[float, float]],
+            dy: float, dx: float, *, affine: bool, min_valid: int) -> list[float] | None:
+    """Gauss-Newton least squares of ``gain_b * mov_b(warp(base)) + offset_b = ref_b`` over the warp (2 or 6
+    parameters) and the per-band gains and offsets, started at ``(dy, dx)``; ``[dy, dx, a, b, c, d]`` or ``None`` if it
+    fails (singular, diverging, not converged, too few valid samples)."""
     from scipy.ndimage import map_coordinates, spline_filter
 
-    bands, h, w = ref.shape
-    filled = _fill_invalid(mov, mask)
+    bands = ref.shape[0]
+    base_r, base_c, centre = base
+    filled = _fill_invalid(mov, mov_mask)
     coef = [spline_filter(filled[b], order=SPLINE_ORDER, mode="mirror") for b in range(bands)]
     grad_y = [spline_filter(np.gradient(filled[b], axis=0), order=SPLINE_ORDER, mode="mirror") for b in range(bands)]
     grad_x = [spline_filter(np.gradient(filled[b], axis=1), order=SPLINE_ORDER, mode="mirror") for b in range(bands)]
     n_geo = 6 if affine else 2
     geo = np.array([dy, dx, 0.0, 0.0, 0.0, 0.0])[:n_geo]
     gain, offset = np.ones(bands), np.zeros(bands)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    ys, xs = yy - (h - 1) / 2.0, xx - (w - 1) / 2.0
-    scale = max(h, w) / 2.0
+    ys, xs = base_r - centre[0], base_c - centre[1]
+    reach = max(float(np.abs(ys).max()), float(np.abs(xs).max()), 1.0)
+    bad = _tap_bad(~mov_mask)
     for _ in range(REFINE_ITERATIONS):
-        deform = geo[2:] if affine else (0.0, 0.0, 0.0, 0.0)
-        rows, cols = _coords(geo[0], geo[1], deform, h, w)
-        _, ok = _sample(mov[:1], mask, rows, cols, coeffs=[coef[0]])
-        ok &= mask
+        rows, cols = _warp(base_r, base_c, centre, geo[0], geo[1], geo[2:] if affine else (0.0, 0.0, 0.0, 0.0))
+        ok = ref_mask & _taps_ok(bad, rows, cols)
         if int(ok.sum()) < min_valid:
             return None
         at = [rows[ok], cols[ok]]
@@ -355,14 +416,43 @@ def _refine(ref: np.ndarray, mov: np.ndarray, mask: np.ndarray, dy: float, dx: f
         geo += step[:n_geo]
         gain += step[n_geo:n_geo + bands]
         offset += step[n_geo + bands:]
-        move = np.abs(step[:2]).max()
+        move = float(np.abs(step[:2]).max())
         if affine:
-            move = max(move, float(np.abs(step[2:n_geo]).max()) * scale)
+            move = max(move, float(np.abs(step[2:n_geo]).max()) * reach)
         if move > 2 * REFINE_MAX_MOVE + 3:  # runaway
             return None
         if move < REFINE_TOL:
             return [float(v) for v in geo] + ([] if affine else [0.0] * 4)
     return None
+
+
+def _taps_ok(bad_taps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether every cubic-spline tap of a sample at (rows, cols) is inside the image and valid (``bad_taps`` from
+    :func:`_tap_bad`)."""
+    h, w = bad_taps.shape
+    fr, fc = np.floor(rows), np.floor(cols)
+    ok = (fr >= 1) & (fr <= h - 3) & (fc >= 1) & (fc <= w - 3)
+    ok[ok] = ~bad_taps[fr[ok].astype(np.intp), fc[ok].astype(np.intp)]
+    return ok
+
+
+def resample(image: np.ndarray, shape: tuple[int, int], *, origin: tuple[float, float] = (0.0, 0.0), shift: Shift | None = None,
+             valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic-spline samples of ``image`` ((H, W) or (C, H, W)) on a ``shape`` grid whose pixel (i, j) lies at
+    ``origin + (i, j)`` of the image, warped by ``shift`` (:class:`Shift`: ``+ (dy, dx) + deform @ (. - centre)``).
+
+    Cuts a sub-pixel-positioned, misregistration-corrected tile out of a larger image (``gapeval pairs``). Returns
+    ``(samples, valid)``; samples whose taps leave the image or touch an invalid pixel are NaN / False.
+    """
+    arr = _as_bands(image, "image")
+    mask = _mask([arr], valid)
+    shift = shift or Shift(0.0, 0.0)
+    base_r, base_c, centre = _base(shape, origin)
+    rows, cols = _warp(base_r, base_c, centre, shift.dy, shift.dx, shift.deform)
+    out, ok = _sample(arr.astype(np.float64), mask, rows, cols)
+    out = out.astype(np.result_type(arr.dtype, np.float32))
+    out[:, ~ok] = np.nan
+    return (out[0] if np.ndim(image) == 2 else out), ok
 
 
 def correct(moving: np.ndarray, shift: Shift, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -374,13 +464,7 @@ def correct(moving: np.ndarray, shift: Shift, valid: np.ndarray | None = None) -
     """
     if not any(shift.deform):
         return apply_shift(moving, -shift.dy, -shift.dx, valid)
-    arr = _as_bands(moving, "image")
-    mask = _mask([arr], valid)
-    rows, cols = _coords(shift.dy, shift.dx, shift.deform, *mask.shape)
-    out, ok = _sample(arr.astype(np.float64), mask, rows, cols)
-    out = out.astype(np.result_type(arr.dtype, np.float32))
-    out[:, ~ok] = np.nan
-    return (out[0] if np.ndim(moving) == 2 else out), ok
+    return resample(moving, np.shape(moving)[-2:], shift=shift, valid=valid)
 
 
 def apply_shift(image: np.ndarray, dy: float, dx: float, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -409,7 +493,8 @@ def apply_shift(image: np.ndarray, dy: float, dx: float, valid: np.ndarray | Non
         out[(slice(None),) + dst] = arr[(slice(None),) + src]
         ok[dst] = mask[src]
     else:
-        rows, cols = _coords(-dy, -dx, (0.0, 0.0, 0.0, 0.0), h, w)
+        base_r, base_c, centre = _base((h, w))
+        rows, cols = _warp(base_r, base_c, centre, -dy, -dx, (0.0, 0.0, 0.0, 0.0))
         out, ok = _sample(arr.astype(np.float64), mask, rows, cols)
         out = out.astype(out_dtype)
     out[:, ~ok] = np.nan

@@ -17,10 +17,13 @@ from lpips_sat.cli import add_module_commands, dispatch
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("gapeval.score", "score SR prediction folders against high-resolution targets"),
     "degrade": ("gapeval.degrade", "make synthetic low-resolution inputs from high-resolution imagery"),
+    "pairs": ("gapeval.pairs", "build an aligned cross-sensor HR/LR pair dataset (and synthetic twins) from scenes"),
     "gap": ("gapeval.gap", "domain-gap statistics between scored conditions"),
+    "merge": ("gapeval.shards", "combine the results folders of gapeval score --shard K/N into one"),
     "models": ("gapeval.infer.cli_models", "list the inference adapters"),
     "infer": ("gapeval.infer.cli_infer", "run a diffusion SR adapter over a folder of GeoTIFFs"),
-    "train": ("gapeval.infer.cli_train", "train an SR model (sr3) on LR/HR folders"),
+    "train": ("gapeval.infer.cli_train", "train an SR model (sr3, resshift) on LR/HR folders"),
+    "study": ("gapeval.study.cli", "the 2 x 2 domain-gap study: train, infer, score, gap, report (cached, resumable)"),
 }
 
 

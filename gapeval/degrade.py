@@ -42,8 +42,8 @@ from gapeval.folders import list_images
 from gapeval.grids import Grid
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.bands import canonical, resolve
-from lpips_sat.cli import finite_float, nonnegative_int, number, positive_float
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import finite_float, nonnegative_int, number, positive_float
 from lpips_sat.raster import SUFFIXES, read_raster, write_raster
 
 log = logging.getLogger(__name__)
@@ -401,16 +401,15 @@ def degrade_file(src: Path, dst: Path, config: DegradeConfig, *, hr_scale: float
                     return "skipped"
         except Exception:  # noqa: BLE001 - an unreadable partial file is simply redone
             pass
-    from gapeval.reflectance import check_reflectance, declared_scale
+    from gapeval.reflectance import check_reflectance, was_scaled
     from lpips_sat.raster import band_gain_offset, raster_info
 
     raster = read_raster(src)
-    info, all_bands = raster_info(src), list(range(raster.data.shape[0]))
-    gain, offset = band_gain_offset(info, all_bands, hr_scale)  # --hr-scale, else file scales
+    gain, offset = band_gain_offset(raster_info(src), list(range(raster.data.shape[0])), hr_scale)  # --hr-scale, else file scales
     data = np.where(raster.valid[None], raster.data * gain[:, None, None] + offset[:, None, None], np.nan).astype(np.float32)
     if not raster.valid.any():
         raise InputError(f"{src}: no valid pixels")
-    check_reflectance(data, raster.valid, src, "--hr-scale", declared_scale(info, all_bands, gain, offset))
+    check_reflectance(data, raster.valid, src, "--hr-scale", scaled=was_scaled(hr_scale, gain, offset))
     band_ids = input_bands(raster.descriptions, bands, data.shape[0], src)
     out = degrade_array(data, transform=raster.transform, crs=raster.crs, bands=band_ids, config=config,
                         rng=file_rng(config.seed, name or src.name))
@@ -459,7 +458,7 @@ def degrade_folder(hr: str | Path, out: str | Path, config: DegradeConfig, *, hr
     if not hr.exists():
         raise MissingFileError(f"{hr}: HR input does not exist")
     make_folder(out, "--out")
-    remove_stale_temporaries(out)
+    remove_stale_temporaries(out)  # of a killed run (files of a run still writing here are kept)
     files = {hr.stem: hr} if hr.is_file() else list_images(hr, pattern)
     if not files:
         raise InputError(f"{hr}: no images ({', '.join(SUFFIXES)}){f' matching {pattern!r}' if pattern else ''}")

@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.raster import SUFFIXES
 
+logger = logging.getLogger(__name__)
+
+
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Files under ``folder`` in sorted order, recursively, following symbolic links to folders; hidden entries
+    (names starting with ``.``) are skipped. A link back to a folder on its own path (a loop) is not entered (logged).
+
+    Raises:
+        InputError: a broken symbolic link with an image suffix (never silently dropped), or an unreadable folder.
+    """
+
+    def visit(d: Path, ancestors: frozenset[tuple[int, int]]) -> Iterator[Path]:
+        try:
+            st = d.stat()
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(f"{d}: cannot list the folder ({exc.strerror})") from exc
+        here = ancestors | {(st.st_dev, st.st_ino)}
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=True):
+                real = path.stat()
+                if (real.st_dev, real.st_ino) in here:
+                    logger.warning("%s: symbolic link back to a parent folder (a loop); not followed", path)
+                    continue
+                yield from visit(path, here)
+            elif entry.is_file(follow_symlinks=True):
+                yield path
+            elif entry.is_symlink() and path.suffix.lower() in SUFFIXES:
+                raise InputError(f"{path}: broken symbolic link (its target {os.readlink(path)!r} does not exist)")
+
+    yield from visit(folder, frozenset())
+
 
 def list_images(folder: str | Path, pattern: str | None = None) -> dict[str, Path]:
     """Images under ``folder`` (recursive) keyed by relative path without suffix (``sub/scene_01``).
 
-    Only supported suffixes count; hidden files (temporary files of atomic writes) are ignored; ``pattern``
-    is a glob matched against the relative path (e.g. ``*.tif`` or ``2023/*``).
+    Only supported suffixes count; hidden files (temporary files of atomic writes) are ignored; symbolic links to
+    files and folders are followed (loops are not); ``pattern`` is a glob matched against the relative path
+    (e.g. ``*.tif`` or ``2023/*``).
     Raises:
         MissingFileError: no such folder. InputError: not a folder, or two files share a key (``a.tif`` + ``a.png``).
     """
@@ -26,9 +64,9 @@ def list_images(folder: str | Path, pattern: str | None = None) -> dict[str, Pat
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder of images, got a file")
     out: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
+    for path in walk_files(folder):
         rel = path.relative_to(folder)
-        if not path.is_file() or path.suffix.lower() not in SUFFIXES or any(part.startswith(".") for part in rel.parts):
+        if path.suffix.lower() not in SUFFIXES:
             continue
         if pattern and not (fnmatch(rel.as_posix(), pattern) or fnmatch(path.name, pattern)):
             continue

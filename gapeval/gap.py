@@ -26,9 +26,7 @@ between runs with the same number of tiles) while KID is unbiased.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -43,9 +41,9 @@ import numpy as np
 from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
 from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_atomic
-from lpips_sat.cli import device_option, nonnegative_int, number, open_fraction, positive_float
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.metric import MIN_SIZE
+from lpips_sat.options import device, int_at_least, nonnegative_int, number, open_fraction, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +136,9 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
         raise MissingFileError(f"run {name!r}: results folder {directory} does not exist")
     if not path.is_file():
         raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            text = f.read()
-        if "\x00" in text:
-            raise ValueError("it contains NUL bytes")
-        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-        fields = reader.fieldnames or []
-        rows = list(reader)
-    except (ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
-        raise InputError(f"run {name!r}: {path} is not a readable CSV table (binary or corrupt: {exc}); "
-                         "--run expects a results folder written by `gapeval score`") from exc
+    from gapeval.results import read_table
+
+    fields, rows = read_table(path, advice=f"run {name!r} must name a results folder written by `gapeval score`")
     if not rows:
         raise InputError(f"run {name!r}: {path} has no scored pairs (empty table)")
     if SET_COLUMN in fields:
@@ -180,7 +170,7 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
             summary = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
             if not isinstance(summary, dict):
                 raise ValueError(f"a JSON {type(summary).__name__}, not an object")
-        except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             log.warning("%s: unreadable (%s); ignored", directory / SUMMARY_FILE, exc)
             summary = {}
     numeric.pop(key_col, None)
@@ -446,7 +436,7 @@ def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: fl
     """Read ``path`` as reflectance in the ``wanted`` band order (NaN where invalid) with gapeval's shared readers."""
     from gapeval.bands import select_bands
     from gapeval.grids import grid_of
-    from gapeval.reflectance import check_reflectance, declared_scale
+    from gapeval.reflectance import check_reflectance, was_scaled
     from gapeval.sources import RasterSource
     from lpips_sat.raster import band_gain_offset, raster_info
 
@@ -455,7 +445,7 @@ def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: fl
     gain, offset = band_gain_offset(info, idx, scale)
     with RasterSource(info, grid_of(info), idx, gain, offset) as src:
         data, valid = src.read()
-    check_reflectance(data, valid, path, flag, declared_scale(info, idx, gain, offset))
+    check_reflectance(data, valid, path, flag, scaled=was_scaled(scale, gain, offset))
     return data, valid
 
 
@@ -815,15 +805,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-images", action="store_true", help="only the tables: no features, spectra or histograms")
     parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space: registry name or .safetensors (default: the shipped "
                         "weights; 'random-tiny' = a random network for tests)")
-    parser.add_argument("--device", type=device_option(allow_auto=True), default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
     parser.add_argument("--pred-scale", type=positive_float, help="divide SR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--target-scale", type=positive_float, help="divide HR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--pred-bands", help="band order of the SR files (preset or names)")
     parser.add_argument("--target-bands", help="band order of the HR files (preset or names)")
-    parser.add_argument("--feature-tile", type=number(int, MIN_SIZE), default=64, help="tile side in px for FD/KID features (default 64)")
+    parser.add_argument("--feature-tile", type=int_at_least(MIN_SIZE), default=64, help="tile side in px for FD/KID features (default 64)")
     parser.add_argument("--hf-cutoff", type=number(float, 0, 0.5, lo_open=True), default=0.125, help="high-frequency cutoff in cycles per HR pixel (default 0.125 = x4 LR Nyquist)")
     parser.add_argument("--group-by", help="condition attribute that groups the ranking tables (e.g. input)")
-    parser.add_argument("--n-resamples", type=number(int, 100), default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--n-resamples", type=int_at_least(100), default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--alpha", type=open_fraction, default=0.05, help="family-wise error rate for Holm (default 0.05)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of bootstrap, KID subsets and pixel samples")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar of the image analysis")

@@ -58,13 +58,13 @@ class Grid:
     def describe(self) -> str:
         """One line for error messages: size, pixel size, origin and CRS."""
         rx, ry = self.res
-        crs = self.crs if self.georeferenced else "none (not georeferenced)"
+        crs = (self.crs if self.crs is not None else "unknown (geotransform only)") if self.georeferenced else "none (not georeferenced)"
         return f"{self.width}x{self.height} px, pixel {rx:g}x{ry:g}, origin ({self.transform.c:.3f}, {self.transform.f:.3f}), CRS {crs}"
 
     def mismatch(self, other: Grid, tolerance: float = 0.5) -> str | None:
         """Why this grid is not ``other`` (same CRS, shape, and corners within ``tolerance`` of ``other``'s pixels),
         or ``None`` when they agree."""
-        if self.georeferenced and other.georeferenced and not same_crs(self.crs, other.crs):
+        if self.georeferenced and other.georeferenced and not same_crs(self.crs, other.crs, unknown_matches=True):
             return f"CRS differ ({self.crs} vs {other.crs})"
         if (self.height, self.width) != (other.height, other.width):
             return f"shapes differ ({self.width}x{self.height} vs {other.width}x{other.height} px)"
@@ -78,28 +78,37 @@ class Grid:
         return None
 
 
-def same_crs(a: Any, b: Any) -> bool:
+def same_crs(a: Any, b: Any, *, unknown_matches: bool = False) -> bool:
+    """Whether two CRS are equal; a missing CRS (``None``) matches only another missing one, or any CRS when
+    ``unknown_matches`` (a file with a geotransform but no CRS is compared by its transform alone)."""
     from rasterio.crs import CRS
 
     if a is None or b is None:
-        return a is None and b is None
+        return unknown_matches or (a is None and b is None)
     return CRS.from_user_input(a) == CRS.from_user_input(b)
 
 
 def grid_of(info: RasterInfo, target: Grid | None = None) -> Grid:
     """The grid ``info``'s pixels lie on.
 
-    A georeferenced file keeps its own grid. A file without geometry (or any file when the target has none)
-    is assumed to cover the target's extent: its pixel size is the target's scaled by the shape ratio. The
-    target itself, if not georeferenced, gets a unit grid in :data:`PLACEHOLDER_CRS`.
+    A file with a geotransform keeps its own grid; without a CRS it is taken to share the target's CRS, so its
+    transform is still compared with the target's. A file without geometry (or any file when the target has none)
+    is assumed to cover the target's extent: its pixel size is the target's scaled by the shape ratio. The target
+    itself, if it has no geometry, gets a unit grid in :data:`PLACEHOLDER_CRS`.
     """
     from affine import Affine
     from rasterio.crs import CRS
 
-    if info.georeferenced and (target is None or target.georeferenced):
-        return Grid(info.transform, info.crs, info.height, info.width, True)
+    if info.transform is not None and (target is None or target.georeferenced):
+        crs = info.crs if info.crs is not None else (target.crs if target is not None else None)
+        if info.crs is None:
+            logger.info("%s has a geotransform but no CRS; assuming the CRS of the grid it is compared with", info.path)
+        return Grid(info.transform, crs, info.height, info.width, True)
     if target is None:
-        return Grid(Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0), CRS.from_user_input(PLACEHOLDER_CRS), info.height, info.width, False)
+        # top-left corner at (0, height), not (0, 0): GDAL's warper returns nothing for the geotransform (0, 1, 0, 0, 0, -1)
+        # (every LR-consistency value of non-georeferenced inputs came out NaN)
+        top = float(info.height)
+        return Grid(Affine(1.0, 0.0, 0.0, 0.0, -1.0, top), CRS.from_user_input(PLACEHOLDER_CRS), info.height, info.width, False)
     transform = target.transform @ Affine.scale(target.width / info.width, target.height / info.height)
     return Grid(transform, target.crs, info.height, info.width, False)
 
@@ -133,7 +142,7 @@ def lr_ratio(lr: Grid, target: Grid, lr_path: Path, target_path: Path) -> float:
         InputError: different CRS, extents that differ by more than half a low-resolution pixel, anisotropic
             ratio, or an "LR" finer than the target.
     """
-    if lr.georeferenced and target.georeferenced and not same_crs(lr.crs, target.crs):
+    if lr.georeferenced and target.georeferenced and not same_crs(lr.crs, target.crs, unknown_matches=True):
         raise InputError(f"{lr_path} and {target_path}: CRS differ ({lr.crs} vs {target.crs}); reproject the LR input first")
     rx, ry = lr.res[0] / target.res[0], lr.res[1] / target.res[1]
     if abs(rx - ry) > 0.01 * max(rx, ry):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gapeval.metrics import METRICS
-from gapeval.results import MAPS_DIR, load_results
+from gapeval.results import MAPS_DIR, OPENSR_COLUMNS, load_results
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -40,6 +40,7 @@ HEADLINE = (
     "improvement",
     "omission",
     "hallucination",
+    *OPENSR_COLUMNS.values(),
 )
 #: Side of the image crops shown in the best/worst grids (px of the target grid).
 PREVIEW = 256
@@ -74,15 +75,17 @@ def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
 
-def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2) -> Path:
+def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2, progress: bool = False) -> Path:
     """Write ``report.html``, ``report.md`` and ``figures/`` into ``out_dir``; returns the HTML path.
 
     Args:
         out_dir: a ``gapeval score`` results folder.
         metric: an LPIPS-Sat instance used to draw maps that ``--maps`` did not write (else those cells say so).
         n_examples: best and worst pairs shown per prediction set.
+        progress: a progress bar (stderr) over the prediction sets' image grids, the slow part.
     """
     import matplotlib
+    from tqdm import tqdm
 
     matplotlib.use("Agg")
     out_dir = Path(out_dir)
@@ -102,7 +105,7 @@ def write_report(out_dir: str | Path, *, metric: Any = None, n_examples: int = 2
             ok, sets, varying, fig_dir / "ecdf.png"
         )
     grids: dict[str, str] = {}
-    for name in sets:
+    for name in tqdm(sets, unit="set", desc="gapeval score: report grids", disable=not progress):
         mine = sorted((r for r in ok if r["pred_set"] == name and np.isfinite(r["lpips_sat"])), key=lambda r: r["lpips_sat"])
         if not mine:
             continue
@@ -331,6 +334,7 @@ GROUPS = (
         "Consistency with the LR input, and correctness fractions",
         ("refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination"),
     ),
+    ("opensr-test protocol (opensr-test 1.3.3 Metrics().compute; docs/metrics.md)", tuple(OPENSR_COLUMNS.values())),
 )
 
 

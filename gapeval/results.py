@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,8 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lpips_sat.atomic import write_text_atomic
+from gapeval.metrics import METRICS
+from gapeval.metrics.opensr import COLUMNS as _OPENSR
+from gapeval.metrics.opensr import TILES_COLUMN as OPENSR_TILES
+from lpips_sat import atomic
+from lpips_sat.atomic import make_folder, write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
+
+#: ``pairs.csv`` columns of ``--protocol opensr-test`` (opensr-test's key -> column).
+OPENSR_COLUMNS = dict(_OPENSR)
 
 if TYPE_CHECKING:
     from gapeval.scoring.config import ScoreConfig
@@ -62,7 +70,9 @@ def columns(config: ScoreConfig) -> list[str]:
     """Column order of ``pairs.csv`` for ``config`` (per-band columns use the metric's band names)."""
     cols = list(LEAD_COLUMNS) + ["psnr", "ssim", "sam_deg", "ergas", "rmse", "mae"]
     cols += [f"{m}_{b}" for m in ("psnr", "ssim", "rmse", "mae") for b in config.bands]
-    if config.with_lr:
+    if config.with_lr and config.protocol == "opensr-test":
+        cols += [*OPENSR_COLUMNS.values(), OPENSR_TILES]
+    elif config.with_lr:
         cols += [
             "refl_l1",
             *[f"refl_l1_{b}" for b in config.bands],
@@ -80,7 +90,7 @@ def columns(config: ScoreConfig) -> list[str]:
 
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
-    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches")]
+    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -125,9 +135,9 @@ def jsonable(obj: Any) -> Any:
 
 
 def append_line(path: str | Path, line: str) -> None:
-    """Append one text line to ``path`` with a single ``write`` + ``fsync`` (a crash leaves at most one
-    partial last line, which :func:`read_lines_complete` drops)."""
-    data = (line.rstrip("\n") + "\n").encode()
+    """Append one text record to ``path`` with a single ``write`` + ``fsync`` (a crash leaves at most one
+    partial last record, which :func:`read_records_complete` drops)."""
+    data = (line if line.endswith("\n") else line + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
@@ -136,53 +146,139 @@ def append_line(path: str | Path, line: str) -> None:
         os.close(fd)
 
 
-def read_lines_complete(path: str | Path) -> list[str]:
-    """Lines of ``path`` without a trailing partial line (rewritten atomically when one was dropped)."""
-    text = Path(path).read_text()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        logger.warning("%s ended with a partial line (interrupted write); dropped it", path)
-        write_text_atomic(path, text)
-    return text.splitlines()
+def _parse_csv(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text, newline=""), strict=True))
+
+
+def _complete_csv(text: str) -> bool:
+    """Whether ``text`` ends at a record boundary: a final newline outside quotes. Any other CSV error is left for the
+    caller to report (only an end of data inside a quoted field is the mark of an interrupted append)."""
+    if not text.endswith("\n"):
+        return False
+    try:
+        _parse_csv(text)
+    except csv.Error as exc:
+        return "unexpected end of data" not in str(exc)
+    return True
+
+
+#: What to do about an unreadable ``pairs.csv`` of a results folder being written (``gapeval score --out``).
+OUT_ADVICE = "use another --out, or --overwrite to start over"
+
+
+def _read_complete(path: Path, advice: str = OUT_ADVICE) -> tuple[list[list[str]], str, str]:
+    """``(records, complete_text, text)``: the file's CSV records without a trailing partial record; ``advice``
+    ends the error messages."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text table ({exc}); {advice}") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{path}: is a folder, not a CSV table") from exc
+    if "\x00" in text:
+        raise InputError(f"{path}: not a text table (it contains NUL bytes: binary or corrupt); {advice}")
+    complete = text
+    while complete and not _complete_csv(complete):  # an interrupted append: cut back to a record boundary
+        cut = complete.rfind("\n", 0, len(complete) - 1)
+        complete = complete[: cut + 1] if cut >= 0 else ""
+    try:
+        records = _parse_csv(complete)
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV table ({exc}); {advice}") from exc
+    if complete != text:
+        logger.warning("%s ended with a partial row (interrupted write); it is left out", path)
+    return records, complete, text
+
+
+def read_records_complete(path: str | Path) -> list[list[str]]:
+    """CSV records of ``path`` (the csv module's rules: quoted fields may hold newlines or U+2028), without a trailing
+    partial record left by an interrupted append (the file is then rewritten atomically without it).
+
+    Raises:
+        InputError: the file is not UTF-8 text or not CSV (binary, a broken quote before the last record).
+    """
+    path = Path(path)
+    records, complete, text = _read_complete(path)
+    if complete != text:
+        write_text_atomic(path, complete)
+    return records
+
+
+def read_table(path: str | Path, advice: str = OUT_ADVICE) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (dicts of strings) of a CSV table such as ``pairs.csv``, read only (a trailing partial row is
+    ignored); ``advice`` ends the error messages.
+
+    Raises:
+        InputError: not UTF-8 text, not CSV, or a row with another number of fields than the header (names the row).
+    """
+    path = Path(path)
+    records = _read_complete(path, advice)[0]
+    if not records:
+        return [], []
+    header = records[0]
+    for i, rec in enumerate(records[1:], start=2):
+        if len(rec) != len(header):
+            raise InputError(f"{path}: row {i} has {len(rec)} fields instead of {len(header)} (corrupt or hand-edited)")
+    return header, [dict(zip(header, r)) for r in records[1:]]
+
+
+def _csv_line(values: Iterable[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([format_cell(v) for v in values])
+    return buf.getvalue()
 
 
 class PairsTable:
     """``pairs.csv``: header written atomically, then one row appended per pair (fsync'd), so an interrupted run
-    keeps every finished row. With ``resume`` the rows of other configurations or changed files are dropped."""
+    keeps every finished row. With ``resume`` the rows of other configurations or changed files are dropped, and a
+    key found twice (two runs appended to one folder) is kept once, with a warning."""
 
     def __init__(self, path: Path, cols: Sequence[str], config_hash: str, *, resume: bool, overwrite: bool) -> None:
         self.path, self.cols, self.config_hash = Path(path), list(cols), config_hash
         self.rows: list[dict[str, Any]] = []
+        if self.path.is_dir():
+            raise InputError(f"{self.path} is a folder; expected the pairs.csv file of a results folder")
         if self.path.exists() and self.path.stat().st_size:
             if resume:
                 self._load()
                 return
             if not overwrite:
                 raise InputError(f"{self.path} already exists; pass --resume to continue that run or --overwrite to start over")
-        write_text_atomic(self.path, self._line(self.cols))
-
-    def _line(self, values: Iterable[Any]) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([format_cell(v) for v in values])
-        return buf.getvalue()
+        write_text_atomic(self.path, _csv_line(self.cols))
 
     def _load(self) -> None:
-        lines = read_lines_complete(self.path)
-        reader = csv.reader(lines)
-        header = next(reader, None)
+        records = read_records_complete(self.path)
+        header = records[0] if records else None
         if header != self.cols:
             raise InputError(
-                f"{self.path} has other columns than this configuration writes (different bands, or --lr given or not); "
+                f"{self.path} has other columns than this configuration writes (different bands, --lr given or not, or another --protocol); "
                 "use another --out, or --overwrite to start over"
             )
-        rows = [dict(zip(header, r)) for r in reader]
+        for i, rec in enumerate(records[1:], start=2):
+            if len(rec) != len(header):
+                raise InputError(
+                    f"{self.path}: row {i} has {len(rec)} fields instead of {len(header)} (corrupt or hand-edited); "
+                    "fix it, use another --out, or --overwrite to start over"
+                )
+        rows = [dict(zip(header, r)) for r in records[1:]]
         keep = [r for r in rows if r["config_hash"] == self.config_hash]
         if len(keep) != len(rows):
             logger.warning(
                 "%s: %d rows were scored with another configuration; they will be scored again", self.path, len(rows) - len(keep)
             )
-            write_text_atomic(self.path, "".join(self._line(r.values()) for r in [dict(zip(header, header))] + keep))
-        self.rows = [parse_row(r) for r in keep]
+        unique = list({(r["pred_set"], r["key"]): r for r in keep}.values())  # the last row of a key wins
+        if len(unique) != len(keep):
+            logger.warning(
+                "%s: %d duplicate rows (a key scored more than once, e.g. by two runs at the same time); keeping one row per key",
+                self.path,
+                len(keep) - len(unique),
+            )
+        if len(unique) != len(rows):
+            write_text_atomic(self.path, "".join(_csv_line(r) for r in [header] + [list(r.values()) for r in unique]))
+        try:
+            self.rows = [parse_row(r) for r in unique]
+        except ValueError as exc:
+            raise InputError(f"{self.path}: a number column holds text ({exc}); fix it, or --overwrite to start over") from exc
 
     def done(self) -> dict[tuple[str, str], dict[str, Any]]:
         return {(r["pred_set"], r["key"]): r for r in self.rows}
@@ -192,11 +288,111 @@ class PairsTable:
         if not stale:
             return
         self.rows = [r for r in self.rows if (r["pred_set"], r["key"]) not in stale]
-        write_text_atomic(self.path, self._line(self.cols) + "".join(self._line(r.get(c) for c in self.cols) for r in self.rows))
+        write_text_atomic(self.path, _csv_line(self.cols) + "".join(_csv_line(r.get(c) for c in self.cols) for r in self.rows))
 
     def append(self, record: Mapping[str, Any]) -> None:
-        append_line(self.path, self._line(record.get(c) for c in self.cols))
+        append_line(self.path, _csv_line(record.get(c) for c in self.cols))
         self.rows.append(parse_row({c: format_cell(record.get(c)) for c in self.cols}))
+
+
+# ------------------------------------------------------------------------------------------------ folder
+
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Create the results folder ``out`` if needed and check that it is a writable folder.
+
+    Raises:
+        OutputError: ``out`` is a file, lies under a file, or cannot be created (:func:`lpips_sat.atomic.make_folder`).
+        InputError: ``out`` is not writable, or a results file name is taken by a folder.
+    """
+    out = make_folder(out, "--out")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: the folder is not writable")
+    for name in (PAIRS_CSV, SUMMARY_JSON, "report.html", "report.md"):
+        if (out / name).is_dir():
+            raise InputError(f"{out / name}: is a folder, but gapeval score writes a file there; remove it or use another --out")
+    return out
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete every temporary file of atomic writes (``.NAME.*.tmp``) that an interrupted run left in ``out``; call
+    only while holding :class:`ResultsLock` (no other run writes there). Returns how many were removed."""
+    return atomic.remove_stale_temporaries(out, locked=True)
+
+
+# ------------------------------------------------------------------------------------------------ lock
+
+LOCK_FILE = ".gapeval.lock"
+
+
+class ResultsLock:
+    """An exclusive lock on a results folder for the length of a run: ``OUT/.gapeval.lock`` holds the holder's pid,
+    host and start time and is locked with ``flock``.
+
+    The kernel releases ``flock`` when its holder exits, however it exits (kill -9 included), so a lock file left by a
+    dead run is stale by construction: the next run takes it over and says so. A second live run on the same folder
+    gets an :class:`InputError` naming the holder. (``flock`` is local to one machine; on a network file system two
+    machines may not see each other's locks, see docs/reliability.md.)
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> ResultsLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+        import time
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise InputError(
+                    f"{self.path.parent}: results folder is in use by another gapeval run ({holder}); wait for it to finish "
+                    "or use another --out"
+                ) from None
+            try:  # the holder may have removed the file between our open and our lock: then lock the new file
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = self._holder(fd)
+        if previous != "unknown holder":
+            logger.warning("%s: taking over a stale lock (%s ended without releasing it)", self.path, previous)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode())
+            return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return "unknown holder"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -244,11 +440,48 @@ def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
 
 
 def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder."""
+    """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder.
+
+    Raises:
+        MissingFileError: either file is missing. InputError: either file is unreadable or corrupt.
+    """
     out_dir = Path(out_dir)
     for name in (PAIRS_CSV, SUMMARY_JSON):
         if not (out_dir / name).is_file():
             raise MissingFileError(f"{out_dir / name} does not exist; run `gapeval score --out {out_dir}` first")
-    with open(out_dir / PAIRS_CSV, newline="") as fh:
-        rows = [parse_row(r) for r in csv.DictReader(fh)]
-    return rows, json.loads((out_dir / SUMMARY_JSON).read_text())
+    _, rows = read_table(out_dir / PAIRS_CSV)
+    try:
+        parsed = [parse_row(r) for r in rows]
+    except ValueError as exc:
+        raise InputError(f"{out_dir / PAIRS_CSV}: a number column holds text ({exc})") from exc
+    try:
+        summary = json.loads((out_dir / SUMMARY_JSON).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{out_dir / SUMMARY_JSON}: not readable JSON ({exc}); run gapeval score again") from exc
+    return parsed, summary
+
+
+def format_table(
+    summary: Mapping[str, Any],
+    metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px", "opensr_reflectance", "opensr_spatial"),
+) -> str:
+    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
+    sets = summary["pred_sets"]
+    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
+    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
+    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
+    rows = [head]
+    for name in ranked:
+        s = sets[name]
+        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
+        for m in metrics:
+            st = s["metrics"][m]
+            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
+            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _nan_last(value: Any) -> float:
+    return float(value) if value is not None and np.isfinite(value) else math.inf

@@ -14,8 +14,8 @@ The Python API is :func:`score` (also callable as ``gapeval.score(...)``); the c
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import math
 import os
 import sys
 import time
@@ -25,33 +25,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from gapeval import shards
 from gapeval.folders import Pairing, pair_folders
 from gapeval.grids import RESAMPLING_METHODS
-from gapeval.metrics import METRICS
+from gapeval.progress import Stages
 from gapeval.results import (
     MAPS_DIR,
     PAIRS_CSV,
     SUMMARY_JSON,
     PairsTable,
+    ResultsLock,
     columns,
     format_cell,
+    format_table,
     parse_row,
+    prepare_out_dir,
+    remove_stale_temporaries,
     summarize_rows,
     versions,
     write_summary,
 )
 from gapeval.scoring import runner
-from gapeval.scoring.config import DEFAULT_TILE, RANDOM_WEIGHTS, ScoreConfig
-from gapeval.scoring.plan import FileHashes, plan_pairs
+from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
+from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
-from lpips_sat.cli import device_option, number, positive_float, positive_int
+from lpips_sat.cli import EXIT_PARTIAL
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
+from lpips_sat.options import device, int_at_least, number, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -107,9 +112,13 @@ def score(
     report: bool = False,
     resume: bool = False,
     overwrite: bool = False,
+    strict_bands: bool = False,
+    invalid_pred: str = "fail",
     workers: int = 1,
     device: str | None = None,
     progress: bool = False,
+    protocol: str = "gapeval",
+    shard: tuple[int, int] | None = None,
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
 
@@ -132,8 +141,16 @@ def score(
         maps: write georeferenced LPIPS-Sat maps; report: write the HTML/Markdown report (both need ``out``).
         resume: skip pairs already in ``out/pairs.csv`` with this configuration and unchanged files.
         overwrite: replace an existing ``pairs.csv`` (otherwise an error unless ``resume``).
+        invalid_pred: ``"fail"`` (default): a prediction with NaN/inf/nodata pixels where the target is valid fails its
+            pair (status ``failed``, no numbers); ``"mask"``: score only its valid pixels (``pred_invalid_fraction``).
+        strict_bands: refuse files whose band order would be assumed (no ``*_bands`` and no band names); otherwise
+            the assumed order is recorded in ``summary["inputs"]["assumed_band_order"]``.
         workers: scenes scored in parallel threads. device: ``cpu``, ``cuda``, ``auto``.
-        progress: show a tqdm progress bar (stderr).
+        progress: a line per stage and progress bars with an ETA (stderr).
+        shard: ``(K, N)``: score only the scenes of shard K of N (:func:`gapeval.shards.shard_of`); merge the N
+            results folders with :func:`gapeval.shards.merge_results` (``gapeval merge``).
+        protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
+            ``docs/metrics.md``).
     Returns:
         :class:`ScoreResult` with ``records`` (one dict per pair, metrics as floats, NaN where not applicable)
         and ``summary`` (per prediction set and metric: n, mean, median, std, ci_low, ci_high).
@@ -145,6 +162,9 @@ def score(
     if workers < 1 or batch_size < 1:
         raise InputError(f"workers and batch_size must be at least 1, got {workers} and {batch_size}")
     preds = _pred_sets(pred)
+    stage = Stages("gapeval score", 3 + bool(out is not None and report), enabled=progress)
+    stage(f"loading LPIPS-Sat weights {metric if isinstance(metric, (str, Path)) else getattr(metric, 'name', DEFAULT_NAME)}"
+          f"{f' on {device}' if device else ''}")
     net, label, sha = load_metric(metric, device)
     config = ScoreConfig(
         weights=label,
@@ -162,27 +182,72 @@ def score(
         tile=tile,
         sr_factor=sr_factor,
         pattern=pattern,
+        protocol=protocol,
+        invalid_pred=invalid_pred,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
+    if shard is not None:
+        pairing = shards.select_shard(pairing, *shard)
+    stage(f"checking {pairing.n_pairs} pairs{f' (shard {shard[0]}/{shard[1]})' if shard else ''}: headers, grids, file hashes")
+    hashes = FileHashes()
+    inputs = {
+        "pred": {k: str(v) for k, v in preds.items()},
+        "target": str(target),
+        "lr": str(lr) if lr else None,
+        "assumed_band_order": assumed_band_orders(pairing, preds, config, hashes, strict=strict_bands),
+    }
+    score_into = functools.partial(
+        _score_pairs, pairing, preds, inputs, config, net, hashes=hashes, batch_size=batch_size, workers=workers, stage=stage, shard=shard
+    )
+    if out is None:
+        result = score_into(None, progress=progress)
+        stage.done()
+        return result
+    out_dir = prepare_out_dir(out)
+    with ResultsLock(out_dir):
+        remove_stale_temporaries(out_dir)
+        table = PairsTable(out_dir / PAIRS_CSV, columns(config), config.hash(), resume=resume, overwrite=overwrite)
+        result = score_into(table, progress=progress, maps=maps)
+        write_summary(out_dir, result.summary)
+        if report:
+            from gapeval.report import write_report
+
+            stage("writing the report: figures and best/worst grids")
+            write_report(out_dir, metric=net, progress=progress)
+    stage.done()
+    return result
+
+
+def _score_pairs(
+    pairing: Pairing,
+    preds: Mapping[str, Path],
+    inputs: Mapping[str, Any],
+    config: ScoreConfig,
+    net: LPIPSSat,
+    table: PairsTable | None,
+    *,
+    hashes: FileHashes,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    stage: Stages,
+    shard: tuple[int, int] | None = None,
+    maps: bool = False,
+) -> ScoreResult:
+    """Score the pairs not yet in ``table`` (all without a table), append them to it, and summarise this run's pairs."""
     cols = columns(config)
-    out_dir = Path(out) if out is not None else None
-    table = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        table = PairsTable(out_dir / PAIRS_CSV, cols, config.hash(), resume=resume, overwrite=overwrite)
     done = table.done() if table else {}
-    plans, stale = plan_pairs(pairing, preds, config, done, FileHashes())
+    plans, stale = plan_pairs(pairing, preds, config, done, hashes, progress=progress)
     if table is not None:
         table.drop(stale)
     if done:
         logger.info("resume: %d pairs already scored, %d to score", len(done) - len(stale), sum(len(p.preds) for p in plans))
-
     new_records = runner.run_plans(
         plans,
         config,
         net,
         batch_size=batch_size,
-        maps_dir=out_dir / MAPS_DIR if maps and out_dir else None,
+        maps_dir=table.path.parent / MAPS_DIR if maps and table else None,
         workers=workers,
         progress=progress,
         sink=table.append if table else None,
@@ -192,16 +257,14 @@ def score(
     else:
         records = [parse_row({c: format_cell(r.get(c)) for c in cols}) for r in new_records]
     records.sort(key=_record_order(list(preds), pairing.keys))
-    skipped = [{"pred_set": r["pred_set"], "key": r["key"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
-    inputs = {"pred": {k: str(v) for k, v in preds.items()}, "target": str(target), "lr": str(lr) if lr else None}
+    skipped = [
+        {"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]} for r in records if r["status"] != "ok"
+    ]
+    stage(f"summarising {len(preds)} prediction set(s): bootstrap 95 % CIs of {len(cols)} columns")
     summary = _summary(config, inputs, records, cols, pairing, skipped)
-    if out_dir is not None:
-        write_summary(out_dir, summary)
-        if report:
-            from gapeval.report import write_report
-
-            write_report(out_dir, metric=net)
-    return ScoreResult(records, summary, out_dir, config, skipped)
+    if shard is not None:
+        summary["shard"] = {"index": shard[0], "count": shard[1]}
+    return ScoreResult(records, summary, table.path.parent if table else None, config, skipped)
 
 
 def _record_order(sets: Sequence[str], keys: Sequence[str]) -> Any:
@@ -227,6 +290,7 @@ def _summary(
         "command": "gapeval score",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": dict(inputs),
+        "protocol": config.protocol if config.with_lr else None,
         "config": asdict(config),
         "config_hash": config.hash(),
         "weights": {"name": config.weights, "sha256": config.weights_sha256, "testing_only": config.weights.startswith("random-")},
@@ -269,8 +333,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
-    parser.add_argument("--workers", type=positive_int, default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", type=device_option(allow_auto=True), default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="scenes scored in parallel threads (default 1)")
+    parser.add_argument("--device", type=device, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,
@@ -292,17 +356,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resample", choices=RESAMPLING_METHODS, help="resample predictions onto the target grid when grids differ (else an error)"
     )
+    parser.add_argument(
+        "--invalid-pred",
+        choices=INVALID_PRED_POLICIES,
+        default="fail",
+        help="a prediction with NaN/inf/nodata pixels where the target is valid: fail its pair (default, exit 3) or "
+        "mask them (score only its valid pixels)",
+    )
+    parser.add_argument(
+        "--strict-bands", action="store_true", help="refuse files without band names instead of assuming the metric's band order"
+    )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
     parser.add_argument("--data-range", type=positive_float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
-    parser.add_argument("--sr-factor", type=number(float, 1, lo_open=True), help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument("--sr-factor", type=ratio_above_one, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="gapeval",
+        help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
+        "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
+    )
     parser.add_argument("--tile", type=number(int, MIN_SIZE, multiple_of=ScoreConfig.patch), default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
+    parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
+                        help="score only shard K of N (scenes split by key hash); combine the N folders with gapeval merge")
+    parser.add_argument("--dist-timeout", type=positive_float, default=86400.0, metavar="S",
+                        help="under torchrun: seconds the ranks wait for each other before rank 0 merges (default 86400)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0, or raises an LPIPSSatError."""
+    """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0 (2: usage), or raises an LPIPSSatError."""
+    if args.protocol == "opensr-test" and not args.lr:
+        print("gapeval score: error: --protocol opensr-test needs --lr DIR (every opensr-test value compares SR with LR)", file=sys.stderr)
+        return 2
     preds: dict[str, str] = {}
     for text in args.pred:
         name, path = _pred_arg(text)
@@ -310,11 +398,24 @@ def run(args: argparse.Namespace) -> int:
         if name in preds:
             raise InputError(f"--pred {text}: a prediction set named {name!r} was given twice; use NAME=DIR")
         preds[name] = path
+    dist = shards.distributed_env()
+    out, shard, device, report = args.out, args.shard, args.device, args.report
+    if dist is not None:
+        if args.shard is not None:
+            print("gapeval score: error: under torchrun the shard comes from RANK and WORLD_SIZE; drop --shard", file=sys.stderr)
+            return 2
+        rank, world, local = dist
+        shards.check_merge_target(args.out, args.overwrite or args.resume)
+        shard, out, report = (rank + 1, world), shards.shard_dir(args.out, rank + 1, world), False
+        if device == "auto":
+            import torch
+
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     result = score(
         preds,
         args.target,
         lr=args.lr,
-        out=args.out,
+        out=out,
         metric=args.weights,
         pred_bands=args.pred_bands,
         target_bands=args.target_bands,
@@ -330,50 +431,64 @@ def run(args: argparse.Namespace) -> int:
         pattern=args.glob,
         allow_missing=args.allow_missing,
         maps=args.maps,
-        report=args.report,
+        report=report,
         resume=args.resume,
         overwrite=args.overwrite,
+        strict_bands=args.strict_bands,
+        invalid_pred=args.invalid_pred,
         workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
+        device=device,
+        progress=not args.no_progress and (dist is None or dist[0] == 0),
+        protocol=args.protocol,
+        shard=shard,
     )
-    print(format_table(result.summary))
-    if result.summary["weights"]["testing_only"]:
-        print(f"note: weights {result.summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
-    for item in result.skipped:
-        print(f"skipped {item['pred_set']}/{item['key']}: {item['reason']}")
-    for label, keys in result.summary["unpaired"].items():
+    summary = result.summary
+    if dist is not None:
+        shards.barrier(args.dist_timeout)
+        if dist[0] != 0:
+            print(f"rank {dist[0]}: shard {shard[0]}/{shard[1]} scored into {out}; rank 0 merges")
+            shards.finish_distributed()
+            return 0
+        parts = [shards.shard_dir(args.out, k, dist[1]) for k in range(1, dist[1] + 1)]
+        metric = shards.recorded_metric(summary, device) if args.report else None
+        summary = shards.merge_results(parts, args.out, overwrite=True, report=args.report, metric=metric)
+        shards.finish_distributed()
+    print(format_table(summary))
+    if summary["weights"]["testing_only"]:
+        print(f"note: weights {summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
+    for item in summary["skipped"]:
+        print(f"{item['status']} {item['pred_set']}/{item['key']}: {item['reason']}")
+    for label, keys in summary["unpaired"].items():
         print(f"unpaired ({label}): {len(keys)} file(s), e.g. {', '.join(keys[:5])}")
+    _warn(result)
     print(
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
+    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
+    if failed:
+        print(f"gapeval score: {len(failed)} pair(s) failed (listed above); the others were scored (exit 3)", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 
-def format_table(
-    summary: Mapping[str, Any], metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px")
-) -> str:
-    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
-    sets = summary["pred_sets"]
-    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
-    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
-    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
-    rows = [head]
-    for name in ranked:
-        s = sets[name]
-        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
-        for m in metrics:
-            st = s["metrics"][m]
-            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
-            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-
-def _nan_last(value: Any) -> float:
-    return float(value) if value is not None and np.isfinite(value) else math.inf
+def _warn(result: ScoreResult) -> None:
+    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid prediction pixels."""
+    for role, item in result.summary["inputs"]["assumed_band_order"].items():
+        files = item["files"]
+        print(
+            f"warning: {len(files)} {role} file(s) have no band names; their bands were assumed to be {','.join(item['order'])} "
+            f"(e.g. {files[0]}; recorded in summary.json). Declare them with --{role}-bands, or refuse them with --strict-bands",
+            file=sys.stderr,
+        )
+    holes = [r for r in result.records if r["pred_invalid_fraction"] > 0]
+    if holes:
+        worst = max(holes, key=lambda r: r["pred_invalid_fraction"])
+        print(
+            f"note: {len(holes)} pair(s) had invalid prediction pixels (NaN/inf/nodata) where the target is valid; worst "
+            f"{worst['pred_set']}/{worst['key']}: {worst['pred_invalid_fraction']:.2%} (column pred_invalid_fraction)",
+            file=sys.stderr,
+        )
 
 
 __all__ = [

@@ -1,5 +1,6 @@
 """Windowed access to one file: :class:`RasterSource` reads selected, scaled bands window by window (optionally
-resampled onto another grid) in bounded memory; :class:`RasterWriter` writes a GeoTIFF window by window, atomically."""
+resampled onto another grid) in bounded memory; :class:`ArraySource` does the same for an array in memory;
+:class:`RasterWriter` writes a GeoTIFF window by window, atomically."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gapeval.grids import Grid, same_crs
+from gapeval.grids import PLACEHOLDER_CRS, Grid, same_crs
 from gapeval.windows import full_window, window_slices
 from lpips_sat.atomic import atomic_path
 from lpips_sat.errors import InputError
@@ -90,6 +91,36 @@ class RasterSource:
         data[:, ~valid] = np.nan
         return data, valid
 
+    def _source_window(self, dst: Grid, window: Any) -> tuple[Any, dict[str, Any]]:
+        """The window of this file under ``window`` of ``dst`` (plus :data:`WARP_MARGIN`; ``None`` when they do not
+        overlap) and the geometry arguments of ``rasterio.warp.reproject`` from it onto ``window``.
+
+        A grid without CRS is taken to share the other grid's CRS (its transform still counts)."""
+        from rasterio.warp import transform_bounds
+        from rasterio.windows import Window, from_bounds
+
+        h, w = int(window.height), int(window.width)
+        dst_transform = dst.window_transform(window)
+        src_crs = self.grid.crs if self.grid.crs is not None else dst.crs
+        dst_crs = dst.crs if dst.crs is not None else src_crs
+        if src_crs is None:
+            src_crs = dst_crs = PLACEHOLDER_CRS
+        left, bottom, right, top = Grid(dst_transform, dst_crs, h, w).bounds
+        if not same_crs(src_crs, dst_crs):
+            left, bottom, right, top = transform_bounds(dst_crs, src_crs, left, bottom, right, top, densify_pts=21)
+        src_win = from_bounds(left, bottom, right, top, transform=self.grid.transform)
+        r0 = max(0, int(np.floor(min(src_win.row_off, src_win.row_off + src_win.height))) - WARP_MARGIN)
+        c0 = max(0, int(np.floor(min(src_win.col_off, src_win.col_off + src_win.width))) - WARP_MARGIN)
+        r1 = min(self.grid.height, int(np.ceil(max(src_win.row_off, src_win.row_off + src_win.height))) + WARP_MARGIN)
+        c1 = min(self.grid.width, int(np.ceil(max(src_win.col_off, src_win.col_off + src_win.width))) + WARP_MARGIN)
+        if r1 <= r0 or c1 <= c0:
+            return None, {}
+        src_window = Window(c0, r0, c1 - c0, r1 - r0)
+        geometry = dict(
+            src_transform=self.grid.window_transform(src_window), src_crs=src_crs, dst_transform=dst_transform, dst_crs=dst_crs
+        )
+        return src_window, geometry
+
     def read_on(self, dst: Grid, window: Any, resampling: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
         """Selected bands resampled onto ``window`` of another grid ``dst`` (``resampling``: a GDAL method name).
 
@@ -97,37 +128,54 @@ class RasterSource:
         when it is finite and its resampled validity mask is 1 (every contributing source pixel valid).
         """
         from rasterio.enums import Resampling
-        from rasterio.warp import reproject, transform_bounds
-        from rasterio.windows import from_bounds
+        from rasterio.warp import reproject
 
         h, w = int(window.height), int(window.width)
-        dst_transform = dst.window_transform(window)
         out = np.full((len(self.bands), h, w), np.nan, np.float32)
-        cover = np.zeros((1, h, w), np.float32)
-        left, bottom, right, top = Grid(dst_transform, dst.crs, h, w).bounds
-        if not same_crs(self.grid.crs, dst.crs):
-            left, bottom, right, top = transform_bounds(dst.crs, self.grid.crs, left, bottom, right, top, densify_pts=21)
-        src_win = from_bounds(left, bottom, right, top, transform=self.grid.transform)
-        r0 = max(0, int(np.floor(min(src_win.row_off, src_win.row_off + src_win.height))) - WARP_MARGIN)
-        c0 = max(0, int(np.floor(min(src_win.col_off, src_win.col_off + src_win.width))) - WARP_MARGIN)
-        r1 = min(self.grid.height, int(np.ceil(max(src_win.row_off, src_win.row_off + src_win.height))) + WARP_MARGIN)
-        c1 = min(self.grid.width, int(np.ceil(max(src_win.col_off, src_win.col_off + src_win.width))) + WARP_MARGIN)
-        if r1 <= r0 or c1 <= c0:
+        src_window, geometry = self._source_window(dst, window)
+        if src_window is None:
             return out, np.zeros((h, w), bool)
-        from rasterio.windows import Window
-
-        src_window = Window(c0, r0, c1 - c0, r1 - r0)
         data, valid = self.read(src_window)
-        src_transform = self.grid.window_transform(src_window)
+        cover = np.zeros((1, h, w), np.float32)
         method = getattr(Resampling, resampling)
-        common = dict(src_transform=src_transform, src_crs=self.grid.crs, dst_transform=dst_transform, dst_crs=dst.crs, resampling=method)
-        reproject(data, out, src_nodata=np.nan, dst_nodata=np.nan, **common)
-        reproject(valid[None].astype(np.float32), cover, **common)
+        reproject(data, out, src_nodata=np.nan, dst_nodata=np.nan, resampling=method, **geometry)
+        reproject(valid[None].astype(np.float32), cover, resampling=method, **geometry)
         ok = (cover[0] >= 0.999) & np.isfinite(out).all(axis=0)
         out[:, ~ok] = np.nan
         return out, ok
 
+    def defects_on(self, dst: Grid, window: Any) -> np.ndarray:
+        """(rows, cols) True where ``window`` of ``dst`` falls (nearest pixel) on a pixel that this file itself marks
+        invalid (NaN/inf/nodata); pixels outside the file or at its resampling margin are not defects."""
+        from rasterio.enums import Resampling
+        from rasterio.warp import reproject
 
+        h, w = int(window.height), int(window.width)
+        bad = np.zeros((1, h, w), np.float32)
+        src_window, geometry = self._source_window(dst, window)
+        if src_window is not None:
+            _, valid = self.read(src_window)
+            if not valid.all():
+                reproject((~valid)[None].astype(np.float32), bad, resampling=Resampling.nearest, **geometry)
+        return bad[0] > 0
+
+
+class ArraySource(RasterSource):
+    """A (bands, rows, cols) array in memory behind the :class:`RasterSource` interface (every band, no scaling, no
+    nodata value: non-finite pixels are invalid), named ``<name>`` in messages. Used by ``gapeval.metrics.compute``
+    so that arrays take the very path files take."""
+
+    def __init__(self, data: np.ndarray, name: str, grid: Grid) -> None:
+        info = RasterInfo(Path(f"<{name}>"), data.shape[0], data.shape[1], data.shape[2], str(data.dtype))
+        bands = data.shape[0]
+        super().__init__(info, grid, range(bands), np.ones(bands), np.zeros(bands))
+        self._data = data
+
+    def open(self) -> None:
+        self._arr = self._data
+
+    def close(self) -> None:
+        self._arr = None
 
 
 class RasterWriter:

@@ -22,7 +22,7 @@ from lpips_sat.errors import OutputError
 logger = logging.getLogger(__name__)
 
 #: ``.NAME.PID@HOST.RANDOM.tmp`` (see :func:`atomic_path`).
-_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^/]*)\.[^.]+\.tmp$")
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]*)\.[^.]+\.tmp$")
 #: A temporary file of unknown owner (another host, or an older naming) counts as stale after this many seconds.
 STALE_AFTER_S = 6 * 3600.0
 
@@ -39,7 +39,7 @@ def make_folder(folder: str | Path, what: str = "output folder") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputError(f"{what} {folder}: cannot create the folder: part of the path is a file ({exc.strerror})") from exc
+        raise OutputError(f"{what} {folder}: cannot create the folder; part of the path is a file ({exc.strerror})") from exc
     except OSError as exc:
         raise OutputError(f"{what} {folder}: cannot create the folder ({exc.strerror or exc})") from exc
     return folder
@@ -49,16 +49,16 @@ def atomic_path(target: str | Path) -> Path:
     """A fresh temporary path in ``target``'s folder (same file system, so ``os.replace`` is atomic).
 
     Raises:
-        OutputError: the folder cannot be created or written, or ``target`` is a folder.
+        OutputError: ``target`` is a folder, or its folder cannot be created or written (names ``target``).
     """
     target = Path(target)
-    make_folder(target.parent, "output")
     if target.is_dir():
-        raise OutputError(f"{target}: is a folder, but a file is to be written there; remove it or choose another name")
+        raise OutputError(f"{target}: is a folder; cannot write a file there")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise OutputError(f"{target}: cannot write in {target.parent} ({exc.strerror or exc})") from exc
+        raise OutputError(f"{target}: cannot write ({exc.strerror or exc}); check the folder exists, is a folder and is writable") from exc
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -84,6 +84,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+# ------------------------------------------------------------------------------------------------ stale temporaries
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
 
@@ -93,16 +96,14 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
+    except OSError:  # PermissionError: it exists, owned by someone else
         return True
     return True
 
 
 def is_stale_temporary(path: Path, now: float | None = None) -> bool:
     """Whether ``path`` is a temporary file of :func:`atomic_path` whose writer is gone: its pid no longer runs on
-    this host, or (other host, older naming) it is older than :data:`STALE_AFTER_S`."""
+    this host, or (another host, or an older naming without pid) it is older than :data:`STALE_AFTER_S`."""
     if not (path.name.startswith(".") and path.name.endswith(".tmp")) or path.is_symlink() or not path.is_file():
         return False
     m = _TEMP_NAME.match(path.name)
@@ -115,15 +116,20 @@ def is_stale_temporary(path: Path, now: float | None = None) -> bool:
     return age > STALE_AFTER_S
 
 
-def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> int:
-    """Delete the temporary files that killed runs left in ``folder`` (see :func:`is_stale_temporary`); returns how
-    many were removed. Safe while other processes write into the same folder: their files are kept."""
+def remove_stale_temporaries(folder: str | Path, *, locked: bool = False) -> int:
+    """Delete the temporary files (``.*.tmp``, recursively) that killed runs left in ``folder``; returns how many.
+
+    Without ``locked`` only those of :func:`is_stale_temporary` go, so other processes writing into the same folder
+    (e.g. ``gapeval infer --shard``) keep theirs. ``locked``: the caller holds the folder's exclusive lock
+    (``gapeval score``), so no other writer exists and every temporary file is stale.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
-    for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
-        if is_stale_temporary(path):
+    for path in folder.rglob(".*.tmp"):
+        stale = path.is_file() and not path.is_symlink() if locked else is_stale_temporary(path)
+        if stale:
             try:
                 path.unlink()
                 removed += 1

@@ -27,7 +27,7 @@ import torch
 from lpips_sat.backbones import TAPS
 from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure, WeightsError
-from lpips_sat.metric import check_device
+from lpips_sat.options import device, positive_float, resolve_device
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
 
 log = logging.getLogger(__name__)
@@ -37,68 +37,6 @@ TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("lpips_sat.train.pretrain", "self-supervised pretraining of the Sentinel-2 backbone on GeoTIFF folders"),
     "calibrate": ("lpips_sat.train.calibrate", "train the calibration heads on 2AFC judgments (LPIPS recipe)"),
 }
-
-# ------------------------------------------------------------------------------------------------ option types
-# argparse ``type=`` functions shared by every lpips-sat and gapeval sub-command: a bad value is a usage error (exit 2)
-# reported at parse time, before any file is read. Non-finite numbers (nan, inf) are always refused.
-
-
-def number(kind: type = float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, multiple_of: int | None = None) -> Any:
-    """An argparse type: ``kind`` (int or float) within ``[lo, hi]`` (``lo_open``/``hi_open`` exclude the bound),
-    finite, optionally a multiple of ``multiple_of``."""
-    words = []
-    if lo is not None:
-        words.append(f"{'>' if lo_open else '>='} {lo:g}")
-    if hi is not None:
-        words.append(f"{'<' if hi_open else '<='} {hi:g}")
-    if multiple_of:
-        words.append(f"a multiple of {multiple_of}")
-    want = f"{'an integer' if kind is int else 'a number'}{' ' + ' and '.join(words) if words else ''}"
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-        bad = not np.isfinite(value)
-        bad |= lo is not None and (value <= lo if lo_open else value < lo)
-        bad |= hi is not None and (value >= hi if hi_open else value > hi)
-        bad |= bool(multiple_of) and value % multiple_of != 0
-        if bad:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
-        return value
-
-    parse.__name__ = f"{kind.__name__}_option"
-    for key, value in dict(expects=want, kind=kind, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, multiple_of=multiple_of).items():
-        setattr(parse, key, value)  # the bounds, for docs and tests/test_exit_codes.py
-    return parse
-
-
-#: Common option types.
-positive_int = number(int, 1)
-nonnegative_int = number(int, 0)
-positive_float = number(float, 0, lo_open=True)
-nonnegative_float = number(float, 0)
-finite_float = number(float)
-open_fraction = number(float, 0, 1, lo_open=True, hi_open=True)
-fraction = number(float, 0, 1)
-
-
-def device_option(allow_auto: bool = False) -> Any:
-    """An argparse type for ``--device``: a torch device that exists on this machine (``auto`` if ``allow_auto``)."""
-
-    def parse(text: str) -> str:
-        if allow_auto and text == "auto":
-            return text
-        try:
-            return check_device(text)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = "device"
-    return parse
-
 
 # ------------------------------------------------------------------------------------------------ reading images
 def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndarray, Raster]:
@@ -180,7 +118,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
     p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
-    p.add_argument("--device", type=device_option(), default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -198,6 +136,7 @@ def run_compare(args: argparse.Namespace) -> int:
                          "resample/crop them to one grid first")
     if not _same_geometry(ra, rb):
         print(f"lpips-sat compare: warning: {args.a} and {args.b} have different geotransforms/CRS; comparing pixel by pixel", file=sys.stderr)
+    args.device = resolve_device(args.device)
     metric = LPIPSSat(args.weights or DEFAULT_NAME, input_range=args.input_range).to(args.device)
     tensors, used = [], []
     for arr, raster in ((a_arr, ra), (b_arr, rb)):
@@ -235,7 +174,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ info
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="show one registry entry or a .safetensors file in detail (default: all entries)")
+    p.add_argument("--weights", help="show one registry entry, a .safetensors file or a model folder in detail (default: all entries)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -265,6 +204,12 @@ def info_records(only: str | None = None) -> list[dict[str, Any]]:
     """One record per registry entry (or for the named entry / file): what ``lpips-sat info`` shows."""
     from lpips_sat.registry import REGISTRY, get_entry, weights_dir
 
+    if only and Path(only).is_dir():  # a model folder (save_pretrained / calibrate): its weights file against its config
+        from lpips_sat.hub import WEIGHTS_NAME, read_config
+
+        config = read_config(Path(only))
+        return [{"name": config["name"] or Path(only).name, "shipped": False, "folder": only, "config": config,
+                 **describe_file(Path(only) / WEIGHTS_NAME, config["sha256"])}]
     if only and (only.endswith(".safetensors") or Path(only).is_file()):
         path = Path(only)
         if not path.is_file():
@@ -315,7 +260,7 @@ def run_info(args: argparse.Namespace) -> int:
     from lpips_sat.registry import weights_dir
 
     records = info_records(args.weights)
-    bad = [r["name"] for r in records if r.get("shipped") and not r.get("sha256_ok")]
+    bad = [r["name"] for r in records if (r.get("shipped") or "folder" in r) and not r.get("sha256_ok")]
     if args.json:
         print(json.dumps({"records": records, "failed": bad}, indent=2))
     else:
@@ -329,7 +274,8 @@ def run_info(args: argparse.Namespace) -> int:
         for rec in records:
             _print_record(rec)
     if bad:
-        print(f"lpips-sat info: error: shipped weights failed their check: {', '.join(bad)}; reinstall lpips-sat", file=sys.stderr)
+        what = "model folder" if args.weights and Path(args.weights).is_dir() else "shipped weights"
+        print(f"lpips-sat info: error: {what} failed their sha256 check: {', '.join(bad)}; reinstall lpips-sat or re-save the folder", file=sys.stderr)
         return 1
     return 0
 
@@ -360,10 +306,10 @@ EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen sub-command; returns the exit code (:data:`EXIT_OK` ... :data:`EXIT_INTERRUPTED`).
+    """Parse ``argv`` and run the chosen sub-command; returns the exit code (docs/reliability.md).
 
-    argparse exits 2 itself on usage errors (``SystemExit``); a :class:`PartialFailure` is 3, any other
-    :class:`LPIPSSatError` 1, ``KeyboardInterrupt`` (SIGINT) 130.
+    argparse exits 2 itself on usage errors (``SystemExit``); a command returns 0 or :data:`EXIT_PARTIAL`; a
+    :class:`PartialFailure` is 3, any other :class:`LPIPSSatError` or an ``OSError`` 1, ``KeyboardInterrupt`` (SIGINT) 130.
     """
     args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
     if extra and not getattr(args, "_unavailable", None):
@@ -377,7 +323,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except PartialFailure as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_PARTIAL
-    except LPIPSSatError as exc:
+    except (LPIPSSatError, OSError) as exc:  # OSError: the file system refused (disk full, permissions, a path that changed)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DATA
     except KeyboardInterrupt:

@@ -11,14 +11,15 @@ from lpips_sat.registry import DEFAULT_NAME
 
 
 @lru_cache(maxsize=4)
-def _cached(weights: str, device: str, input_range: str) -> LPIPSSat:
-    return LPIPSSat(weights, input_range=input_range).to(device)
+def _cached(weights: str, device: str, input_range: str, normalize: bool | None) -> LPIPSSat:
+    return LPIPSSat(weights, input_range=input_range, normalize=normalize).to(device)
 
 
 def lpips_sat(sr: torch.Tensor, hr: torch.Tensor, *, weights: str = DEFAULT_NAME, input_range: str = "reflectance",
-              spatial: bool = False) -> torch.Tensor:
-    """LPIPS-Sat distance of ``sr`` to ``hr`` ((N, C, H, W) reflectance, bands B04,B03,B02,B08); see :class:`LPIPSSat`.
+              normalize: bool | None = None, spatial: bool = False) -> torch.Tensor:
+    """LPIPS-Sat distance of ``sr`` to ``hr`` ((N, C, H, W) reflectance, bands B04,B03,B02,B08); see :class:`LPIPSSat`
+    (``normalize``: lpips' [0, 1] / [-1, 1] input conventions).
 
-    The network is loaded once per ``(weights, device, input_range)`` and reused; gradients flow to ``sr``/``hr``.
+    The network is loaded once per ``(weights, device, input_range, normalize)`` and reused; gradients flow to ``sr``/``hr``.
     """
-    return _cached(str(weights), str(sr.device), input_range)(sr, hr, spatial=spatial)
+    return _cached(str(weights), str(sr.device), input_range, normalize)(sr, hr, spatial=spatial)

@@ -183,8 +183,8 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
             paths.append(Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, force_download=force_download,
                                               token=token, local_files_only=local_files_only)))
         except Exception as exc:  # huggingface_hub raises HTTP, connection and cache-miss errors of several types
-            raise OfflineError(f"could not fetch {filename} of {repo_id} from the Hugging Face hub ({type(exc).__name__}: {exc}); "
-                               "offline? download the folder elsewhere and pass its local path") from exc
+            raise OfflineError(f"{repo_id} is not a local folder, and fetching its {filename} from the Hugging Face hub failed "
+                               f"({type(exc).__name__}: {exc}); offline? download the folder elsewhere and pass its local path") from exc
     if paths[0].parent != paths[1].parent:
         raise WeightsError(f"{repo_id}: {CONFIG_NAME} and {WEIGHTS_NAME} resolved to different revisions")
     return paths[0].parent

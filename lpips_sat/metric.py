@@ -51,31 +51,6 @@ class _Parts:
     metadata: dict
 
 
-def check_device(name: str) -> str:
-    """``name`` if it is a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...).
-
-    Raises:
-        InputError: not a torch device name (e.g. ``tpu``), or its backend / device index is not available here.
-    """
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"{name!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cpu":
-        return name
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InputError(f"device {name!r}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-        return name
-    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
-    if backend is None or not getattr(backend, "is_available", lambda: False)():
-        raise InputError(f"device {name!r}: the {device.type} backend is not available on this machine; use --device cpu")
-    return name
-
-
 def normalize_channels(feat: torch.Tensor, eps: float = 1e-10, inplace: bool = False) -> torch.Tensor:
     """Unit-normalise each spatial feature vector over channels, in float32.
 
@@ -337,6 +312,13 @@ class LPIPSSat(nn.Module):
             x = x[:, self._order]
         return (x - self.mean) / self.std
 
+    def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`)."""
+        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
+        if a.shape != b.shape:
+            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        return a, b
+
     def features(self, x: torch.Tensor, name: str = "input", prepared: bool = False) -> list[torch.Tensor]:
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
         if not prepared:
@@ -376,9 +358,7 @@ class LPIPSSat(nn.Module):
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
         spatial = self.spatial if spatial is None else spatial
-        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
-        if a.shape != b.shape:
-            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        a, b = self.prepare_pair(sr, hr)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)

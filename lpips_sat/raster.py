@@ -227,6 +227,7 @@ class RasterInfo:
 
     @property
     def georeferenced(self) -> bool:
+        """Both a CRS and a geotransform (a file may have a geotransform without CRS: ``transform`` is then set)."""
         return self.crs is not None and self.transform is not None
 
 
@@ -240,15 +241,15 @@ def raster_info(path: str | Path) -> RasterInfo:
     suffix = _existing_suffix(path)
     if suffix in RASTER_SUFFIXES:
         with open_geotiff(path) as ds:
-            georef = ds.crs is not None
+            has_transform = ds.crs is not None or not ds.transform.is_identity  # GDAL reports identity when there is none
             return RasterInfo(
                 path,
                 ds.count,
                 ds.height,
                 ds.width,
                 ds.dtypes[0],
-                ds.transform if georef else None,
-                ds.crs if georef else None,
+                ds.transform if has_transform else None,
+                ds.crs,
                 ds.nodata,
                 tuple(ds.descriptions),
                 tuple(float(s) for s in ds.scales),

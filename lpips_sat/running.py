@@ -178,8 +178,18 @@ class LPIPSSatMetric(_MetricBase):
             return kept.detach().float().cpu()
         return torch.cat([v.cpu() for v in kept]) if kept else torch.zeros(0)
 
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """Accumulate the batch and return its mean distance (differentiable). The inputs are checked first, so a
+        refused batch (:class:`~lpips_sat.errors.InputError`) leaves the accumulated state as it was: torchmetrics'
+        ``forward`` resets the state before its ``update`` and would lose it on an exception there."""
+        with torch.no_grad():
+            self.metric.prepare_pair(sr, hr)
+        return super().forward(sr, hr)
+
     def merge(self, other: "LPIPSSatMetric") -> None:
         """Add another accumulator's state to this one (combining workers or shards by hand)."""
+        if hasattr(self, "_computed"):
+            self._computed = None  # torchmetrics caches compute(); the merged state needs a fresh one
         with torch.no_grad():
             self.total = self.total + other.total.to(self.total.device)
             self.n = self.n + other.n.to(self.n.device)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from gapeval.degrade import degrade_folder, get_profile, resample  # noqa: E402
 from gapeval.gap import Design, GapConfig, gap_analysis, load_reflectance  # noqa: E402
 from gapeval.grids import Grid  # noqa: E402
+from gapeval.progress import Stages  # noqa: E402
 from lpips_sat.raster import write_raster  # noqa: E402
 
 S2_STACK = ROOT.parent / "shared" / "data" / "s2" / "s2_l1c_virginia_13band_10m.tif"
@@ -103,18 +104,6 @@ def super_resolve(lr_dir: Path, hr_dir: Path, out: Path, model: str) -> None:
         write_raster(dst, np.clip(up, 0.0, None), transform=hr_info.transform, crs=hr_info.crs, descriptions=BANDS, tags={"SR_MODEL": model})
 
 
-class Stages:
-    """Prints ``[k/n mm:ss] what`` as each stage starts (stdout, flushed), so a long run is never silent."""
-
-    def __init__(self, total: int, t0: float) -> None:
-        self.total, self.t0, self.k = total, t0, 0
-
-    def __call__(self, what: str) -> None:
-        self.k += 1
-        elapsed = int(time.time() - self.t0)
-        print(f"[{self.k}/{self.total} {elapsed // 60:02d}:{elapsed % 60:02d}] {what}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/gap_example", help="working folder (default build/gap_example)")
@@ -132,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     out = Path(args.out)
-    n_stages = 2 + 3 * len(INPUTS) + 1
-    stage = Stages(n_stages, t0)
+    stage = Stages("gap_example", 2 + 3 * len(INPUTS) + 1, stream=sys.stdout)
     stage(f"loading LPIPS-Sat weights {args.weights or '(shipped)'}")
     metric, label, _ = load_metric(args.weights)
     hr_dir = out / "hr"

@@ -80,3 +80,10 @@ def test_shipped_score_range() -> None:
     metric = LPIPSSat()
     lo, hi = metric.score_range
     assert lo == 0.0 and 1.0 < hi < 100.0  # README distances of SR outputs are 1.5 to 3.9
+
+
+def test_functional_form_takes_normalize() -> None:
+    from lpips_sat import lpips_sat
+
+    sr, hr = _reflectance(2, seed=6)
+    assert torch.allclose(lpips_sat(sr * 2 - 1, hr * 2 - 1, normalize=False), lpips_sat(sr, hr), rtol=1e-5, atol=1e-7)

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from gapeval import cli as gcli
-from gapeval.reflectance import check_not_tiny, check_reflectance, declared_scale
+from gapeval.reflectance import check_reflectance, was_scaled
 from lpips_sat import LPIPSSat, lpips_sat
 from lpips_sat.atomic import STALE_AFTER_S, atomic_path, is_stale_temporary, make_folder, remove_stale_temporaries, write_text_atomic
 from lpips_sat.errors import InputError, OutputError, WeightsError
 from lpips_sat.backbones import TAPS
-from lpips_sat.metric import check_device
+from lpips_sat.options import check_device
 from lpips_sat.raster import raster_info, read_raster, write_raster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -89,7 +89,7 @@ def test_an_empty_batch_through_the_functional_and_running_forms(metric: LPIPSSa
 
 def test_check_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_device("cpu") == "cpu"
-    with pytest.raises(InputError, match="'tpu' is not a torch device"):
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
         check_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
@@ -142,7 +142,7 @@ def test_tampered_shipped_weights_are_not_called_missing(weights_copy: Path, cap
     assert "not installed" not in message and "random-tiny" not in message
 
     path.unlink()  # absent: now the hint applies
-    with pytest.raises(WeightsError, match="not installed yet; `--weights random-tiny`"):
+    with pytest.raises(WeightsError, match="not installed; reinstall lpips-sat, or use `--weights random-tiny`"):
         load_metric(DEFAULT_NAME)
 
 
@@ -154,25 +154,22 @@ def _dn_file(path: Path, values: np.ndarray, scales: tuple[float, ...] | None) -
     return write_raster(path, values, transform=like.transform, crs=like.crs, descriptions=like.descriptions, dtype="uint16", scales=scales)
 
 
-def test_declared_scale_is_only_reported_when_it_converted_the_values(tmp_path: Path) -> None:
-    info = raster_info(EXAMPLES / "hr" / "town.tif")  # declares scale 0.0001
-    bands = [0, 1, 2, 3]
-    assert declared_scale(info, bands, np.full(4, 1e-4, np.float32), np.zeros(4, np.float32)) == "scale 0.0001, offset 0"
-    assert declared_scale(info, bands, np.full(4, 1.0, np.float32), np.zeros(4, np.float32)) is None  # --scale 1 replaced it
-    plain = raster_info(_dn_file(tmp_path / "plain.tif", np.ones((4, 32, 32), np.uint16), None))
-    assert declared_scale(plain, bands, np.ones(4, np.float32), np.zeros(4, np.float32)) is None
+def test_was_scaled_knows_file_scales_and_explicit_ones() -> None:
+    one, zero = np.ones(4, np.float32), np.zeros(4, np.float32)
+    assert was_scaled(None, np.full(4, 1e-4, np.float32), zero)  # the file's own scale metadata
+    assert was_scaled(None, one, np.full(4, -0.1, np.float32))  # its offset alone
+    assert was_scaled(10000.0, np.full(4, 1e-4, np.float32), zero)  # an explicit scale
+    assert not was_scaled(None, one, zero)  # raw values: the DN advice applies
 
 
-def test_implausible_values_under_a_declared_scale_say_the_file_may_be_corrupt() -> None:
+def test_implausible_values_after_a_scale_say_the_file_may_be_corrupt() -> None:
     data, valid = np.full((4, 8, 8), 6.5535, np.float32), np.ones((8, 8), bool)  # 65535 DN x 0.0001: garbage decoded
     with pytest.raises(InputError) as info:
-        check_reflectance(data, valid, Path("x.tif"), "--pred-scale", "scale 0.0001, offset 0")
-    assert "implausible for reflectance under the scale the file declares (scale 0.0001, offset 0)" in str(info.value)
-    assert "may be corrupt" in str(info.value) and "--pred-scale" not in str(info.value)
-    with pytest.raises(InputError, match="pass --pred-scale 10000"):  # no declared scale: the DN advice stays
+        check_reflectance(data, valid, Path("x.tif"), "--pred-scale", scaled=True)
+    assert "implausible for reflectance even after the scale" in str(info.value) and "may be corrupt" in str(info.value)
+    assert "pass --pred-scale 10000" not in str(info.value)
+    with pytest.raises(InputError, match="pass --pred-scale 10000"):  # unscaled values: the DN advice stays
         check_reflectance(data * 10000, valid, Path("x.tif"), "--pred-scale")
-    with pytest.raises(InputError, match="may be corrupt"):
-        check_not_tiny(1e-6, Path("x.tif"), "--pred-scale", "scale 0.0001, offset 0")
 
 
 def test_a_garbage_tile_with_a_declared_scale_through_the_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -214,13 +211,11 @@ def test_gap_on_a_binary_pairs_csv(tmp_path: Path, capsys: pytest.CaptureFixture
     (run_dir / "pairs.csv").write_bytes(bytes(range(256)) * 8)
     argv = ["gap", "--run", f"a={run_dir}", "--run", f"b={run_dir}", "--out", str(tmp_path / "o"), "--no-images"]
     code, _, err = run(argv, capsys)
-    assert code == 1 and err.startswith("gapeval gap: error: run 'a': ") and "pairs.csv is not a readable CSV table" in err
+    assert code == 1 and "pairs.csv: not a text table" in err and "run 'a' must name a results folder written by `gapeval score`" in err
+    assert "--overwrite" not in err  # the advice for a results folder being written does not apply to gap's inputs
     (run_dir / "pairs.csv").write_text("key,psnr\na,1\n\x00b,2\n")
     code, _, err = run(argv, capsys)
     assert code == 1 and "NUL bytes" in err
-    (run_dir / "pairs.csv").write_text('key,psnr\na,1\n"b,2\n')  # an unterminated quote
-    code, _, err = run(argv, capsys)
-    assert code == 1 and "not a readable CSV table" in err
 
 
 def test_gap_ignores_an_unreadable_summary_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -191,3 +191,18 @@ def test_a_folder_is_accepted_wherever_weights_are(tmp_path, capsys) -> None:
     assert main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(folder), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["distance"] == pytest.approx(float(metric(sr, hr)[0]), rel=1e-6) and out["sha256"] == direct.sha256
+
+
+def test_info_checks_a_model_folder(tmp_path, capsys) -> None:
+    from lpips_sat.cli import main
+
+    folder = LPIPSSat.random(seed=4).save_pretrained(tmp_path / "m")
+    assert main(["info", "--weights", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "random-resnet18-div8-seed4" in out and ": OK" in out
+    data = bytearray((folder / WEIGHTS_NAME).read_bytes())
+    data[-5] ^= 0x01
+    (folder / WEIGHTS_NAME).write_bytes(bytes(data))
+    assert main(["info", "--weights", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out and "model folder failed" in captured.err

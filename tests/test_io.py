@@ -13,7 +13,6 @@ from gapeval.bands import select_bands
 from gapeval.folders import list_images, pair_folders
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
 from gapeval.reflectance import check_not_tiny, check_reflectance
-from gapeval.results import append_line, read_lines_complete
 from gapeval.sources import RasterSource, RasterWriter
 from gapeval.windows import expand_window, fixed_size_window, iter_windows, window_slices
 from lpips_sat.bands import DEFAULT_BANDS, S2_L1C_13
@@ -280,13 +279,3 @@ def test_raster_writer_is_atomic_and_georeferenced(tmp_path):
     r = read_raster(path)
     assert r.transform == T10 and r.crs.to_epsg() == 32618 and r.tags["A"] == "1"
     assert r.data[0, :4].sum() == 32 and r.data[0, 4:].sum() == 64
-
-
-def test_appended_lines_survive_a_partial_write(tmp_path):
-    path = tmp_path / "rows.csv"
-    append_line(path, "a,b")
-    append_line(path, "1,2")
-    with open(path, "a") as fh:
-        fh.write("3,")  # a crash in the middle of a row
-    assert read_lines_complete(path) == ["a,b", "1,2"]
-    assert path.read_text() == "a,b\n1,2\n"

@@ -55,6 +55,7 @@ def test_reset_merge_and_errors(metric) -> None:
     s2, h2 = _data(3, 2)
     a.update(s1, h1)
     b.update(s2, h2)
+    assert float(a.compute()) == pytest.approx(float(metric(s1, h1).double().mean()), rel=1e-6)  # (torchmetrics caches this)
     a.merge(b)
     assert a.count == 5
     assert float(a.compute()) == pytest.approx(float(metric(torch.cat([s1, s2]), torch.cat([h1, h2])).double().mean()), rel=1e-6)
@@ -73,6 +74,25 @@ def test_update_keeps_no_graph_and_forward_is_differentiable(metric) -> None:
     expected = torch.autograd.grad(metric(sr, hr).double().mean(), sr)[0]  # the same mean, differentiated directly
     assert torch.allclose(sr.grad, expected, rtol=1e-4, atol=1e-9)
     assert running.count == 6 and not running.total.requires_grad  # the accumulated state holds no graph
+
+
+def test_a_refused_batch_keeps_the_accumulated_state(metric) -> None:
+    from lpips_sat.errors import InputError
+
+    running = LPIPSSatMetric(metric)
+    sr, hr = _data(4, 6)
+    running(sr[:2], hr[:2])
+    running.update(sr[2:3], hr[2:3])
+    bad = sr[3:].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    for call in (running, running.update):
+        with pytest.raises(InputError, match="NaN"):
+            call(bad, hr[3:])
+    assert running.count == 3
+    assert float(running.compute()) == pytest.approx(float(metric(sr[:3], hr[:3]).double().mean()), rel=1e-6)
+    x = sr[3:].clone().requires_grad_(True)
+    running(x, hr[3:]).backward()  # forward still works (and is differentiable) after the refusal
+    assert x.grad is not None and running.count == 4
 
 
 def test_builds_its_own_metric_from_keywords(tmp_path) -> None:

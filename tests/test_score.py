@@ -166,10 +166,10 @@ def test_nodata_is_masked_out_of_every_metric(tmp_path, metric):
     junk[:, :20, :] = 0.9  # anything under the target's nodata must not matter
     put(tmp_path / "junk" / "a.tif", junk, "town")
     holes = b.copy()
-    holes[:, 40:44, 10:20] = np.nan  # NaN where the target is valid: masked, and reported
+    holes[:, 40:44, 10:20] = np.nan  # NaN where the target is valid: masked when asked, and reported
     holes[0, 50, 50] = np.inf
     put(tmp_path / "holes" / "a.tif", holes, "town")
-    res = score({n: tmp_path / n for n in ("clean", "junk", "holes")}, tmp_path / "hr", metric=metric)
+    res = score({n: tmp_path / n for n in ("clean", "junk", "holes")}, tmp_path / "hr", metric=metric, invalid_pred="mask")
     clean, junk_r, holes_r = (by(res.records, n, "a") for n in ("clean", "junk", "holes"))
     assert clean["valid_fraction"] == pytest.approx(44 / 64) and clean["pred_invalid_fraction"] == 0
     for col in ("psnr", "ssim", "sam_deg", "rmse", "mae", "lpips_sat"):
@@ -190,7 +190,7 @@ def test_all_nodata_pair_is_skipped_never_scored(tmp_path, metric):
     assert rec["status"] == "skipped" and "no valid pixel" in rec["reason"]
     assert all(np.isnan(rec[c]) for c in ("psnr", "ssim", "lpips_sat", "mae"))
     assert res.summary["pred_sets"]["p"]["n_skipped"] == 1 and res.summary["pred_sets"]["p"]["metrics"]["psnr"]["n"] == 1
-    assert res.skipped == [{"pred_set": "p", "key": "empty", "reason": rec["reason"]}]
+    assert res.skipped == [{"pred_set": "p", "key": "empty", "status": "skipped", "reason": rec["reason"]}]
     with open(tmp_path / "out" / "pairs.csv") as fh:
         row = next(r for r in csv.DictReader(fh) if r["key"] == "empty")
     assert row["status"] == "skipped" and row["psnr"] == "" and row["lpips_sat"] == ""

@@ -9,6 +9,7 @@ steps (this is how the test-suite runs them); without it they use the shipped we
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -70,3 +71,33 @@ class TinySR(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(lr, scale_factor=self.factor, mode="bilinear", align_corners=False)
         return up + self.shuffle(self.body(lr))
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Progress:
+    """Progress lines for a loop of ``total`` steps: ``step k/total <text>  <elapsed> elapsed, ETA <rest>``.
+
+    A line is printed after the first step (so the speed shows early), every ``every`` steps, after the last step,
+    and whenever ``interval`` seconds passed since the previous line. The ETA is the mean time per step so far
+    times the steps left.
+    """
+
+    def __init__(self, total: int, every: int, interval: float = 20.0) -> None:
+        self.total, self.every, self.interval = total, max(1, every), interval
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, step: int, text: str = "") -> bool:
+        """Report that 0-based ``step`` finished; returns whether a line was printed."""
+        now = time.perf_counter()
+        done = step + 1
+        if not (step == 0 or done == self.total or done % self.every == 0 or now - self.last >= self.interval):
+            return False
+        elapsed = now - self.start
+        eta = elapsed / done * (self.total - done)
+        print(f"step {done:4d}/{self.total}  {text}  {_duration(elapsed)} elapsed, ETA {_duration(eta)}", flush=True)
+        self.last = now
+        return True

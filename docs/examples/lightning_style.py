@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lpips_sat.running import LPIPSSatMetric
-from common import STEPS, TinySR, make_metric, toy_pairs  # docs/examples/common.py
+from common import STEPS, Progress, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 
 class SRModule(nn.Module):
@@ -71,6 +71,7 @@ def fit(module: SRModule, train: DataLoader, val: DataLoader, epochs: int) -> li
     """The part of ``lightning.Trainer.fit`` this example needs: train/eval switching and hook order."""
     opt = module.configure_optimizers()
     scores = []
+    progress = Progress(epochs * len(train), every=len(train))  # a line per epoch, and at least every 20 s
     for epoch in range(epochs):
         module.train()
         for i, batch in enumerate(train):
@@ -78,6 +79,7 @@ def fit(module: SRModule, train: DataLoader, val: DataLoader, epochs: int) -> li
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            progress(epoch * len(train) + i, f"epoch {epoch}  train_lpips_sat {module.logged['train_lpips_sat']:.4f}")
         module.eval()
         for i, batch in enumerate(val):
             module.validation_step(batch, i)

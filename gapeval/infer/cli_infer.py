@@ -11,7 +11,7 @@ from gapeval.infer.base import PRECISIONS, SamplingOptions
 from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, select_shard
 from gapeval.infer.pipeline import run as run_pipeline
 from gapeval.infer.registry import get
-from lpips_sat.cli import device_option, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
+from lpips_sat.options import device, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 from lpips_sat.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="a GeoTIFF or a folder of GeoTIFFs (low resolution)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (STEM.tif, STEM_std.tif)")
     parser.add_argument("--checkpoint", required=True, help="local file/folder, or hub id owner/name[:file] (needs network)")
-    parser.add_argument("--device", type=device_option(), default=None, help="cpu, cuda, cuda:1 … (default: cuda:$LOCAL_RANK / cuda when available, else cpu)")
+    parser.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 …, or auto (default: cuda:$LOCAL_RANK / cuda when available, else cpu)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="denoiser autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: per model)")
     parser.add_argument("--eta", type=nonnegative_float, default=None, help="DDIM eta (default: per model)")
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     options = SamplingOptions(steps=args.steps, eta=args.eta, sampler=args.sampler, temperature=args.temperature, guidance=args.guidance,
                               noise_level=args.noise_level, prompt=args.prompt, prompt_embeds=args.prompt_embeds, rgb_gain=args.rgb_gain,
                               num_head_channels=args.num_head_channels, use_ema=args.use_ema)
-    device = args.device or default_device()
+    device = default_device() if args.device in (None, "auto") else args.device
     adapter, source = load_adapter(args.model, args.checkpoint, options, device=device, precision=args.precision)
     config = InferConfig(out=args.out, seed=args.seed, samples=args.samples, tile=args.tile, overlap=args.overlap, batch=args.batch,
                          bands=args.bands, scale=args.scale, offset=args.offset, histogram_match=args.histogram_match,

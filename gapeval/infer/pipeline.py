@@ -40,7 +40,7 @@ from gapeval.folders import list_images
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
-from gapeval.reflectance import check_not_tiny, check_reflectance, declared_scale
+from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
 from lpips_sat.atomic import atomic_path, make_folder, remove_stale_temporaries, write_text_atomic
 from lpips_sat.bands import band_indices
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure
@@ -278,8 +278,8 @@ class Pipeline:
         used = idx + fallback_idx
         gain, off = band_gain_offset(info, used, c.scale)
         data = (raster.data[used] + np.float32(c.offset)) * gain[:, None, None] + off[:, None, None]
-        declared = declared_scale(info, used, gain, off) if c.offset == 0 else None
-        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale", declared), path, "--scale", declared)
+        scaled = was_scaled(c.scale, gain, off)
+        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale", scaled=scaled), path, "--scale")
         if fallback != "none":
             log.warning("%s: %s", path, fallback)
         data = fill_invalid(data, raster.valid)

@@ -21,7 +21,9 @@ Checkpoints (``--checkpoint``):
   diffusers key map of :mod:`gapeval.infer.ldm_keys`. The schedule comes from :data:`PRESETS`, chosen from the file name
   or from ``{"preset": NAME}`` in an optional ``resshift.json`` next to them;
 * a gapeval ``.safetensors`` with ``unet.*`` and ``vqvae.*`` tensors and a JSON ``config`` in the metadata
-  (:func:`save_checkpoint`), e.g. written by a gapeval trainer.
+  (:func:`save_checkpoint`), e.g. written by a gapeval trainer. Without ``vqvae`` (no ``vqvae`` entry in the config)
+  the same chain runs in **pixel space**: ``x0``/``y0`` are the value-mapped HR image and the bicubically upsampled LR
+  image, ``scale`` comes from the config; this is what ``gapeval train resshift`` writes for CPU-sized models.
 """
 
 from __future__ import annotations
@@ -89,22 +91,37 @@ def step_indices(trained: int, steps: int) -> list[int]:
     return [round(float(v)) for v in np.linspace(trained - 1, 0, steps)]
 
 
+def unet_config(bands: int, width: int = 160, mult: Sequence[int] = (1, 2, 2, 4), layers: int = 2, swin_levels: Sequence[int] = (0, 1, 2, 3),
+                norm_groups: int = 32, latent_channels: int | None = None, **extra: Any) -> dict[str, Any]:
+    """``SwinUNetConfig`` dict of a denoiser with ``latent_channels`` (default ``bands``: pixel space) in and out and ``bands``
+    as condition; ``extra`` sets further fields (``window_size``, ``swin_embed_dim``, ``num_head_channels``, ``image_size`` …)."""
+    ch = latent_channels or bands
+    cfg = SwinUNetConfig(in_channels=ch, cond_channels=bands, out_channels=ch, model_channels=width, channel_mult=tuple(mult),
+                         num_res_blocks=layers, swin_levels=tuple(swin_levels), norm_groups=norm_groups)
+    return SwinUNetConfig.from_dict({**cfg.as_dict(), **extra}).as_dict()
+
+
 class ResShift(Adapter):
-    """ResShift / SinSR: Swin-UNet x0-predictor + ``VQModel`` + the residual-shifting sampler."""
+    """ResShift / SinSR: Swin-UNet x0-predictor + ``VQModel`` (or pixel space: ``vqvae=None``) + the residual-shifting sampler."""
 
     name = NAME
     default_tile = 64
 
     def __init__(self, unet: SwinUNet, vqvae, schedule: ShiftSchedule, bands: Sequence[str], values: ValueMap,
-                 options: SamplingOptions, device="cpu", precision="auto", default_steps: int | None = None) -> None:
+                 options: SamplingOptions, device="cpu", precision="auto", default_steps: int | None = None, scale: int = 4) -> None:
         super().__init__(device, precision)
-        self.unet, self.vqvae = unet.to(self.device).eval(), vqvae.to(self.device).eval()
+        self.unet = unet.to(self.device).eval()
+        self.vqvae = vqvae.to(self.device).eval() if vqvae is not None else None
         self.schedule, self.bands, self.values = schedule, tuple(bands), values
         self.etas = torch.tensor(schedule.etas(), dtype=torch.float64)
         self.steps = options.steps or default_steps or schedule.steps
         self.indices = step_indices(schedule.steps, self.steps)
-        self.scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
-        self.size_multiple = unet.size_multiple
+        if vqvae is not None:
+            self.scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
+            self.size_multiple = unet.size_multiple
+        else:  # pixel space: the network runs on the x scale grid
+            self.scale = int(scale)
+            self.size_multiple = max(1, unet.size_multiple // math.gcd(unet.size_multiple, self.scale))
         if options.rgb_gain is not None and values.kind == "rgb_gain":
             self.values = ValueMap("rgb_gain", options.rgb_gain)
 
@@ -119,7 +136,7 @@ class ResShift(Adapter):
         B = lr.shape[0]
         lq = self.values.to_model(lr.to(self.device, torch.float32))
         up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        y0 = self.vqvae.encode(up).latents
+        y0 = self.vqvae.encode(up).latents if self.vqvae is not None else up
         if lq.shape[-2:] != y0.shape[-2:]:
             lq = F.interpolate(lq, size=y0.shape[-2:], mode="bicubic", align_corners=False)
         kappa = self.schedule.kappa
@@ -137,19 +154,26 @@ class ResShift(Adapter):
             ratio = eta[s] / eta[t]
             std = kappa * math.sqrt(ratio * (eta[t] - eta[s]))
             x = ratio * x + (1.0 - ratio) * x0 + std * batch_randn(generators, x.shape[1:], self.device)
-        decoded = self.vqvae.decode(x0).sample
+        decoded = self.vqvae.decode(x0).sample if self.vqvae is not None else x0
         return self.values.from_model(decoded)
 
 
 def save_checkpoint(path: str | Path, unet: SwinUNet, vqvae, schedule: ShiftSchedule = ShiftSchedule(),
-                    bands: Sequence[str] = ("B04", "B03", "B02"), values: ValueMap | None = None) -> str:
-    """Write a ``resshift`` checkpoint (unet.* + vqvae.* tensors, JSON config in the metadata); return its sha256."""
+                    bands: Sequence[str] = ("B04", "B03", "B02"), values: ValueMap | None = None, scale: int = 4,
+                    metadata: Mapping[str, str] | None = None) -> str:
+    """Write a ``resshift`` checkpoint (unet.* [+ vqvae.*] tensors, JSON config in the metadata); return its sha256.
+
+    ``vqvae=None`` writes a pixel-space checkpoint (``scale``: the super-resolution factor)."""
     values = values or ValueMap()
-    config = {"unet": unet.config.as_dict(), "vqvae": {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")},
-              "schedule": asdict(schedule), "bands": list(bands), "value_map": {"kind": values.kind, "gain": values.gain}}
+    config: dict[str, Any] = {"unet": unet.config.as_dict(), "schedule": asdict(schedule), "bands": list(bands),
+                              "value_map": {"kind": values.kind, "gain": values.gain}}
     tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    tensors.update({f"vqvae.{k}": v for k, v in vqvae.state_dict().items()})
-    return save_safetensors(path, tensors, {"model": NAME, "config": json.dumps(config)})
+    if vqvae is not None:
+        config["vqvae"] = {k: v for k, v in dict(vqvae.config).items() if not k.startswith("_")}
+        tensors.update({f"vqvae.{k}": v for k, v in vqvae.state_dict().items()})
+    else:
+        config["scale"] = int(scale)
+    return save_safetensors(path, tensors, {"model": NAME, "config": json.dumps(config), **(metadata or {})})
 
 
 def build_unet(config: Mapping[str, Any]) -> SwinUNet:
@@ -246,17 +270,20 @@ def load(source: CheckpointSource, options: SamplingOptions, device="cpu", preci
         raise WeightsError(f"{source.path}: a published ResShift/SinSR .pth needs its autoencoder: pass the folder holding it and "
                            "autoencoder_vq_f4.pth")
     config = config_from_metadata(source, NAME)
-    parts = split_prefixed(source.tensors(), ("unet", "vqvae"), str(source.path))
+    latent = "vqvae" in config
+    parts = split_prefixed(source.tensors(), ("unet", "vqvae") if latent else ("unet",), str(source.path))
     try:
         unet = build_unet(config)
         schedule = ShiftSchedule(**config.get("schedule", {}))
         bands = tuple(b for b in resolve(config.get("bands", ["B04", "B03", "B02"])) if b)
         values = ValueMap(**config.get("value_map", {}))
-        vqvae = VQModel.from_config(config["vqvae"])
+        vqvae = VQModel.from_config(config["vqvae"]) if latent else None
+        scale = int(config.get("scale", 4))
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{source.path}: invalid resshift config in the metadata ({exc})") from exc
     if unet.config.cond_channels != len(bands):
         raise WeightsError(f"{source.path}: network conditions on {unet.config.cond_channels} bands but the config lists {list(bands)}")
     load_unet_state(unet, parts["unet"], f"{source.path} (unet)")
-    load_strict(vqvae, parts["vqvae"], f"{source.path} (vqvae)")
-    return ResShift(unet, vqvae, schedule, bands, values, options, device, precision)
+    if vqvae is not None:
+        load_strict(vqvae, parts["vqvae"], f"{source.path} (vqvae)")
+    return ResShift(unet, vqvae, schedule, bands, values, options, device, precision, scale=scale)

@@ -10,7 +10,7 @@ The UNet predicts the noise (eps) of the noisy high-resolution image given ``[x_
 concatenated on channels (SR3's conditioning). Values: reflectance -> ``2 * refl / ref_max - 1`` (``ref_max`` in the
 checkpoint, default 0.5), no clipping. Sampling: DDIM (default 50 steps, eta 0) or DDPM (``--sampler ddpm``,
 default 50 steps of the respaced chain) from the checkpoint's training schedule. Weights come from
-``gapeval train sr3`` (:mod:`gapeval.infer.train_sr3`), so the training domain (synthetic ``gapeval degrade`` pairs
+``gapeval train sr3`` (:mod:`gapeval.infer.train`), so the training domain (synthetic ``gapeval degrade`` pairs
 or real cross-sensor pairs) is the user's choice.
 """
 

@@ -3,10 +3,14 @@
 metric of gapeval's own protocol honours a validity mask.
 
 This module also holds the one table of metric names, directions and descriptions used by the score
-tables, summaries and reports.
+tables, summaries and reports, and gives ``compute(sr, hr, lr=None, ...)``: every ``pairs.csv`` column of arrays or
+tensors in memory, through the code ``gapeval score`` runs per scene (:func:`gapeval.scoring.arrays.compute`; imported
+on first use, as it needs the scoring pipeline that uses these metrics).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 #: Headline metric -> (better direction, unit, one-line description). Per-band columns are ``<metric>_<band>``.
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -43,3 +47,11 @@ def direction(column: str) -> str | None:
         return METRICS[column][0]
     base = column.rsplit("_", 1)[0]
     return METRICS[base][0] if base in PER_BAND else None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compute":
+        from gapeval.scoring.arrays import compute
+
+        return compute
+    raise AttributeError(f"module 'gapeval.metrics' has no attribute {name!r}")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gapeval.align import histogram_match
 from gapeval.metrics.consistency import correctness_scores
 from lpips_sat.errors import InputError
 
@@ -80,20 +81,6 @@ def _resize(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def _nanmean_bands(x: torch.Tensor) -> torch.Tensor:
     return torch.nanmean(x, dim=0)
-
-
-def histogram_match_exact(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per-band quantile mapping of every pixel of ``image`` onto the values of ``reference`` (C, H, W), keeping
-    ``image``'s float dtype: each distinct value at cumulative frequency q takes the reference value at q,
-    linearly interpolated between the reference's distinct values (Gonzalez & Woods 3.3.2)."""
-    out = np.empty(image.shape, dtype=image.dtype)
-    for b in range(image.shape[0]):
-        values, inverse, counts = np.unique(image[b].ravel(), return_inverse=True, return_counts=True)
-        ref_values, ref_counts = np.unique(reference[b].ravel(), return_counts=True)
-        q = np.cumsum(counts) / image[b].size
-        ref_q = np.cumsum(ref_counts) / reference[b].size
-        out[b] = np.interp(q, ref_q, ref_values)[inverse.ravel()].reshape(image.shape[1:])
-    return out
 
 
 def phase_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 50) -> tuple[float, float] | None:
@@ -180,7 +167,7 @@ def spectral_angle_deg(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _harmonise(sr: torch.Tensor, hr: torch.Tensor, settings: OpenSRSettings) -> torch.Tensor:
     """SR with HR's per-band histograms, then translated onto HR (step 4 of the module docstring)."""
-    matched = histogram_match_exact(sr.numpy(), hr.numpy())
+    matched = histogram_match(sr.numpy(), hr.numpy()).astype(sr.numpy().dtype)
     move = _translation(hr, torch.from_numpy(matched), settings)
     if move is not None:
         matched = translate(matched, *move)
@@ -330,4 +317,4 @@ class OpenSRAccumulator:
         return out
 
 
-__all__ = ["COLUMNS", "DEFAULT", "KEYS", "TILES_COLUMN", "OpenSRAccumulator", "OpenSRSettings", "check_scale", "min_size", "histogram_match_exact", "normalised_difference", "opensr_test_metrics", "phase_shift", "translate"]
+__all__ = ["COLUMNS", "DEFAULT", "KEYS", "TILES_COLUMN", "OpenSRAccumulator", "OpenSRSettings", "check_scale", "min_size", "normalised_difference", "opensr_test_metrics", "phase_shift", "translate"]

@@ -15,6 +15,11 @@ from lpips_sat.metric import MIN_SIZE
 RANDOM_WEIGHTS = "random-tiny"
 #: Default window (px) for reading, classical metrics and LPIPS-Sat tiles.
 DEFAULT_TILE = 512
+#: What a prediction's own invalid pixels (NaN/inf/nodata where the target is valid) do to its pair: ``fail`` marks
+#: the pair failed (no numbers; exit 3), ``mask`` scores only the prediction's valid pixels (and counts the others).
+INVALID_PRED_POLICIES = ("fail", "mask")
+#: ``--protocol`` values: gapeval's own LR-consistency/correctness columns, or opensr-test 1.3.3's (docs/metrics.md).
+PROTOCOLS = ("gapeval", "opensr-test")
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,14 @@ class ScoreConfig:
     hf_threshold: float = HF_THRESHOLD
     lambdas: tuple[float, float, float] = CORRECTNESS_LAMBDAS
     pattern: str | None = None
+    protocol: str = "gapeval"
+    invalid_pred: str = "fail"
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "opensr-test" and not self.with_lr:
+            raise InputError("--protocol opensr-test needs the LR inputs (--lr DIR): all its values compare SR with LR")
         if not self.data_range > 0:
             raise InputError(f"--data-range must be positive, got {self.data_range}")
         if self.tile < MIN_SIZE:
@@ -49,6 +60,8 @@ class ScoreConfig:
             raise InputError(f"--tile ({self.tile}) must be a multiple of the correctness patch ({self.patch})")
         if self.resample is not None and self.resample not in RESAMPLING_METHODS:
             raise InputError(f"--resample must be one of {RESAMPLING_METHODS}, got {self.resample!r}")
+        if self.invalid_pred not in INVALID_PRED_POLICIES:
+            raise InputError(f"--invalid-pred must be one of {INVALID_PRED_POLICIES}, got {self.invalid_pred!r}")
         if self.sr_factor is not None and not self.sr_factor > 1:
             raise InputError(f"--sr-factor must be > 1 (e.g. 4 for 10 m -> 2.5 m), got {self.sr_factor}")
 

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapeval.bands import select_bands
+from gapeval.bands import order_assumed, select_bands
 from gapeval.folders import Pairing
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
+from gapeval.metrics.opensr import check_scale
+from gapeval.reflectance import was_scaled
 from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE
-from lpips_sat.raster import band_gain_offset, raster_info
+from lpips_sat.raster import RasterInfo, band_gain_offset, raster_info
 from lpips_sat.registry import sha256_file
 
 
@@ -27,6 +29,7 @@ class SceneInput:
     sha256: str
     flag: str  # option that sets this file's scale, quoted in errors
     warp: bool = False
+    scaled: bool = False  # values converted by a scale (explicit, or the file's own scale/offset metadata)
 
 
 @dataclass
@@ -41,28 +44,40 @@ class ScenePlan:
 
 
 class FileHashes:
-    """sha256 of files, each computed once."""
+    """sha256 and headers of files, each read once per run."""
 
     def __init__(self) -> None:
         self._done: dict[Path, str] = {}
+        self._info: dict[Path, RasterInfo] = {}
 
     def __call__(self, path: Path) -> str:
         if path not in self._done:
             self._done[path] = sha256_file(path)
         return self._done[path]
 
+    def info(self, path: Path) -> RasterInfo:
+        if path not in self._info:
+            self._info[path] = raster_info(path)
+        return self._info[path]
 
-def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None, hashes: FileHashes) -> tuple[SceneInput, Grid]:
-    info = raster_info(path)
-    declared, scale = {
+
+def _role_options(config: ScoreConfig, role: str) -> tuple[str | None, float | None]:
+    """The declared band order and scale of one role (``pred``, ``target``, ``lr``)."""
+    return {
         "pred": (config.pred_bands, config.pred_scale),
         "target": (config.target_bands, config.target_scale),
         "lr": (config.lr_bands, config.lr_scale),
     }[role]
+
+
+def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None, hashes: FileHashes) -> tuple[SceneInput, Grid]:
+    info = hashes.info(path)
+    declared, scale = _role_options(config, role)
     bands = select_bands(info, declared, config.bands, f"--{role}-bands")
     gain, offset = band_gain_offset(info, bands, scale)
     grid = grid_of(info, target)
-    return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale"), grid
+    scaled = was_scaled(scale, gain, offset)
+    return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale", scaled=scaled), grid
 
 
 def plan_scene(
@@ -85,7 +100,27 @@ def plan_scene(
     if lr is not None:
         lin, lgrid = _make_input(lr, config, "lr", tgrid, hashes)
         plan.lr, plan.ratio = lin, lr_ratio(lgrid, tgrid, lr, target)
+    check_protocol(plan, config)
     return plan
+
+
+def check_protocol(plan: ScenePlan, config: ScoreConfig) -> None:
+    """Grid conditions of ``--protocol opensr-test``: an integer LR/HR ratio dividing its border mask, a target whose
+    size is a multiple of it, and windows (``--tile``) on whole LR pixels.
+
+    Raises:
+        InputError: naming the LR and target files.
+    """
+    if config.protocol != "opensr-test" or plan.lr is None or plan.ratio is None:
+        return
+    where = f"{plan.lr.source.path} and {plan.target.source.path}"
+    scale = check_scale(plan.ratio, where)
+    grid, lgrid = plan.target.source.grid, plan.lr.source.grid
+    if (grid.height, grid.width) != (scale * lgrid.height, scale * lgrid.width) or config.tile % scale:
+        raise InputError(
+            f"{where}: --protocol opensr-test needs the target ({grid.width}x{grid.height} px) to be exactly x{scale} the LR "
+            f"({lgrid.width}x{lgrid.height} px) and --tile ({config.tile}) a multiple of {scale}"
+        )
 
 
 def _unchanged(row: Mapping[str, Any], pred: Path, target: Path, lr: Path | None, hashes: FileHashes) -> bool:
@@ -103,15 +138,21 @@ def plan_pairs(
     config: ScoreConfig,
     done: Mapping[tuple[str, str], Mapping[str, Any]],
     hashes: FileHashes,
+    *,
+    progress: bool = False,
 ) -> tuple[list[ScenePlan], set[tuple[str, str]]]:
     """Plans of the scenes with pairs to score, and the ``(set, key)`` of scored rows whose files changed (``stale``).
 
-    A pair in ``done`` is skipped when its files are unchanged; otherwise it is scored again.
+    A pair in ``done`` is skipped when its files are unchanged; otherwise it is scored again. ``progress``: a bar
+    (stderr) when there are 100 scenes or more (headers are read and files hashed here).
     """
+    from tqdm import tqdm
+
     sets = list(sets)
     plans: list[ScenePlan] = []
     stale: set[tuple[str, str]] = set()
-    for key in pairing.keys:
+    keys = pairing.keys
+    for key in tqdm(keys, unit="scene", desc="gapeval score: checking", disable=not progress or len(keys) < 100):
         target = pairing.targets[key]
         lr = pairing.lr.get(key) if pairing.lr else None
         todo = {}
@@ -128,3 +169,29 @@ def plan_pairs(
         if todo:
             plans.append(plan_scene(key, target, todo, lr, config, hashes))
     return plans, stale
+
+
+def assumed_band_orders(pairing: Pairing, sets: Iterable[str], config: ScoreConfig, hashes: FileHashes, *, strict: bool) -> dict[str, Any]:
+    """Files of the run whose band order is assumed (no ``--<role>-bands``, no band names, the metric's band count),
+    per role: ``{role: {"order": [...], "files": [...]}}`` (recorded in ``summary.json``; the CLI warns).
+
+    Raises:
+        InputError: ``strict`` and some file's order would be assumed (the message lists them).
+    """
+    files: dict[str, list[Path]] = {"target": [pairing.targets[k] for k in pairing.keys]}
+    files["pred"] = [p for name in sets for k, p in sorted(pairing.preds[name].items())]
+    if pairing.lr:
+        files["lr"] = [p for k, p in sorted(pairing.lr.items()) if k in pairing.targets]
+    out: dict[str, Any] = {}
+    for role, paths in files.items():
+        declared, _ = _role_options(config, role)
+        assumed = [str(p) for p in paths if order_assumed(info := hashes.info(p), declared) and info.count == len(config.bands)]
+        if assumed:
+            out[role] = {"order": list(config.bands), "files": assumed}
+    if strict and out:
+        listed = [f"{f} ({role})" for role, v in out.items() for f in v["files"]]
+        raise InputError(
+            f"--strict-bands: {len(listed)} file(s) have no band names, so their band order would be assumed: "
+            f"{', '.join(listed[:5])}{' ...' if len(listed) > 5 else ''}; declare it with --pred-bands/--target-bands/--lr-bands"
+        )
+    return out

@@ -20,8 +20,9 @@ import numpy as np
 from gapeval.grids import Grid
 from gapeval.metrics.classical import SSIM_RADIUS, ClassicalAccumulator, interior_mask
 from gapeval.metrics.consistency import ConsistencyAccumulator
+from gapeval.metrics.opensr import OpenSRAccumulator
 from gapeval.metrics.perceptual import TiledLPIPS
-from gapeval.reflectance import check_not_tiny, check_reflectance, declared_scale
+from gapeval.reflectance import check_not_tiny, check_reflectance
 from gapeval.scoring.config import ScoreConfig
 from gapeval.scoring.plan import SceneInput, ScenePlan
 from gapeval.sources import RasterWriter
@@ -66,14 +67,17 @@ class SceneScorer:
         self.names = list(plan.preds)
         ratio_hl = 1.0 / plan.ratio if plan.ratio else (1.0 / config.sr_factor if config.sr_factor else None)
         self.classical = {n: ClassicalAccumulator(config.bands, config.data_range, ratio_hl) for n in self.names}
+        self.opensr = plan.lr is not None and config.protocol == "opensr-test"
         self.consistency = (
             {n: ConsistencyAccumulator(config.bands, config.patch, config.hf_threshold, config.lambdas) for n in self.names}
-            if plan.lr
+            if plan.lr and not self.opensr
             else {}
         )
+        self.opensr_acc = {n: OpenSRAccumulator() for n in self.names} if self.opensr else {}
         self.lpips = TiledLPIPS(metric, self.names, batch_size=batch_size, maps=maps)
         self.n_target = 0  # valid target pixels
         self.pred_invalid = {n: 0 for n in self.names}  # invalid prediction pixels where the target is valid
+        self.pred_defects = {n: 0 for n in self.names}  # of those, pixels the prediction file itself marks invalid
         self.maxima = {"target": -math.inf, **{n: -math.inf for n in self.names}}
 
     def hr_window(self, core: Any) -> list[tuple[str, Any, np.ndarray]]:
@@ -91,28 +95,48 @@ class SceneScorer:
         )
         tgt = plan.target
         t, tv = tgt.source.read(read_win)
-        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag, _declared(tgt)))
+        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag, scaled=tgt.scaled))
         self.n_target += int(tv[core_sl].sum())
-        lr_up = lr_up_valid = None
-        if plan.lr is not None:
+        lr_up = lr_up_valid = lr_block = None
+        if self.opensr:  # the LR pixels under this window, on their own grid (the protocol resamples by itself)
+            lr_block, lr_valid = self._lr_block(core)
+        elif plan.lr is not None:
             lr_up, lr_up_valid = plan.lr.source.read_on(grid, core, "bilinear")
         lp_preds, lp_valid = {}, {}
         for n in self.names:
             inp = plan.preds[n]
             p, pv = _read(inp, grid, read_win, config.resample)
-            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag, _declared(inp)))
+            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag, scaled=inp.scaled))
             joint = tv & pv
-            self.pred_invalid[n] += int((tv & ~pv)[core_sl].sum())
+            self.pred_invalid[n] += int((missing := (tv & ~pv)[core_sl]).sum())
+            if missing.any():
+                self.pred_defects[n] += int((missing & inp.source.defects_on(grid, core)).sum()) if inp.warp else int(missing.sum())
             self.classical[n].update(p, t, joint, core_sl, interior)
-            if plan.lr is not None:
+            if lr_block is not None:
+                complete = bool(joint[core_sl].all() and lr_valid.all())
+                self.opensr_acc[n].update(lr_block, p[:, core_sl[0], core_sl[1]], t[:, core_sl[0], core_sl[1]], complete)
+            elif plan.lr is not None:
                 pc = p[:, core_sl[0], core_sl[1]]
                 self.consistency[n].update_hr(pc, t[:, core_sl[0], core_sl[1]], lr_up, joint[core_sl] & lr_up_valid)
             lp_preds[n], lp_valid[n] = p[:, lp_sl[0], lp_sl[1]], joint[lp_sl]
         return self.lpips.add(t[:, lp_sl[0], lp_sl[1]], tv[lp_sl], lp_preds, lp_valid, window_slices(core, lp_win), tag=core)
 
+    def _lr_block(self, core: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The LR window exactly under the target window ``core`` (whole LR pixels, see :func:`~gapeval.scoring.plan.check_protocol`)."""
+        from rasterio.windows import Window
+
+        lr = self.plan.lr
+        assert lr is not None and self.plan.ratio is not None
+        s = round(self.plan.ratio)
+        data, valid = lr.source.read(Window(int(core.col_off) // s, int(core.row_off) // s, int(core.width) // s, int(core.height) // s))
+        check_reflectance(data, valid, lr.source.path, lr.flag, scaled=lr.scaled)
+        return data, valid
+
     def lr_windows(self) -> Any:
         """Windows of the LR grid for :meth:`lr_window` (the LR counterpart of the target tile)."""
         assert self.plan.lr is not None and self.plan.ratio is not None
+        if self.opensr:  # the protocol's LR values come from hr_window
+            return iter([])
         lgrid = self.plan.lr.source.grid
         return iter_windows(lgrid.height, lgrid.width, max(MIN_SIZE, math.ceil(self.config.tile / self.plan.ratio)))
 
@@ -121,7 +145,7 @@ class SceneScorer:
         lr = self.plan.lr
         assert lr is not None
         lv_data, lv = lr.source.read(lcore)
-        check_reflectance(lv_data, lv, lr.source.path, lr.flag, _declared(lr))
+        check_reflectance(lv_data, lv, lr.source.path, lr.flag, scaled=lr.scaled)
         for n in self.names:
             s, sv = self.plan.preds[n].source.read_on(lr.source.grid, lcore, "average")
             self.consistency[n].update_lr(s, lv_data, sv & lv)
@@ -134,12 +158,12 @@ class SceneScorer:
         """
         plan, config = self.plan, self.config
         tgt = plan.target
-        check_not_tiny(self.maxima["target"], tgt.source.path, tgt.flag, _declared(tgt))
+        check_not_tiny(self.maxima["target"], tgt.source.path, tgt.flag)
         records = []
         for n in self.names:
             inp = plan.preds[n]
             if self.maxima[n] > -math.inf:
-                check_not_tiny(self.maxima[n], inp.source.path, inp.flag, _declared(inp))
+                check_not_tiny(self.maxima[n], inp.source.path, inp.flag)
             rec = {"pred_set": n, "key": plan.key, **self._metrics(n)}
             rec.update(
                 seconds=seconds,
@@ -165,6 +189,16 @@ class SceneScorer:
             "valid_fraction": n_valid / (self.grid.height * self.grid.width),
             "pred_invalid_fraction": self.pred_invalid[name] / self.n_target if self.n_target else float("nan"),
         }
+        defects = self.pred_defects[name]
+        if self.n_target and defects and self.config.invalid_pred == "fail":
+            why = (
+                f"{defects} of the {self.n_target} valid target pixels have no valid prediction value (NaN/inf/nodata in "
+                f"{self.plan.preds[name].source.path}); a prediction must predict every pixel (--invalid-pred mask scores "
+                "only its valid pixels)"
+            )
+            rec.update(status="failed", reason=why)
+            logger.warning("%s / %s failed: %s", name, self.plan.key, why)
+            return rec
         if n_valid == 0:
             why = (
                 "the target has no valid pixel (all nodata/NaN)"
@@ -176,7 +210,9 @@ class SceneScorer:
             return rec
         rec.update(self.classical[name].result())
         rec["lpips_sat"], rec["lpips_tiles"] = (float(v) for v in self.lpips.result(name))
-        if self.plan.lr is not None:
+        if self.opensr:
+            rec.update(self.opensr_acc[name].result())
+        elif self.plan.lr is not None:
             rec.update(self.consistency[name].result())
         return rec
 
@@ -223,9 +259,3 @@ def score_scene(
 def _check_stop(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise Cancelled()
-
-
-def _declared(inp: SceneInput) -> str | None:
-    """The file's own scale metadata when it converted this input's values (for the range checks' advice)."""
-    src = inp.source
-    return declared_scale(src.info, src.bands, src.gain, src.offset)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from gapeval.scoring.config import RANDOM_WEIGHTS
 from lpips_sat.errors import MissingFileError, WeightsError
-from lpips_sat.metric import LPIPSSat, check_device
+from lpips_sat.metric import LPIPSSat
+from lpips_sat.options import resolve_device
 from lpips_sat.registry import DEFAULT_NAME, sha256_file
 
 
@@ -24,12 +25,10 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
         name = str(weights or DEFAULT_NAME)
         try:
             metric = LPIPSSat(name)
-        except MissingFileError as exc:  # only an absent file gets the hint; a present file that fails its check is refused as is
+        except MissingFileError as exc:  # absent: say how to run without them; a present but corrupt file says so itself
             hint = (
-                (
-                    f"\n  The shipped weights {DEFAULT_NAME!r} are not installed yet; `--weights {RANDOM_WEIGHTS}` runs a tiny random "
-                    "network for testing only (its numbers mean nothing)."
-                )
+                f"\n  The shipped weights {DEFAULT_NAME!r} are not installed; reinstall lpips-sat, or use `--weights {RANDOM_WEIGHTS}` "
+                "(a tiny random network for testing only: its numbers mean nothing)."
                 if name == DEFAULT_NAME
                 else ""
             )
@@ -46,12 +45,3 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         sha = digest.hexdigest()
     return metric, metric.name, sha
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name checked by :func:`lpips_sat.metric.check_device`."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return check_device(device)

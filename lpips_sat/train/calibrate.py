@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
-from lpips_sat.cli import nonnegative_float, nonnegative_int, open_fraction, positive_int
+from lpips_sat.options import nonnegative_float, nonnegative_int, open_fraction, positive_int
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
 from lpips_sat.hub import save_folder

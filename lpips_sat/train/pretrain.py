@@ -30,7 +30,7 @@ from torch import nn
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.backbones import TAPS, ResNetTaps
 from lpips_sat.bands import DEFAULT_BANDS
-from lpips_sat.cli import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
+from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
 from lpips_sat.hub import save_folder
 from lpips_sat.registry import save_weights
 from lpips_sat.train.checkpoint import load_state, save_state

@@ -11,7 +11,9 @@ from infer_helpers import TRANSFORM, read, s2_dn, write_tif
 from safetensors.torch import load_file
 
 from gapeval.cli import main
-from gapeval.infer.train_sr3 import STATE_FILE, TrainConfig, draw_batch, find_pairs, train
+from gapeval.infer.train import TrainConfig, draw_batch, find_pairs, state_file, train
+
+STATE_FILE = state_file("sr3")
 from lpips_sat.errors import InputError
 
 RGBN = ("B04", "B03", "B02", "B08")
@@ -87,3 +89,41 @@ def test_cli_train_then_infer(pairs: tuple[Path, Path], tmp_path: Path, capsys: 
     assert data.shape == (4, 64, 64) and tags["sampler"] == "ddpm" and np.isfinite(data).all()
     assert transform == TRANSFORM @ TRANSFORM.scale(0.25)
     assert main(["train", "sr3", "--lr", str(tmp_path / "nope"), "--hr", str(hr), "--out", str(ck)]) == 1
+
+
+RESSHIFT = {**TINY, "model": "resshift", "attention_levels": (1,), "network": {"window_size": 4, "num_head_channels": 8, "swin_embed_dim": 16}, "schedule": {"steps": 4, "kappa": 1.0}}
+
+
+def test_resshift_trains_resumes_exactly_and_runs_through_infer(pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The shared loop with the residual-shifting loss: exact resume, a pixel-space checkpoint that `gapeval infer` loads."""
+    lr, hr = pairs
+    seen: list[int] = []
+    straight = train(TrainConfig(lr, hr, tmp_path / "a", steps=4, val_every=2, **RESSHIFT), validate=lambda t: {"v": float(t.step)})
+    train(TrainConfig(lr, hr, tmp_path / "b", steps=2, val_every=2, **RESSHIFT), validate=lambda t: {"v": float(t.step)})
+    resumed = train(TrainConfig(lr, hr, tmp_path / "b", steps=4, val_every=2, **RESSHIFT), validate=lambda t: seen.append(t.step) or {"v": float(t.step)})
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert straight.name == "resshift.safetensors" and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("vqvae.") for k in a) and seen == [4]
+    assert (tmp_path / "b" / "val_log.csv").read_text().splitlines() == ["step,v", "0,0", "2,2", "4,4"]
+    out = tmp_path / "sr"
+    assert main(["infer", "--model", "resshift", "--input", str(lr / "p0.tif"), "--out", str(out), "--checkpoint", str(straight),
+                 "--steps", "4", "--tile", "16", "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
+    data, tags, transform, *_ = read(out / "p0.tif")
+    assert data.shape == (4, 64, 64) and np.isfinite(data).all() and tags["sampler"] == "resshift"
+    assert transform == TRANSFORM @ TRANSFORM.scale(0.25)
+
+
+def test_resshift_loss_is_zero_for_a_perfect_x0_predictor(pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Independent check of the residual-shifting loss: a network that returns x0 exactly has zero loss, one that returns
+    y0 (the upsampled LR) has loss mean((y0 - x0)^2)."""
+    import torch.nn.functional as F
+
+    from gapeval.infer.train import Trainer, family
+
+    trainer = Trainer(TrainConfig(*pairs, tmp_path / "o", steps=1, **RESSHIFT))
+    x0, y_lr = torch.rand(2, 4, 32, 32) * 2 - 1, torch.rand(2, 4, 8, 8) * 2 - 1
+    y0 = F.interpolate(y_lr, scale_factor=4, mode="bicubic", align_corners=False)
+    fam = family("resshift")
+    g = torch.Generator().manual_seed(0)
+    assert fam.loss(lambda x, t, lq: x0, x0, y_lr, g, trainer).item() == 0.0
+    assert fam.loss(lambda x, t, lq: lq, x0, y_lr, g, trainer).item() == pytest.approx(float(((y0 - x0) ** 2).mean()), rel=1e-6)
