@@ -470,6 +470,11 @@ def tile_features(metric: Any, image: np.ndarray, valid: np.ndarray, tile: int, 
 
 
 def _file_token(path: Path, extra: str) -> str:
+    """Cache key of a file's features: path, size and modification time (for a remote file: its path alone)."""
+    from lpips_sat.raster import is_virtual
+
+    if is_virtual(path):
+        return hashlib.sha1(f"{path}|{extra}".encode()).hexdigest()[:20]
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{extra}".encode()).hexdigest()[:20]
 

@@ -309,10 +309,22 @@ def _reflectance(data: np.ndarray, nodata: Any, profile: Any) -> np.ndarray:
 
 
 def check_scale(lr: LRGrid, high: Scene, config: PairsConfig, low_path: Path) -> int:
-    """The integer HR-per-LR pixel ratio (after checking both grids are square and the ratio is an integer)."""
+    """The integer HR-per-LR pixel ratio (after checking both grids are square and the ratio is an integer).
+
+    An HR scene in another CRS (``--reproject``) is resampled onto the LR grid subdivided ``scale`` times anyway, so
+    its own pixel size only has to be close: ``--scale`` is taken as given, else the ratio rounded when within 2 %.
+    """
     lr_px = (abs(lr.transform.a), abs(lr.transform.e))
     hr_px = (abs(high.info.transform.a), abs(high.info.transform.e))
     ratio = (lr_px[0] / hr_px[0], lr_px[1] / hr_px[1])
+    if not same_crs(high.info.crs, lr.crs):
+        scale = config.scale if config.scale is not None else int(round(ratio[0]))
+        if config.scale is None and (scale < 1 or abs(ratio[0] - scale) > 0.02 * scale):
+            raise InputError(f"{high.path}: pixel {hr_px[0]:g} ({high.info.crs}) is not about 1/N of the LR pixel {lr_px[0]:g} of {low_path} "
+                             f"({lr.crs}; ratio {ratio[0]:g}); give --scale")
+        if config.tile % scale:
+            raise InputError(f"--tile {config.tile} is not a multiple of the scale {scale}")
+        return scale
     if abs(ratio[0] - ratio[1]) > SCALE_TOL * ratio[0]:
         raise InputError(f"{high.path}: LR/HR pixel ratio differs in x ({ratio[0]:g}) and y ({ratio[1]:g})")
     if config.scale is not None and abs(ratio[0] - config.scale) > SCALE_TOL * config.scale:
@@ -435,7 +447,7 @@ class Tile:
 
 def manifest_columns(bands: Sequence[str]) -> list[str]:
     cols = ["tile", "split", "status", "reason", "lr_scene", "lr_date", "hr_scene", "hr_date", "row", "col", "left", "bottom", "right", "top",
-            "valid_fraction", "hr_std", "shift_dy", "shift_dx", "shift_px", "corrected", "residual_dy", "residual_dx", "residual_px",
+            "valid_fraction", "hr_std", "shift_dy", "shift_dx", "shift_px", "affine", "corrected", "residual_dy", "residual_dx", "residual_px",
             "align_quality", "correlation", "fit_rmse", "fit_r2"]
     cols += [f"fit_gain_{b}" for b in bands] + [f"fit_offset_{b}" for b in bands]
     cols += ["harmonize"] + [f"harm_gain_{b}" for b in bands] + [f"harm_offset_{b}" for b in bands]
@@ -458,6 +470,7 @@ def manifest_row(t: Tile, bands: Sequence[str], config: PairsConfig) -> dict[str
         "left": t.bounds[0], "bottom": t.bounds[1], "right": t.bounds[2], "top": t.bounds[3],
         "valid_fraction": t.valid_fraction, "hr_std": t.hr_std,
         "shift_dy": t.shift.dy if t.shift else nan, "shift_dx": t.shift.dx if t.shift else nan, "shift_px": t.shift.px if t.shift else nan,
+        "affine": " ".join(f"{v:.6g}" for v in t.shift.deform) if t.shift is not None and config.align == "shift+affine" else "",
         "corrected": str(config.correct and t.shift is not None and t.status == "kept").lower(),
         "residual_dy": t.residual.dy if t.residual else nan, "residual_dx": t.residual.dx if t.residual else nan,
         "residual_px": t.residual.px if t.residual else nan, "align_quality": t.shift.quality if t.shift else nan,
@@ -496,6 +509,9 @@ def measure_tile(t: Tile, lr_tile: np.ndarray, lr_valid: np.ndarray, work: HRWor
         t.correlation = correlation(lr_tile, hr0_lr, lr_valid & np.isfinite(hr0_lr).all(axis=0))  # uncorrected, for the record
         return t.reject(f"shift {worst:.2f} px > --max-shift {config.max_shift:g}"), None
     hr, hr_ok = resample(win, (size, size), origin=local, shift=t.shift if config.correct else None, valid=win_valid)
+    t.valid_fraction = float((hr_ok & lr_cov).mean())
+    if t.valid_fraction < config.min_valid:  # the correction may reach past the HR scene's edge
+        return t.reject(f"valid fraction {t.valid_fraction:.3f} < {config.min_valid} after the shift correction"), None
     hr_lr = block_mean(np.where(hr_ok[None], hr, np.nan), scale)
     joint = lr_valid & np.isfinite(hr_lr).all(axis=0)
     try:
@@ -625,7 +641,7 @@ def _band_names(scene: Scene) -> list[str]:
     return [f"b{i + 1}" for i in range(len(scene.bands))]
 
 
-def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene, halo: int) -> Iterator[tuple[Tile, tuple[float, float]]]:
+def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene) -> Iterator[tuple[Tile, tuple[float, float]]]:
     """Candidate tiles of the LR grid whose HR footprint (with halo) touches the HR pixels."""
     n = config.tile // scale
     _, h, w = lr.data.shape
@@ -684,7 +700,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
         check_reflectance(work.data, work.valid, high.path, "--hr-scale")
         n = config.tile // scale
         measured = []
-        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high, halo):
+        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high):
             lr_tile = lr_grid.data[:, t.row:t.row + n, t.col:t.col + n]
             lr_valid = lr_grid.valid[t.row:t.row + n, t.col:t.col + n]
             t, hr_tile = measure_tile(t, lr_tile, lr_valid, work, origin, scale, config, halo)

@@ -85,12 +85,26 @@ def columns(config: ScoreConfig) -> list[str]:
             "hallucination",
             "tc_patches",
         ]
+    if config.aligned:
+        cols += [*ALIGN_COLUMNS, *[f"harm_{k}_{b}" for k in ("gain", "offset") for b in config.bands]]
+        if config.report_raw:
+            cols += [f"{RAW_PREFIX}{m}" for m in RAW_METRICS]
     return cols + list(TAIL_COLUMNS)
+
+
+#: Bookkeeping of ``--align``/``--harmonize`` (valid-pixel weighted means over the windows of a pair; not metrics):
+#: the estimated target displacement relative to the prediction (target px; the target was moved back by it), the
+#: shift left after the correction, the phase-correlation peak quality, and the fraction of the pair's valid pixels
+#: masked because the correction exposed them (or their window had too few valid pixels to align).
+ALIGN_COLUMNS = ("align_dy", "align_dx", "align_residual_px", "align_quality", "align_masked_fraction")
+#: With ``--report-raw``: these metrics also on the unaligned, unharmonised target (same pixels), as ``raw_<metric>``.
+RAW_PREFIX, RAW_METRICS = "raw_", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")
 
 
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
-    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)]
+    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)
+            and not c.startswith(("align_", "harm_"))]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -429,7 +443,31 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> di
         ok = [r for r in mine if r["status"] == "ok"]
         metrics = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in metric_columns(cols)}
         out[name] = {"n_pairs": len(mine), "n_scored": len(ok), "n_skipped": len(mine) - len(ok), "metrics": metrics}
+        corrections = [c for c in cols if c.startswith(("align_", "harm_"))]
+        if corrections:  # what --align/--harmonize applied (bookkeeping, not metrics)
+            out[name]["corrections"] = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in corrections}
+            out[name]["n_not_alignable"] = sum(r["status"] == "not_alignable" for r in mine)
     return out
+
+
+def alignment_note(config: ScoreConfig, cols: Sequence[str]) -> dict[str, Any]:
+    """``summary.json``'s statement of which columns compare the prediction with the raw target and which with the
+    target aligned/harmonised onto it (``docs/metrics.md``, "Alignment and harmonisation")."""
+    full_ref = [c for c in metric_columns(cols) if not c.startswith(RAW_PREFIX) and c.split("_")[0] in ("lpips", "psnr", "ssim", "sam", "ergas", "rmse", "mae")]
+    if config.with_lr and config.protocol == "gapeval":
+        full_ref += ["improvement", "omission", "hallucination"]
+    lr_only = [c for c in metric_columns(cols) if c not in full_ref and not c.startswith(RAW_PREFIX)]
+    if not config.aligned:
+        return {"align": "none", "harmonize": "none", "raw": full_ref + lr_only}
+    return {
+        "align": config.align,
+        "harmonize": config.harmonize,
+        "max_shift_px": config.max_shift,
+        "direction": "target resampled (cubic spline, exposed borders masked) and harmonised onto each prediction; predictions are never altered",
+        "aligned": full_ref,
+        "raw": [c for c in cols if c.startswith(RAW_PREFIX)],
+        "unaffected": lr_only,
+    }
 
 
 def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:

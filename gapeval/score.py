@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gapeval import shards
+from gapeval.align import ALIGN_MODES, DEFAULT_MAX_SHIFT, HARMONIZE_MODES
 from gapeval.folders import Pairing, pair_folders
 from gapeval.grids import RESAMPLING_METHODS
 from gapeval.progress import Stages
@@ -41,6 +42,7 @@ from gapeval.results import (
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
+    alignment_note,
     summarize_rows,
     versions,
     write_summary,
@@ -118,6 +120,10 @@ def score(
     device: str | None = None,
     progress: bool = False,
     protocol: str = "gapeval",
+    align: str = "none",
+    harmonize: str = "none",
+    max_shift: float = DEFAULT_MAX_SHIFT,
+    report_raw: bool = False,
     shard: tuple[int, int] | None = None,
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
@@ -151,6 +157,10 @@ def score(
             results folders with :func:`gapeval.shards.merge_results` (``gapeval merge``).
         protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
             ``docs/metrics.md``).
+        align, harmonize, max_shift, report_raw: bring each target onto each prediction before the full-reference
+            metrics (``gapeval.align.align_pair`` per window: ``"none"|"shift"|"shift+affine"`` and
+            ``"none"|"linear"|"histogram"``; targets shifted by more than ``max_shift`` px are listed as
+            ``not_alignable``); ``report_raw`` adds the unaligned values as ``raw_*`` columns (``docs/metrics.md``).
     Returns:
         :class:`ScoreResult` with ``records`` (one dict per pair, metrics as floats, NaN where not applicable)
         and ``summary`` (per prediction set and metric: n, mean, median, std, ci_low, ci_high).
@@ -184,6 +194,10 @@ def score(
         pattern=pattern,
         protocol=protocol,
         invalid_pred=invalid_pred,
+        align=align,
+        harmonize=harmonize,
+        max_shift=max_shift,
+        report_raw=report_raw,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
     if shard is not None:
@@ -299,6 +313,7 @@ def _summary(
         "skipped": skipped,
         "unpaired": pairing.unpaired,
         "columns": list(cols),
+        "alignment": alignment_note(config, cols),
     }
 
 
@@ -377,6 +392,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
         "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
     )
+    parser.add_argument(
+        "--align",
+        choices=ALIGN_MODES,
+        default="none",
+        help="resample each target onto its prediction first, per window (cross-sensor targets; never for synthetic pairs, "
+        "where misregistration is the model's error): sub-pixel shift or shift+affine (default none; docs/metrics.md)",
+    )
+    parser.add_argument(
+        "--harmonize",
+        choices=HARMONIZE_MODES,
+        default="none",
+        help="map each target's radiometry onto its prediction first: per-band linear fit or histogram matching (default none)",
+    )
+    parser.add_argument(
+        "--max-shift", type=positive_float, default=DEFAULT_MAX_SHIFT, help=f"pairs misaligned by more pixels are listed as not alignable (default {DEFAULT_MAX_SHIFT:g})"
+    )
+    parser.add_argument("--report-raw", action="store_true", help="with --align/--harmonize: also report the unaligned values (raw_* columns)")
     parser.add_argument("--tile", type=number(int, MIN_SIZE, multiple_of=ScoreConfig.patch), default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
     parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
@@ -440,6 +472,10 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.no_progress and (dist is None or dist[0] == 0),
         protocol=args.protocol,
+        align=args.align,
+        harmonize=args.harmonize,
+        max_shift=args.max_shift,
+        report_raw=args.report_raw,
         shard=shard,
     )
     summary = result.summary
@@ -465,9 +501,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
-    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
+    failed = [s for s in summary["skipped"] if s["status"] in ("failed", "not_alignable")]
     if failed:
-        print(f"gapeval score: {len(failed)} pair(s) failed (listed above); the others were scored (exit 3)", file=sys.stderr)
+        print(f"gapeval score: {len(failed)} pair(s) failed or were not alignable (listed above); the others were scored (exit 3)", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
 

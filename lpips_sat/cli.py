@@ -84,6 +84,9 @@ def file_bands(raster: Any, declared: str | None, n_model: int, model_bands: Seq
                              f"{', '.join(sorted(PRESETS))}, or names like B04,B03,B02,B08)")
     if len(bands) != n:
         raise InputError(f"{raster.path}: file has {n} bands but {source} names {len(bands)}")
+    if source.startswith("the model's"):  # an assumption changes the distance if wrong: say it on the console
+        print(f"lpips-sat compare: warning: {raster.path} has no band names; assuming {','.join(map(str, bands))} "
+              "(declare the order with --bands)", file=sys.stderr)
     log.info("%s: bands %s from %s", raster.path, list(bands), source)
     return bands
 

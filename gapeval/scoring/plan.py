@@ -17,7 +17,7 @@ from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE
-from lpips_sat.raster import RasterInfo, band_gain_offset, raster_info
+from lpips_sat.raster import RasterInfo, band_gain_offset, is_virtual, raster_info
 from lpips_sat.registry import sha256_file
 
 
@@ -51,8 +51,9 @@ class FileHashes:
         self._info: dict[Path, RasterInfo] = {}
 
     def __call__(self, path: Path) -> str:
+        """sha256 of a local file; ``""`` for a file on a GDAL virtual file system (hashing would download all of it)."""
         if path not in self._done:
-            self._done[path] = sha256_file(path)
+            self._done[path] = "" if is_virtual(path) else sha256_file(path)
         return self._done[path]
 
     def info(self, path: Path) -> RasterInfo:
