@@ -174,7 +174,7 @@ def score(
     preds = _pred_sets(pred)
     stage = Stages("gapeval score", 3 + bool(out is not None and report), enabled=progress)
     stage(f"loading LPIPS-Sat weights {metric if isinstance(metric, (str, Path)) else getattr(metric, 'name', DEFAULT_NAME)}"
-          f"{f' on {device}' if device else ''}")
+          f"{f' on {device}' if device and device != 'auto' else ''}")
     net, label, sha = load_metric(metric, device)
     config = ScoreConfig(
         weights=label,
@@ -490,6 +490,8 @@ def run(args: argparse.Namespace) -> int:
         summary = shards.merge_results(parts, args.out, overwrite=True, report=args.report, metric=metric)
         shards.finish_distributed()
     print(format_table(summary))
+    if not summary["pred_sets"]:
+        print(f"shard {shard[0]}/{shard[1]} holds none of these scenes" if shard else "no pairs were scored")
     if summary["weights"]["testing_only"]:
         print(f"note: weights {summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
     for item in summary["skipped"]:
