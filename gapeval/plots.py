@@ -253,7 +253,7 @@ def _html(result: Mapping[str, Any], tables: Sequence[tuple[str, list[str], list
              f"<p>Runs: {esc(', '.join(result['runs']))}. {result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. "
              "Gap = A &minus; B over matched scenes; CI: paired BCa bootstrap.</p>"]
     if result.get("notes"):
-        parts.append("<ul class='warn'>" + "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) + "</ul>")
+        parts.append("<ul class='warn' style='padding-left:2em'>" + "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) + "</ul>")
     for title, header, rows in tables:
         parts.append(f"<h2>{esc(title)}</h2>" + html_table(header, rows))
     for title, p in figures.items():
