@@ -135,7 +135,8 @@ def test_partial_last_record_is_dropped_even_inside_a_quoted_newline(tmp_path):
     "content, message",
     [
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a text table"),
-        (b"pred_set,key\n\x00\x00\n", "row 2 has 1 fields"),
+        (b"pred_set,key\n\x00\x00\n", "contains NUL bytes"),
+        (b"pred_set,key\na\n", "row 2 has 1 fields"),
         (b'pred_set,key\n"bad"x,1\nok,2\n', "not a readable CSV"),
     ],
 )
