@@ -23,7 +23,8 @@ import numpy as np
 from gapeval.metrics import METRICS
 from gapeval.metrics.opensr import COLUMNS as _OPENSR
 from gapeval.metrics.opensr import TILES_COLUMN as OPENSR_TILES
-from lpips_sat.atomic import write_text_atomic
+from lpips_sat import atomic
+from lpips_sat.atomic import make_folder, write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 #: ``pairs.csv`` columns of ``--protocol opensr-test`` (opensr-test's key -> column).
@@ -84,12 +85,26 @@ def columns(config: ScoreConfig) -> list[str]:
             "hallucination",
             "tc_patches",
         ]
+    if config.aligned:
+        cols += [*ALIGN_COLUMNS, *[f"harm_{k}_{b}" for k in ("gain", "offset") for b in config.bands]]
+        if config.report_raw:
+            cols += [f"{RAW_PREFIX}{m}" for m in RAW_METRICS]
     return cols + list(TAIL_COLUMNS)
+
+
+#: Bookkeeping of ``--align``/``--harmonize`` (valid-pixel weighted means over the windows of a pair; not metrics):
+#: the estimated target displacement relative to the prediction (target px; the target was moved back by it), the
+#: shift left after the correction, the phase-correlation peak quality, and the fraction of the pair's valid pixels
+#: masked because the correction exposed them (or their window had too few valid pixels to align).
+ALIGN_COLUMNS = ("align_dy", "align_dx", "align_residual_px", "align_quality", "align_masked_fraction")
+#: With ``--report-raw``: these metrics also on the unaligned, unharmonised target (same pixels), as ``raw_<metric>``.
+RAW_PREFIX, RAW_METRICS = "raw_", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")
 
 
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
-    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)]
+    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)
+            and not c.startswith(("align_", "harm_"))]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -161,14 +176,21 @@ def _complete_csv(text: str) -> bool:
     return True
 
 
-def _read_complete(path: Path) -> tuple[list[list[str]], str, str]:
-    """``(records, complete_text, text)``: the file's CSV records without a trailing partial record."""
+#: What to do about an unreadable ``pairs.csv`` of a results folder being written (``gapeval score --out``).
+OUT_ADVICE = "use another --out, or --overwrite to start over"
+
+
+def _read_complete(path: Path, advice: str = OUT_ADVICE) -> tuple[list[list[str]], str, str]:
+    """``(records, complete_text, text)``: the file's CSV records without a trailing partial record; ``advice``
+    ends the error messages."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a text table ({exc}); use another --out, or --overwrite to start over") from exc
+        raise InputError(f"{path}: not a text table ({exc}); {advice}") from exc
     except IsADirectoryError as exc:
         raise InputError(f"{path}: is a folder, not a CSV table") from exc
+    if "\x00" in text:
+        raise InputError(f"{path}: not a text table (it contains NUL bytes: binary or corrupt); {advice}")
     complete = text
     while complete and not _complete_csv(complete):  # an interrupted append: cut back to a record boundary
         cut = complete.rfind("\n", 0, len(complete) - 1)
@@ -176,7 +198,7 @@ def _read_complete(path: Path) -> tuple[list[list[str]], str, str]:
     try:
         records = _parse_csv(complete)
     except csv.Error as exc:
-        raise InputError(f"{path}: not a readable CSV table ({exc}); use another --out, or --overwrite to start over") from exc
+        raise InputError(f"{path}: not a readable CSV table ({exc}); {advice}") from exc
     if complete != text:
         logger.warning("%s ended with a partial row (interrupted write); it is left out", path)
     return records, complete, text
@@ -196,15 +218,15 @@ def read_records_complete(path: str | Path) -> list[list[str]]:
     return records
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_table(path: str | Path, advice: str = OUT_ADVICE) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows (dicts of strings) of a CSV table such as ``pairs.csv``, read only (a trailing partial row is
-    ignored).
+    ignored); ``advice`` ends the error messages.
 
     Raises:
         InputError: not UTF-8 text, not CSV, or a row with another number of fields than the header (names the row).
     """
     path = Path(path)
-    records = _read_complete(path)[0]
+    records = _read_complete(path, advice)[0]
     if not records:
         return [], []
     header = records[0]
@@ -294,17 +316,10 @@ def prepare_out_dir(out: str | Path) -> Path:
     """Create the results folder ``out`` if needed and check that it is a writable folder.
 
     Raises:
-        InputError: ``out`` is a file, lies under a file, or cannot be created or written.
+        OutputError: ``out`` is a file, lies under a file, or cannot be created (:func:`lpips_sat.atomic.make_folder`).
+        InputError: ``out`` is not writable, or a results file name is taken by a folder.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a folder; choose a folder for the results")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise InputError(f"--out {out}: cannot create the folder; part of the path is a file ({exc.strerror})") from exc
-    except OSError as exc:
-        raise InputError(f"--out {out}: cannot create the folder ({exc.strerror})") from exc
+    out = make_folder(out, "--out")
     if not os.access(out, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: the folder is not writable")
     for name in (PAIRS_CSV, SUMMARY_JSON, "report.html", "report.md"):
@@ -314,16 +329,9 @@ def prepare_out_dir(out: str | Path) -> Path:
 
 
 def remove_stale_temporaries(out: Path) -> int:
-    """Delete the temporary files of atomic writes (``.NAME.XXXX.tmp``) that an interrupted run left in ``out``;
-    call only while holding :class:`ResultsLock`. Returns how many were removed."""
-    removed = 0
-    for path in out.rglob(".*.tmp"):
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
-            removed += 1
-    if removed:
-        logger.warning("%s: removed %d temporary file(s) left by an interrupted run", out, removed)
-    return removed
+    """Delete every temporary file of atomic writes (``.NAME.*.tmp``) that an interrupted run left in ``out``; call
+    only while holding :class:`ResultsLock` (no other run writes there). Returns how many were removed."""
+    return atomic.remove_stale_temporaries(out, locked=True)
 
 
 # ------------------------------------------------------------------------------------------------ lock
@@ -435,7 +443,31 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> di
         ok = [r for r in mine if r["status"] == "ok"]
         metrics = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in metric_columns(cols)}
         out[name] = {"n_pairs": len(mine), "n_scored": len(ok), "n_skipped": len(mine) - len(ok), "metrics": metrics}
+        corrections = [c for c in cols if c.startswith(("align_", "harm_"))]
+        if corrections:  # what --align/--harmonize applied (bookkeeping, not metrics)
+            out[name]["corrections"] = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in corrections}
+            out[name]["n_not_alignable"] = sum(r["status"] == "not_alignable" for r in mine)
     return out
+
+
+def alignment_note(config: ScoreConfig, cols: Sequence[str]) -> dict[str, Any]:
+    """``summary.json``'s statement of which columns compare the prediction with the raw target and which with the
+    target aligned/harmonised onto it (``docs/metrics.md``, "Alignment and harmonisation")."""
+    full_ref = [c for c in metric_columns(cols) if not c.startswith(RAW_PREFIX) and c.split("_")[0] in ("lpips", "psnr", "ssim", "sam", "ergas", "rmse", "mae")]
+    if config.with_lr and config.protocol == "gapeval":
+        full_ref += ["improvement", "omission", "hallucination"]
+    lr_only = [c for c in metric_columns(cols) if c not in full_ref and not c.startswith(RAW_PREFIX)]
+    if not config.aligned:
+        return {"align": "none", "harmonize": "none", "raw": full_ref + lr_only}
+    return {
+        "align": config.align,
+        "harmonize": config.harmonize,
+        "max_shift_px": config.max_shift,
+        "direction": "target resampled (cubic spline, exposed borders masked) and harmonised onto each prediction; predictions are never altered",
+        "aligned": full_ref,
+        "raw": [c for c in cols if c.startswith(RAW_PREFIX)],
+        "unaffected": lr_only,
+    }
 
 
 def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gapeval import shards
+from gapeval.align import ALIGN_MODES, DEFAULT_MAX_SHIFT, HARMONIZE_MODES
 from gapeval.folders import Pairing, pair_folders
 from gapeval.grids import RESAMPLING_METHODS
 from gapeval.progress import Stages
@@ -41,6 +42,7 @@ from gapeval.results import (
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
+    alignment_note,
     summarize_rows,
     versions,
     write_summary,
@@ -49,15 +51,14 @@ from gapeval.scoring import runner
 from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
+from lpips_sat.cli import EXIT_PARTIAL
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
-from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
+from lpips_sat.options import device, int_at_least, number, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
 
-#: Exit status of a run in which some pairs failed and the others were scored (docs/reliability.md).
-EXIT_PARTIAL = 3
 
 
 @dataclass
@@ -119,6 +120,10 @@ def score(
     device: str | None = None,
     progress: bool = False,
     protocol: str = "gapeval",
+    align: str = "none",
+    harmonize: str = "none",
+    max_shift: float = DEFAULT_MAX_SHIFT,
+    report_raw: bool = False,
     shard: tuple[int, int] | None = None,
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
@@ -152,6 +157,10 @@ def score(
             results folders with :func:`gapeval.shards.merge_results` (``gapeval merge``).
         protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
             ``docs/metrics.md``).
+        align, harmonize, max_shift, report_raw: bring each target onto each prediction before the full-reference
+            metrics (``gapeval.align.align_pair`` per window: ``"none"|"shift"|"shift+affine"`` and
+            ``"none"|"linear"|"histogram"``; targets shifted by more than ``max_shift`` px are listed as
+            ``not_alignable``); ``report_raw`` adds the unaligned values as ``raw_*`` columns (``docs/metrics.md``).
     Returns:
         :class:`ScoreResult` with ``records`` (one dict per pair, metrics as floats, NaN where not applicable)
         and ``summary`` (per prediction set and metric: n, mean, median, std, ci_low, ci_high).
@@ -165,7 +174,7 @@ def score(
     preds = _pred_sets(pred)
     stage = Stages("gapeval score", 3 + bool(out is not None and report), enabled=progress)
     stage(f"loading LPIPS-Sat weights {metric if isinstance(metric, (str, Path)) else getattr(metric, 'name', DEFAULT_NAME)}"
-          f"{f' on {device}' if device else ''}")
+          f"{f' on {device}' if device and device != 'auto' else ''}")
     net, label, sha = load_metric(metric, device)
     config = ScoreConfig(
         weights=label,
@@ -185,6 +194,10 @@ def score(
         pattern=pattern,
         protocol=protocol,
         invalid_pred=invalid_pred,
+        align=align,
+        harmonize=harmonize,
+        max_shift=max_shift,
+        report_raw=report_raw,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
     if shard is not None:
@@ -300,6 +313,7 @@ def _summary(
         "skipped": skipped,
         "unpaired": pairing.unpaired,
         "columns": list(cols),
+        "alignment": alignment_note(config, cols),
     }
 
 
@@ -312,14 +326,6 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
     if sep and name and not os.path.exists(text) and "/" not in name:
         return name, path
     return None, text
-
-
-def _tile_size(text: str) -> int:
-    """``--tile``: at least LPIPS-Sat's smallest input and a multiple of the correctness patch (8 px)."""
-    value = int_at_least(MIN_SIZE)(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 8 px (the correctness patch), got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -386,7 +392,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
         "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
     )
-    parser.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument(
+        "--align",
+        choices=ALIGN_MODES,
+        default="none",
+        help="resample each target onto its prediction first, per window (cross-sensor targets; never for synthetic pairs, "
+        "where misregistration is the model's error): sub-pixel shift or shift+affine (default none; docs/metrics.md)",
+    )
+    parser.add_argument(
+        "--harmonize",
+        choices=HARMONIZE_MODES,
+        default="none",
+        help="map each target's radiometry onto its prediction first: per-band linear fit or histogram matching (default none)",
+    )
+    parser.add_argument(
+        "--max-shift", type=positive_float, default=DEFAULT_MAX_SHIFT, help=f"pairs misaligned by more pixels are listed as not alignable (default {DEFAULT_MAX_SHIFT:g})"
+    )
+    parser.add_argument("--report-raw", action="store_true", help="with --align/--harmonize: also report the unaligned values (raw_* columns)")
+    parser.add_argument("--tile", type=number(int, MIN_SIZE, multiple_of=ScoreConfig.patch), default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
     parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
     parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
@@ -449,6 +472,10 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.no_progress and (dist is None or dist[0] == 0),
         protocol=args.protocol,
+        align=args.align,
+        harmonize=args.harmonize,
+        max_shift=args.max_shift,
+        report_raw=args.report_raw,
         shard=shard,
     )
     summary = result.summary
@@ -463,6 +490,8 @@ def run(args: argparse.Namespace) -> int:
         summary = shards.merge_results(parts, args.out, overwrite=True, report=args.report, metric=metric)
         shards.finish_distributed()
     print(format_table(summary))
+    if not summary["pred_sets"]:
+        print(f"shard {shard[0]}/{shard[1]} holds none of these scenes" if shard else "no pairs were scored")
     if summary["weights"]["testing_only"]:
         print(f"note: weights {summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
     for item in summary["skipped"]:
@@ -474,9 +503,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
-    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
+    failed = [s for s in summary["skipped"] if s["status"] in ("failed", "not_alignable")]
     if failed:
-        print(f"gapeval score: {len(failed)} pair(s) failed (listed above); the others were scored (exit 3)", file=sys.stderr)
+        print(f"gapeval score: {len(failed)} pair(s) failed or were not alignable (listed above); the others were scored (exit 3)", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
 

@@ -27,14 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from gapeval.folders import Pairing
-from gapeval.results import MAPS_DIR, PAIRS_CSV, SUMMARY_JSON, parse_row, read_records_complete, summarize_rows, write_summary
+from gapeval.results import (
+    MAPS_DIR,
+    PAIRS_CSV,
+    SUMMARY_JSON,
+    ResultsLock,
+    format_table,
+    parse_row,
+    prepare_out_dir,
+    read_records_complete,
+    summarize_rows,
+    write_summary,
+)
 from lpips_sat.atomic import write_text_atomic
+from lpips_sat.cli import EXIT_PARTIAL
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import device
 
 #: Sub-folder of ``OUT`` holding the shards of a ``torchrun`` run.
 SHARDS_DIR = "shards"
-#: Exit code of ``gapeval merge --allow-partial`` when shards are missing.
-EXIT_PARTIAL = 3
 
 
 # ---------------------------------------------------------------------------------------------- splitting
@@ -75,9 +86,11 @@ def _read_shard(folder: Path) -> tuple[list[str], list[list[str]], dict[str, Any
         if not (folder / name).is_file():
             raise MissingFileError(f"{folder / name} does not exist; is {folder} a finished `gapeval score --shard K/N` results folder?")
     try:
-        summary = json.loads((folder / SUMMARY_JSON).read_text())
-    except json.JSONDecodeError as exc:
+        summary = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (a binary file)
         raise InputError(f"{folder / SUMMARY_JSON}: not valid JSON ({exc})") from exc
+    if not isinstance(summary, dict):
+        raise InputError(f"{folder / SUMMARY_JSON}: a JSON {type(summary).__name__}, not the summary object gapeval score writes")
     records = read_records_complete(folder / PAIRS_CSV)
     if not records:
         raise InputError(f"{folder / PAIRS_CSV} is empty; score the shard again (--overwrite)")
@@ -212,7 +225,13 @@ def merge_results(
                 seen[ident] = folder
                 rows.append(row)
     rows.sort(key=lambda r: (r[i_key], sets.index(r[i_set])))  # as one unsharded process appends them: scene by scene
-    out.mkdir(parents=True, exist_ok=True)
+    with ResultsLock(prepare_out_dir(out)):  # one writer per results folder, as for gapeval score
+        return _write_merged(folders, out, header, rows, read, sets, n, by_index, missing, report, metric)
+
+
+def _write_merged(folders: Sequence[Path], out: Path, header: list[str], rows: list[list[str]], read: Sequence[Any],
+                  sets: Sequence[str], n: int, by_index: Mapping[int, Path], missing: list[int], report: bool, metric: Any) -> dict[str, Any]:
+    base = read[0][2]
     write_text_atomic(out / PAIRS_CSV, _csv_line(header) + "".join(_csv_line(r) for r in rows))
     records = [parse_row(dict(zip(header, r))) for r in rows]
     unpaired: dict[str, list[str]] = {}
@@ -232,7 +251,7 @@ def merge_results(
         unpaired={label: sorted(keys) for label, keys in unpaired.items()},
         shards={"count": n, "merged": {str(k): str(by_index[k]) for k in sorted(by_index)}, "missing": missing},
     )
-    _copy_maps([f for f in folders], out)
+    _copy_maps(folders, out)
     write_summary(out, merged)
     if report:
         from gapeval.report import write_report
@@ -315,7 +334,7 @@ def check_merge_target(out: str | Path, overwrite: bool) -> None:
         return
     try:
         merged_before = "shards" in json.loads((out / SUMMARY_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, TypeError):  # unreadable, binary, or not a JSON object
         merged_before = False
     if not merged_before:
         raise InputError(f"{out / PAIRS_CSV} already exists and is not a merged sharded run; pass --overwrite (or --resume) "
@@ -330,17 +349,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action="store_true", help="write report.html and report.md for the merged results")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--allow-partial", action="store_true", help="merge the shards given even if some are missing (exit 3)")
-    parser.add_argument("--device", default="cpu", help="device for the report's LPIPS-Sat maps (default cpu)")
+    parser.add_argument("--device", type=device, default="cpu", help="device for the report's LPIPS-Sat maps: cpu, cuda, auto ... (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``gapeval merge``: exit 0, 3 when shards were missing (``--allow-partial``), 1 on a data error."""
-    from gapeval.results import format_table
-
     metric = None
-    if args.report:
-        metric = recorded_metric(json.loads((Path(args.shards[0]) / SUMMARY_JSON).read_text()), args.device) \
-            if (Path(args.shards[0]) / SUMMARY_JSON).is_file() else None
+    if args.report:  # the weights the shards recorded draw the report's map crops (a bad folder fails in the merge)
+        try:
+            metric = recorded_metric(json.loads((Path(args.shards[0]) / SUMMARY_JSON).read_text()), args.device)
+        except (OSError, json.JSONDecodeError):
+            metric = None
     summary = merge_results(args.shards, args.out, overwrite=args.overwrite, allow_partial=args.allow_partial, report=args.report,
                             metric=metric)
     print(format_table(summary))

@@ -135,7 +135,8 @@ def test_partial_last_record_is_dropped_even_inside_a_quoted_newline(tmp_path):
     "content, message",
     [
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a text table"),
-        (b"pred_set,key\n\x00\x00\n", "row 2 has 1 fields"),
+        (b"pred_set,key\n\x00\x00\n", "contains NUL bytes"),
+        (b"pred_set,key\na\n", "row 2 has 1 fields"),
         (b'pred_set,key\n"bad"x,1\nok,2\n', "not a readable CSV"),
     ],
 )
@@ -288,10 +289,9 @@ def test_degrade_out_is_a_file(tmp_path, capsys):
     assert code == 1 and "is a file" in err
 
 
-def test_spatial_out_to_an_unwritable_place_is_an_error_line(tmp_path, capsys):
-    import lpips_sat.cli
-
-    x, r = scene()
+def _compare_setup(tmp_path: Path) -> Path:
+    """a.npy, b.npy (no band names) and tiny weights w.safetensors in ``tmp_path``."""
+    x, _ = scene()
     np.save(tmp_path / "a.npy", x)
     np.save(tmp_path / "b.npy", x * 0.9)
     m = LPIPSSat.random(seed=1)
@@ -299,14 +299,31 @@ def test_spatial_out_to_an_unwritable_place_is_an_error_line(tmp_path, capsys):
     tensors.update({f"heads.{i}.weight": h.detach() for i, h in enumerate(m.heads)})
     meta = {"arch": "resnet18", "bands": json.dumps(list(m.model_bands)), "mean": json.dumps(m.mean.flatten().tolist()),
             "std": json.dumps(m.std.flatten().tolist()), "width_div": "8"}
-    weights = tmp_path / "w.safetensors"
-    save_weights(weights, tensors, meta, dtype=torch.float32)
+    save_weights(tmp_path / "w.safetensors", tensors, meta, dtype=torch.float32)
+    return tmp_path / "w.safetensors"
+
+
+def test_spatial_out_to_an_unwritable_place_is_an_error_line(tmp_path, capsys):
+    import lpips_sat.cli
+
+    weights = _compare_setup(tmp_path)
     (tmp_path / "file").write_text("x")
     code = lpips_sat.cli.main([
         "compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(weights), "--spatial-out", str(tmp_path / "file" / "m.npy")
     ])
     err = capsys.readouterr().err
     assert code == 1 and "m.npy: cannot write" in err and "Traceback" not in err
+
+
+def test_compare_warns_when_it_assumes_the_band_order(tmp_path, capsys):
+    import lpips_sat.cli
+
+    weights = _compare_setup(tmp_path)
+    assert lpips_sat.cli.main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(weights)]) == 0
+    err = capsys.readouterr().err
+    assert "a.npy has no band names; assuming B04,B03,B02,B08" in err and "b.npy has no band names" in err
+    assert lpips_sat.cli.main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(weights), "--bands", "s2-rgbn"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_implausible_values_after_a_declared_scale_say_the_file_may_be_corrupt(folders, metric):
@@ -352,3 +369,21 @@ def test_unavailable_device_is_a_clear_error(folders, metric):
         pytest.skip("this machine has CUDA")
     with pytest.raises(InputError, match="CUDA is not available"):
         score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric, device="cuda")
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_never_duplicate_rows(folders):
+    """Two real processes on one --out at once: each either scores or is refused; the folder holds each pair once."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "gapeval.cli", *cli_args(folders, "--resume")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert code == 0 or (code == 1 and "in use by another gapeval run" in err), err
+        assert "Traceback" not in err
+    with open(folders / "out" / "pairs.csv", newline="") as fh:
+        assert sorted(row["key"] for row in csv.DictReader(fh)) == ["fields", "town"]

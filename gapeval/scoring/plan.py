@@ -8,17 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gapeval.bands import order_assumed, select_bands
 from gapeval.folders import Pairing
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
 from gapeval.metrics.opensr import check_scale
+from gapeval.reflectance import was_scaled
 from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE
-from lpips_sat.raster import RasterInfo, band_gain_offset, raster_info
+from lpips_sat.raster import RasterInfo, band_gain_offset, is_virtual, raster_info
 from lpips_sat.registry import sha256_file
 
 
@@ -52,8 +51,9 @@ class FileHashes:
         self._info: dict[Path, RasterInfo] = {}
 
     def __call__(self, path: Path) -> str:
+        """sha256 of a local file; ``""`` for a file on a GDAL virtual file system (hashing would download all of it)."""
         if path not in self._done:
-            self._done[path] = sha256_file(path)
+            self._done[path] = "" if is_virtual(path) else sha256_file(path)
         return self._done[path]
 
     def info(self, path: Path) -> RasterInfo:
@@ -77,7 +77,7 @@ def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None,
     bands = select_bands(info, declared, config.bands, f"--{role}-bands")
     gain, offset = band_gain_offset(info, bands, scale)
     grid = grid_of(info, target)
-    scaled = scale is not None or bool(np.any(gain != 1) or np.any(offset != 0))
+    scaled = was_scaled(scale, gain, offset)
     return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale", scaled=scaled), grid
 
 

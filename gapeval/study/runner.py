@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from lpips_sat.atomic import write_text_atomic
+from lpips_sat.atomic import make_folder, write_text_atomic
 from gapeval.study.config import BANDS, PRETRAINED, ModelSpec, StudyConfig, stage_hash
 from gapeval.study.data import make_view, tiles
 from lpips_sat.errors import InputError
@@ -135,7 +135,7 @@ class Study:
 
     def run(self) -> dict[str, Any]:
         """Every stage in order; returns the report's tables (also written to ``tables.json``)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out, "--out")
         write_text_atomic(self.out / "study.json", json.dumps({"config": str(self.cfg.path), "smoke": self.cfg.smoke, "raw": self.cfg.raw},
                                                               indent=1, default=str))
         t0 = time.time()
