@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("lpips_sat.train.pretrain", "self-supervised pretraining of the Sentinel-2 backbone on GeoTIFF folders"),
     "calibrate": ("lpips_sat.train.calibrate", "train the calibration heads on 2AFC judgments (LPIPS recipe)"),
-    "realcheck": ("lpips_sat.train.realcheck", "real-imagery checks: cross-acquisition 2AFC (NAIP years) and gain versus blur"),
 }
 
 # ------------------------------------------------------------------------------------------------ reading images
