@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -40,6 +41,8 @@ from lpips_sat.errors import InputError
 log = logging.getLogger(__name__)
 
 STAMP = "stage.json"
+#: ``--stop-after`` values, in stage order.
+STOPS = ("data", "train", "infer", "score", "gap")
 Hook = Callable[[str, int], None]
 
 
@@ -118,7 +121,7 @@ class Study:
         if self._metric is None:
             from gapeval.scoring.weights import load_metric
 
-            self._metric = load_metric(self.cfg.metrics["weights"], self.cfg.metrics["device"])
+            self._metric = load_metric(self.cfg.metrics["weights"], self.device("metrics"))
         return self._metric[0]
 
     @property
@@ -133,34 +136,70 @@ class Study:
     def lr_folders(self) -> list[str]:
         return sorted(set(self.cfg.domains.values()) | set(self.cfg.inputs.values()))
 
-    def run(self) -> dict[str, Any]:
-        """Every stage in order; returns the report's tables (also written to ``tables.json``)."""
+    def run(self, stop_after: str | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+        """Every stage in order (up to ``stop_after``); returns the report's tables (also written to ``tables.json``).
+
+        ``shard = (k, n)``: this process runs the train and infer stages ``i`` with ``i % n == k`` only (several GPUs:
+        one process per GPU, e.g. under torchrun); the pair set must exist and ``stop_after`` must be ``train`` or
+        ``infer``. A later unsharded run does the rest from the cache.
+        """
+        k, n = shard
+        if stop_after is not None and stop_after not in STOPS:
+            raise InputError(f"--stop-after must be one of {STOPS}, got {stop_after!r}")
+        if n > 1 and stop_after not in ("train", "infer"):
+            raise InputError("--shard splits the train and infer stages only: add --stop-after train or --stop-after infer, then run once "
+                             "without --shard for score, gap and report")
         self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "study.json", json.dumps({"config": str(self.cfg.path), "smoke": self.cfg.smoke, "raw": self.cfg.raw},
-                                                              indent=1, default=str))
+        if k == 0:
+            write_text_atomic(self.out / "study.json", json.dumps({"config": str(self.cfg.path), "smoke": self.cfg.smoke, "raw": self.cfg.raw},
+                                                                  indent=1, default=str))
         t0 = time.time()
-        self.stage_pairs()
-        self.stage_view()
-        ckpts = {}
+        self.stage_pairs(shared=n > 1)
+        self.stage_view(shared=n > 1)
+        if stop_after == "data":
+            return {}
+        ckpts, units = {}, []
         for m in self.cfg.models:
             for d in (self.cfg.domains if m.trained else [PRETRAINED]):
-                ckpts[(m.label, d)] = self.stage_train(m, d) if m.trained else m.checkpoint
-        for m in self.cfg.models:
-            for d in (self.cfg.domains if m.trained else [PRETRAINED]):
-                for i in self.cfg.inputs:
-                    self.stage_infer(m, d, i, ckpts[(m.label, d)])
+                if m.trained:
+                    units.append((m, d))
+                ckpts[(m.label, d)] = m.checkpoint
+        for i, (m, d) in enumerate(units):
+            ckpts[(m.label, d)] = self.stage_train(m, d, run=i % n == k)
+        if stop_after == "train":
+            return {}
+        runs = [(m, d, i) for m in self.cfg.models for d in (self.cfg.domains if m.trained else [PRETRAINED]) for i in self.cfg.inputs]
+        for j, (m, d, i) in enumerate(runs):
+            if j % n == k:
+                self.stage_infer(m, d, i, ckpts[(m.label, d)])
+        if stop_after == "infer":
+            return {}
         for name in self.cfg.run_names():
             self.stage_score(name)
+        if stop_after == "score":
+            return {}
         self.stage_gap()
+        if stop_after == "gap":
+            return {}
         tables = self.stage_report()
         self.progress.say(f"study {self.cfg.name}: finished in {_dur(time.time() - t0)}; report: {self.out / 'report.html'}")
         return tables
+
+    def device(self, key: str) -> str:
+        """``train.device`` / ``metrics.device``; ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun/accelerate."""
+        dev = str((self.cfg.train if key == "train" else self.cfg.metrics)["device"])
+        return f"cuda:{os.environ['LOCAL_RANK']}" if dev == "cuda" and "LOCAL_RANK" in os.environ else dev
 
     # -- data -------------------------------------------------------------------------------------
     def pairs_root(self) -> Path:
         return self.cfg.data["pairs"] if "pairs" in self.cfg.data else self.out / "pairs"
 
-    def stage_pairs(self) -> None:
+    def _need(self, folder: Path, h: str, what: str, shared: bool) -> None:
+        if shared and not is_done(folder, h):
+            raise InputError(f"{folder}: the {what} stage is not finished; with --shard run `gapeval study run CONFIG --stop-after "
+                             f"{'data' if what in ('pairs', 'data view') else 'train'}` first (one process)")
+
+    def stage_pairs(self, shared: bool = False) -> None:
         if "naip_proxy" not in self.cfg.data:
             self.hashes["pairs"] = stage_hash("pairs", str(self.cfg.data["pairs"]))
             return
@@ -169,6 +208,7 @@ class Study:
         spec = self.cfg.data["naip_proxy"]
         h = self.hashes["pairs"] = stage_hash("naip_proxy", spec.as_dict())
         folder = self.out / "pairs"
+        self._need(folder, h, "pairs", shared)
         if is_done(folder, h):
             return self.progress.cached("pairs")
         prepare(folder, h, keep_partial=False)
@@ -177,8 +217,9 @@ class Study:
         mark(folder, h, {"tiles": counts})
         self.progress.update(1, f"tiles {counts}")
 
-    def stage_view(self) -> None:
+    def stage_view(self, shared: bool = False) -> None:
         h = self.hashes["view"] = stage_hash("view", self.hashes["pairs"], self.lr_folders(), self.cfg.data["max_tiles"])
+        self._need(self.view, h, "data view", shared)
         if is_done(self.view, h):
             return self.progress.cached("data view")
         counts = make_view(self.pairs_root(), self.view, self.lr_folders(), self.cfg.data["max_tiles"])
@@ -203,10 +244,10 @@ class Study:
         return TrainConfig(lr_dir=self.view / "train" / self.cfg.domains[domain], hr_dir=self.view / "train" / "hr", out=folder,
                            bands=",".join(BANDS), patch=t["patch"], batch=t["batch"], steps=t["steps"], save_every=t["save_every"],
                            learning_rate=float(t["learning_rate"]), ref_max=float(t["ref_max"]), ema_decay=float(t["ema_decay"]),
-                           seed=int(t["seed"]), device=t["device"], precision=t["precision"], model=m.adapter, network=extra,
+                           seed=int(t["seed"]), device=self.device("train"), precision=t["precision"], model=m.adapter, network=extra,
                            schedule=dict(m.schedule) if m.schedule else None, val_every=int(t["val_every"]), **net)
 
-    def stage_train(self, m: ModelSpec, domain: str) -> Path:
+    def stage_train(self, m: ModelSpec, domain: str, run: bool = True) -> Path:
         from gapeval.infer.train import Trainer, find_pairs, model_file
 
         folder = self.out / "train" / m.label / domain
@@ -215,6 +256,8 @@ class Study:
                                                                   self.cfg.validation, self.hashes["view"], self.metric_sha, self.val_steps(m))
         if is_done(folder, h):
             self.progress.cached(label)
+            return folder / model_file(m.adapter)
+        if not run:  # another shard's stage
             return folder / model_file(m.adapter)
         prepare(folder, h)
         cfg = self.train_config(m, domain, folder)
@@ -278,9 +321,11 @@ class Study:
         label = f"infer {run}"
         if is_done(folder, h):
             return self.progress.cached(label)
+        if m.trained and not is_done(self.out / "train" / m.label / domain, self.hashes[f"train/{m.label}/{domain}"]):
+            raise InputError(f"{run}: its training stage is not finished (another --shard's?); run --stop-after train for every shard first")
         prepare(folder, h)
         options = SamplingOptions(steps=self.sample_steps(m), eta=float(s["eta"]))
-        adapter, source = load_adapter(m.adapter, str(ckpt), options, device=self.cfg.train["device"] if m.trained else self.cfg.metrics["device"])
+        adapter, source = load_adapter(m.adapter, str(ckpt), options, device=self.device("train" if m.trained else "metrics"))
         files = pipeline.list_inputs(self.view / "test" / self.cfg.inputs[inp])
         n = int(s["samples"])
         tile = m.tile or max(adapter.size_multiple, -(-self.tile_size() // adapter.size_multiple) * adapter.size_multiple)
@@ -446,8 +491,9 @@ def sample_std(paths: list[Path]) -> float:
     return float(np.nanmean(std))
 
 
-def run_study(config: StudyConfig, out: str | Path, *, stream: TextIO | None = None, hook: Hook | None = None) -> dict[str, Any]:
-    """Run (or resume) a study; returns the report tables. See :class:`Study`."""
+def run_study(config: StudyConfig, out: str | Path, *, stream: TextIO | None = None, hook: Hook | None = None,
+              stop_after: str | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Run (or resume) a study; returns the report tables. See :class:`Study` and :meth:`Study.run`."""
     if not config.models:
         raise InputError(f"{config.path}: no models")
-    return Study(config, out, stream=stream, hook=hook).run()
+    return Study(config, out, stream=stream, hook=hook).run(stop_after, shard)
