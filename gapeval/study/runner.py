@@ -93,12 +93,15 @@ def is_done(folder: Path, h: str) -> bool:
 
 
 def prepare(folder: Path, h: str, keep_partial: bool = True) -> None:
-    """Clear ``folder`` when it holds a finished stage of other settings (or, unless ``keep_partial``, anything)."""
-    stamp = folder / STAMP
-    if folder.exists() and (stamp.is_file() or not keep_partial):
-        log.info("%s: settings changed; recomputing", folder)
+    """Clear ``folder`` unless it holds an unfinished stage of these settings (kept to resume, with ``keep_partial``);
+    record the settings being worked on in ``pending.json``."""
+    pending = folder / "pending.json"
+    same = pending.is_file() and json.loads(pending.read_text() or "{}").get("hash") == h
+    if folder.exists() and ((folder / STAMP).is_file() or not keep_partial or not same):
+        log.info("%s: other settings or nothing to resume; recomputing", folder)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(pending, json.dumps({"hash": h}))
 
 
 def mark(folder: Path, h: str, info: dict[str, Any] | None = None) -> None:
