@@ -147,9 +147,11 @@ def test_smoke_study_resumes_after_interruptions_with_identical_tables(tmp_path:
     # what the report holds
     tables = straight
     runs = cfg.run_names()
-    assert set(tables["cells"]) == set(runs) and len(runs) == 8
+    assert set(tables["cells"]) == set(runs) and len(runs) == 10  # 2 trained models x 2 domains x 2 inputs + bicubic x 2 inputs
     assert all(np.isfinite(tables["cells"][r]["lpips_sat"]["mean"]) for r in runs)
-    assert {g["name"].split(":")[0] for g in tables["gaps"]} == {"synthetic-to-real gap", "training-domain gap"}
+    assert {g["name"].split(":")[0] for g in tables["gaps"]} == {"synthetic-to-real gap", "training-domain gap"} and len(tables["gaps"]) == 7
+    bic = [g for g in tables["gaps"] if g["a"] == "bicubic/pretrained/real"][0]["metrics"]["psnr"]
+    assert bic["ci_low"] <= bic["gap"] <= bic["ci_high"]
     assert len(tables["controls"]) == 8 and set(tables["convergence"]) == {"sr3/synthetic", "sr3/real", "resshift/synthetic", "resshift/real"}
     md = (tmp_path / "a" / "report.md").read_text()
     assert "aerial-to-aerial proxy" in md and "Smoke run" in md and (tmp_path / "a" / "figures" / "training_resshift.png").is_file()

@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lpips_sat.atomic import write_text_atomic
-from gapeval.study.config import BANDS, PRETRAINED, ModelSpec, StudyConfig, stage_hash
+from gapeval.study.config import BANDS, PRETRAINED, REFERENCES, ModelSpec, StudyConfig, stage_hash
 from gapeval.study.data import make_view, tiles
 from lpips_sat.errors import InputError
 
@@ -324,6 +324,12 @@ class Study:
         label = f"infer {run}"
         if is_done(folder, h):
             return self.progress.cached(label)
+        if m.adapter == "bicubic":
+            prepare(folder, h)
+            self.progress.start(label, 1, "reference")
+            upsample_folder(self.view / "test" / self.cfg.inputs[inp], folder / "s0", round(self.scale()))
+            self.progress.update(1)
+            return mark(folder, h, {"samples": 1, "settings": {"method": "bicubic (torch, align_corners=False)"}, "clipped_fraction": 0.0})
         if m.trained and not is_done(self.out / "train" / m.label / domain, self.hashes[f"train/{m.label}/{domain}"]):
             raise InputError(f"{run}: its training stage is not finished (another --shard's?); run --stop-after train for every shard first")
         prepare(folder, h)
@@ -364,7 +370,7 @@ class Study:
         if is_done(folder, h):
             return self.progress.cached(label)
         prepare(folder, h)
-        n = int(self.cfg.sampling["samples"])
+        n = 1 if model in REFERENCE_LABELS(self.cfg) else int(self.cfg.sampling["samples"])
         infer = self.out / "infer" / run
         preds = {f"s{k}": infer / f"s{k}" for k in range(n)}
         self.progress.start(label, 1, "score call")
@@ -379,7 +385,7 @@ class Study:
         cfg, out = self.cfg, []
         for m in cfg.models:
             for d in (cfg.domains if m.trained else [PRETRAINED]):
-                what = f"{m.label} trained on {d}" if m.trained else f"{m.label} (checkpoint)"
+                what = f"{m.label} trained on {d}" if m.trained else f"{m.label} ({'reference' if m.adapter in REFERENCES else 'checkpoint'})"
                 out.append((f"synthetic-to-real gap: {what}, real - synthetic input", f"{m.label}/{d}/real", f"{m.label}/{d}/synthetic"))
         for m in cfg.models:
             if m.trained:
@@ -405,8 +411,9 @@ class Study:
         gap_analysis(Design({r: self.out / "score" / r for r in names}, self.comparisons(), conditions), folder, config,
                      metric=self.metric if config.images else None)
         self.progress.update(1, "gaps")
-        ctl = [(f"control: {r}, samples half B - half A", f"{r}#b", f"{r}#a") for r in names]
-        runs = {**{f"{r}#a": self.out / "score" / r / "half_a" for r in names}, **{f"{r}#b": self.out / "score" / r / "half_b" for r in names}}
+        sampled = [r for r in names if r.split("/")[0] not in REFERENCE_LABELS(self.cfg)]
+        ctl = [(f"control: {r}, samples half B - half A", f"{r}#b", f"{r}#a") for r in sampled]
+        runs = {**{f"{r}#a": self.out / "score" / r / "half_a" for r in sampled}, **{f"{r}#b": self.out / "score" / r / "half_b" for r in sampled}}
         if int(self.cfg.sampling["samples"]) >= 2:
             gap_analysis(Design(runs, ctl, {}), folder / "control", GapConfig(metrics=metrics, images=False, n_resamples=int(st["n_resamples"]),
                                                                               alpha=float(st["alpha"]), seed=int(st["seed"])))
@@ -481,6 +488,28 @@ def aggregate(records: list[dict[str, Any]], preds: dict[str, Path], folder: Pat
         for row in rows:
             w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
         write_text_atomic(folder / p / "pairs.csv" if p else folder / "pairs.csv", buf.getvalue())
+
+
+def REFERENCE_LABELS(cfg: StudyConfig) -> set[str]:  # noqa: N802 - reads like the constant it stands for
+    return {m.label for m in cfg.models if m.adapter in REFERENCES}
+
+
+def upsample_folder(lr_dir: Path, out: Path, scale: int) -> None:
+    """Bicubic x ``scale`` (torch, ``align_corners=False``: the models' conditioning) of every LR tile, on the HR grid."""
+    import torch
+    import torch.nn.functional as F
+    from affine import Affine
+
+    from gapeval.gap import load_reflectance
+    from lpips_sat.raster import raster_info, write_raster
+
+    for key, path in sorted(tiles(lr_dir).items()):
+        data, valid = load_reflectance(path, bands=None, scale=None, wanted=BANDS, flag="--scale")
+        up = F.interpolate(torch.from_numpy(np.nan_to_num(data))[None], scale_factor=scale, mode="bicubic", align_corners=False)[0].numpy()
+        up[:, ~np.repeat(np.repeat(valid, scale, 0), scale, 1)] = np.nan
+        info = raster_info(path)
+        write_raster(out / f"{key}.tif", np.clip(up, 0.0, 1.0).astype(np.float32), transform=info.transform @ Affine.scale(1.0 / scale),
+                     crs=info.crs, nodata=float("nan"), descriptions=BANDS, tags={"model": "bicubic"})
 
 
 def sample_std(paths: list[Path]) -> float:
