@@ -59,7 +59,8 @@ SMOKE: dict[str, Any] = {
     "schedule": {"resshift": {"steps": 4}},
     "sampling": {"steps": 2, "samples": 2},
     "validation": {"tiles": 2, "steps": 2},
-    "data": {"max_tiles": {"train": 8, "val": 2, "test": 4}},
+    "data": {"max_tiles": {"train": 8, "val": 2, "test": 3}},
+    "metrics": {"images": False},
     "naip_proxy": {"crop": 384, "block": 32},
     "stats": {"n_resamples": 200},
 }
@@ -157,7 +158,7 @@ def load_config(path: str | Path, *, smoke: bool = False) -> StudyConfig:
     over: dict[str, Any] = {}
     if smoke:
         over = deep_merge(SMOKE, doc.get("smoke") or {})
-        for key in ("train", "sampling", "validation", "data", "stats"):
+        for key in ("train", "sampling", "validation", "data", "stats", "metrics"):
             doc[key] = deep_merge(doc.get(key) or {}, over.get(key) or {})
     base = path.parent
 
