@@ -370,7 +370,7 @@ class Study:
         if is_done(folder, h):
             return self.progress.cached(label)
         prepare(folder, h)
-        n = 1 if model in REFERENCE_LABELS(self.cfg) else int(self.cfg.sampling["samples"])
+        n = 1 if model in reference_labels(self.cfg) else int(self.cfg.sampling["samples"])
         infer = self.out / "infer" / run
         preds = {f"s{k}": infer / f"s{k}" for k in range(n)}
         self.progress.start(label, 1, "score call")
@@ -411,7 +411,7 @@ class Study:
         gap_analysis(Design({r: self.out / "score" / r for r in names}, self.comparisons(), conditions), folder, config,
                      metric=self.metric if config.images else None)
         self.progress.update(1, "gaps")
-        sampled = [r for r in names if r.split("/")[0] not in REFERENCE_LABELS(self.cfg)]
+        sampled = [r for r in names if r.split("/")[0] not in reference_labels(self.cfg)]
         ctl = [(f"control: {r}, samples half B - half A", f"{r}#b", f"{r}#a") for r in sampled]
         runs = {**{f"{r}#a": self.out / "score" / r / "half_a" for r in sampled}, **{f"{r}#b": self.out / "score" / r / "half_b" for r in sampled}}
         if int(self.cfg.sampling["samples"]) >= 2:
@@ -490,7 +490,8 @@ def aggregate(records: list[dict[str, Any]], preds: dict[str, Path], folder: Pat
         write_text_atomic(folder / p / "pairs.csv" if p else folder / "pairs.csv", buf.getvalue())
 
 
-def REFERENCE_LABELS(cfg: StudyConfig) -> set[str]:  # noqa: N802 - reads like the constant it stands for
+def reference_labels(cfg: StudyConfig) -> set[str]:
+    """Labels of the built-in reference models (bicubic)."""
     return {m.label for m in cfg.models if m.adapter in REFERENCES}
 
 
