@@ -386,9 +386,10 @@ def _refine(ref: np.ndarray, ref_mask: np.ndarray, mov: np.ndarray, mov_mask: np
     ys, xs = base_r - centre[0], base_c - centre[1]
     reach = max(float(np.abs(ys).max()), float(np.abs(xs).max()), 1.0)
     bad = _tap_bad(~mov_mask)
+    lattice = _lattice(ref_mask.shape)
     for _ in range(REFINE_ITERATIONS):
         rows, cols = _warp(base_r, base_c, centre, geo[0], geo[1], geo[2:] if affine else (0.0, 0.0, 0.0, 0.0))
-        ok = ref_mask & _taps_ok(bad, rows, cols)
+        ok = ref_mask & lattice & _taps_ok(bad, rows, cols)
         if int(ok.sum()) < min_valid:
             return None
         at = [rows[ok], cols[ok]]
@@ -424,6 +425,19 @@ def _refine(ref: np.ndarray, ref_mask: np.ndarray, mov: np.ndarray, mov_mask: np
         if move < REFINE_TOL:
             return [float(v) for v in geo] + ([] if affine else [0.0] * 4)
     return None
+
+
+#: Most reference pixels one Gauss-Newton iteration samples; larger images use a regular lattice of every k-th row
+#: and column (a 512 px window: every 2nd; the estimate's error is far below the resampling's, see tests/test_align.py).
+REFINE_MAX_SAMPLES = 65536
+
+
+def _lattice(shape: tuple[int, int]) -> np.ndarray:
+    """Mask of the regular sub-lattice of at most :data:`REFINE_MAX_SAMPLES` pixels used by :func:`_refine`."""
+    step = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / REFINE_MAX_SAMPLES)))
+    out = np.zeros(shape, bool)
+    out[::step, ::step] = True
+    return out
 
 
 def _taps_ok(bad_taps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -686,6 +700,29 @@ def fit_linear(src: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = None
     return BandFit(np.diag(t.matrix).copy(), t.offset.copy(), np.asarray(t.rmse, float), np.asarray(t.r2, float))
 
 
+#: Gaussian std (px) of the low-pass applied to both images before the linear harmonisation fit of :func:`align_pair`.
+#: A least-squares fit of a blurry prediction on a sharp target shrinks the gain (the target's detail is "noise" the
+#: prediction lacks): on real Sentinel-2 crops with bicubic x4 "SR", gain errors reached 17 % unsmoothed, 2 % at 2 px
+#: and < 1 % at 3 px, and the harmonised PSNR exceeded the clean comparison's by up to 0.8, 0.3 and 0.2 dB (four crops,
+#: docs/metrics.md).
+#: Gain and offset are radiometric, so they are the same at every scale; the low-pass keeps only the scales both share.
+HARMONIZE_SIGMA = 3.0
+
+
+def lowpass(image: np.ndarray, valid: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian low-pass of (C, H, W) ``image`` by normalised convolution over ``valid`` pixels, and the pixels whose
+    kernel weight lies (99.9 %) on valid pixels."""
+    from scipy.ndimage import gaussian_filter
+
+    arr = _as_bands(image, "image").astype(np.float64)
+    w = valid.astype(np.float64)
+    norm = gaussian_filter(w, sigma, mode="constant")
+    out = np.stack([gaussian_filter(np.where(valid, b, 0.0), sigma, mode="constant") for b in arr]) / np.maximum(norm, 1e-12)
+    ok = valid & (norm > 0.999)
+    out[:, ~ok] = np.nan
+    return out, ok
+
+
 # ------------------------------------------------------------------------------------- one pair
 
 
@@ -755,7 +792,8 @@ def align_pair(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = 
             ``"shift+affine"``: translation plus a small linear deformation (6-parameter affine) fitted by least squares
             from the translation estimate, for residual scale/rotation/shear between sensors.
         harmonize: ``"none"``; ``"linear"``: per-band gain/offset fitted target -> prediction on the aligned valid pixels
-            (:func:`fit_linear`); ``"histogram"``: per-band quantile mapping of the target onto the prediction's values
+            of both images low-passed by :data:`HARMONIZE_SIGMA` px (:func:`fit_linear`, :func:`lowpass`), applied to
+            the full-resolution target; ``"histogram"``: per-band quantile mapping of the target onto the prediction's values
             on the same pixels (:func:`histogram_match`).
         max_shift: largest accepted correction in pixels (Euclidean; for an affine warp, at the image corners).
         min_valid: fewest valid pixels needed to estimate a shift or fit a harmonisation.
@@ -790,14 +828,19 @@ def align_pair(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = 
         if int(result.valid.sum()) >= min_valid:
             res = estimate_shift(result.target, p, result.valid, min_valid=min_valid)
             result.residual_dy, result.residual_dx = res.dy, res.dx
+    n_valid = int(result.valid.sum())
+    if harmonize != "none" and n_valid < min_valid:
+        raise AlignmentError(f"only {n_valid} valid pixels for a radiometric harmonisation; need at least {min_valid}")
     if harmonize == "linear":
-        fit = fit_linear(result.target, p, result.valid, min_valid=min_valid)
+        smooth_t, smooth_ok = lowpass(result.target, result.valid, HARMONIZE_SIGMA)
+        if int(smooth_ok.sum()) < min_valid:
+            raise AlignmentError(f"only {int(smooth_ok.sum())} of {n_valid} valid pixels lie far enough from invalid ones for the "
+                                 f"low-passed ({HARMONIZE_SIGMA:g} px) radiometric fit; need at least {min_valid}")
+        smooth_p, _ = lowpass(p, result.valid, HARMONIZE_SIGMA)
+        fit = fit_linear(smooth_t, smooth_p, smooth_ok, min_valid=min_valid)
         result.target = fit.apply(result.target).astype(dtype, copy=False)
         result.gain, result.offset, result.fit_rmse = fit.gain, fit.offset, fit.rmse
     elif harmonize == "histogram":
-        n = int(result.valid.sum())
-        if n < min_valid:
-            raise AlignmentError(f"only {n} valid pixels for histogram matching; need at least {min_valid}")
         matched = histogram_match(result.target, p, image_valid=result.valid, reference_valid=result.valid)
         result.target = matched.astype(dtype, copy=False)
     result.target[:, ~result.valid] = np.nan

@@ -42,6 +42,7 @@ from gapeval.folders import list_images
 from gapeval.grids import Grid
 from lpips_sat.bands import canonical, resolve
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import positive_float
 from lpips_sat.raster import SUFFIXES, read_raster, write_raster
 
 log = logging.getLogger(__name__)
@@ -455,6 +456,8 @@ def degrade_folder(hr: str | Path, out: str | Path, config: DegradeConfig, *, hr
     hr, out = Path(hr), Path(out)
     if not hr.exists():
         raise MissingFileError(f"{hr}: HR input does not exist")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; choose a folder for the low-resolution images")
     files = {hr.stem: hr} if hr.is_file() else list_images(hr, pattern)
     if not files:
         raise InputError(f"{hr}: no images ({', '.join(SUFFIXES)}){f' matching {pattern!r}' if pattern else ''}")
@@ -489,10 +492,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder of low-resolution GeoTIFFs (same relative paths)")
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES), help="degradation profile")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
-    size.add_argument("--gsd", type=float, help="target ground sampling distance in CRS units (metres), e.g. 10")
+    size.add_argument("--scale", type=positive_float, help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
+    size.add_argument("--gsd", type=positive_float, help="target ground sampling distance in CRS units (metres), e.g. 10")
     parser.add_argument("--snr", help="signal-to-noise ratio: a number, BAND=value pairs, or 'none' (profile default otherwise)")
-    parser.add_argument("--snr-reference", type=float, help="reflectance at which the SNR holds (default: each band's image mean)")
+    parser.add_argument("--snr-reference", type=positive_float, help="reflectance at which the SNR holds (default: each band's image mean)")
     parser.add_argument("--mtf", help="system MTF at Nyquist: a number, BAND=value pairs, or 'none' (profile default otherwise)")
     parser.add_argument("--resampling", choices=RESAMPLING, help="override the profile's resampling")
     parser.add_argument("--band-transform", help="JSON band transform (from fit_band_transform) applied to HR reflectance first")
@@ -500,7 +503,7 @@ def add_arguments(parser) -> None:
     q.add_argument("--quantize", dest="quantize", action="store_true", default=None, help="write uint16 DN (reflectance x 10000)")
     q.add_argument("--no-quantize", dest="quantize", action="store_false", help="write float32 reflectance")
     parser.add_argument("--dn-offset", type=float, help="DN offset added before quantisation (e.g. 1000 for baseline >= 04.00)")
-    parser.add_argument("--hr-scale", type=float, help="divide HR pixel values by this to get reflectance (10000 for Sentinel-2 DN)")
+    parser.add_argument("--hr-scale", type=positive_float, help="divide HR pixel values by this to get reflectance (10000 for Sentinel-2 DN)")
     parser.add_argument("--bands", help="band order of the HR files (preset such as s2-rgbn/naip, or names); default: band descriptions")
     parser.add_argument("--glob", help="glob on relative paths under --hr selecting files (default: every image, recursively)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpips_sat.errors import InputError, MissingFileError
-from lpips_sat.raster import SUFFIXES
+from lpips_sat.raster import SUFFIXES, gdal_path, is_virtual
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,42 @@ def walk_files(folder: Path) -> Iterator[Path]:
     yield from visit(folder, frozenset())
 
 
+#: A "folder" given as a text file lists its images, one path or URL per line (remote COGs, docs/scale.md).
+LIST_SUFFIX = ".txt"
+
+
+def list_file(path: Path) -> dict[str, Path]:
+    """Images named in a list file, keyed by their path relative to the deepest folder they share, without suffix.
+
+    One entry per line; blank lines and ``#`` comments are skipped. ``https://``/``s3://``/``gs://`` URLs become GDAL
+    virtual paths (:func:`lpips_sat.raster.gdal_path`), ``/vsi...`` paths are kept, other paths are relative to the
+    list's folder. Remote entries are read by GDAL (windowed, HTTP range requests for COGs).
+    Raises:
+        InputError: an empty list, an unsupported suffix, or two entries with the same key.
+    """
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        entry = Path(gdal_path(text))
+        if not is_virtual(entry) and not entry.is_absolute():
+            entry = path.parent / entry
+        if entry.suffix.lower() not in SUFFIXES:
+            raise InputError(f"{path}:{n}: {text!r} is not an image ({', '.join(SUFFIXES)})")
+        entries.append(entry)
+    if not entries:
+        raise InputError(f"{path}: lists no files")
+    common = os.path.commonpath([str(e.parent) for e in entries])
+    out: dict[str, Path] = {}
+    for entry in entries:
+        key = str(entry.with_suffix(""))[len(common):].lstrip("/")
+        if key in out:
+            raise InputError(f"{path}: {out[key]} and {entry} have the same key {key!r}")
+        out[key] = entry
+    return dict(sorted(out.items()))
+
+
 def list_images(folder: str | Path, pattern: str | None = None) -> dict[str, Path]:
     """Images under ``folder`` (recursive) keyed by relative path without suffix (``sub/scene_01``).
 
@@ -59,6 +95,11 @@ def list_images(folder: str | Path, pattern: str | None = None) -> dict[str, Pat
     from fnmatch import fnmatch
 
     folder = Path(folder)
+    if folder.suffix.lower() == LIST_SUFFIX and folder.is_file():
+        return {k: p for k, p in list_file(folder).items() if not pattern or fnmatch(k + p.suffix, pattern) or fnmatch(p.name, pattern)}
+    if is_virtual(folder):
+        raise InputError(f"{folder}: folders on GDAL's virtual file systems are not listed; pass a {LIST_SUFFIX} file naming one "
+                         "file or URL per line instead")
     if not folder.exists():
         raise MissingFileError(f"{folder}: folder does not exist")
     if not folder.is_dir():

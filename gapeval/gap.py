@@ -26,7 +26,6 @@ between runs with the same number of tiles) while KID is unbiased.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -135,10 +134,9 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
         raise MissingFileError(f"run {name!r}: results folder {directory} does not exist")
     if not path.is_file():
         raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = list(reader)
+    from gapeval.results import read_table
+
+    fields, rows = read_table(path)
     if not rows:
         raise InputError(f"run {name!r}: {path} has no scored pairs (empty table)")
     if SET_COLUMN in fields:
@@ -467,6 +465,11 @@ def tile_features(metric: Any, image: np.ndarray, valid: np.ndarray, tile: int, 
 
 
 def _file_token(path: Path, extra: str) -> str:
+    """Cache key of a file's features: path, size and modification time (for a remote file: its path alone)."""
+    from lpips_sat.raster import is_virtual
+
+    if is_virtual(path):
+        return hashlib.sha1(f"{path}|{extra}".encode()).hexdigest()[:20]
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{extra}".encode()).hexdigest()[:20]
 

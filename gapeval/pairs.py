@@ -308,10 +308,22 @@ def _reflectance(data: np.ndarray, nodata: Any, profile: Any) -> np.ndarray:
 
 
 def check_scale(lr: LRGrid, high: Scene, config: PairsConfig, low_path: Path) -> int:
-    """The integer HR-per-LR pixel ratio (after checking both grids are square and the ratio is an integer)."""
+    """The integer HR-per-LR pixel ratio (after checking both grids are square and the ratio is an integer).
+
+    An HR scene in another CRS (``--reproject``) is resampled onto the LR grid subdivided ``scale`` times anyway, so
+    its own pixel size only has to be close: ``--scale`` is taken as given, else the ratio rounded when within 2 %.
+    """
     lr_px = (abs(lr.transform.a), abs(lr.transform.e))
     hr_px = (abs(high.info.transform.a), abs(high.info.transform.e))
     ratio = (lr_px[0] / hr_px[0], lr_px[1] / hr_px[1])
+    if not same_crs(high.info.crs, lr.crs):
+        scale = config.scale if config.scale is not None else int(round(ratio[0]))
+        if config.scale is None and (scale < 1 or abs(ratio[0] - scale) > 0.02 * scale):
+            raise InputError(f"{high.path}: pixel {hr_px[0]:g} ({high.info.crs}) is not about 1/N of the LR pixel {lr_px[0]:g} of {low_path} "
+                             f"({lr.crs}; ratio {ratio[0]:g}); give --scale")
+        if config.tile % scale:
+            raise InputError(f"--tile {config.tile} is not a multiple of the scale {scale}")
+        return scale
     if abs(ratio[0] - ratio[1]) > SCALE_TOL * ratio[0]:
         raise InputError(f"{high.path}: LR/HR pixel ratio differs in x ({ratio[0]:g}) and y ({ratio[1]:g})")
     if config.scale is not None and abs(ratio[0] - config.scale) > SCALE_TOL * config.scale:
@@ -434,7 +446,7 @@ class Tile:
 
 def manifest_columns(bands: Sequence[str]) -> list[str]:
     cols = ["tile", "split", "status", "reason", "lr_scene", "lr_date", "hr_scene", "hr_date", "row", "col", "left", "bottom", "right", "top",
-            "valid_fraction", "hr_std", "shift_dy", "shift_dx", "shift_px", "corrected", "residual_dy", "residual_dx", "residual_px",
+            "valid_fraction", "hr_std", "shift_dy", "shift_dx", "shift_px", "affine", "corrected", "residual_dy", "residual_dx", "residual_px",
             "align_quality", "correlation", "fit_rmse", "fit_r2"]
     cols += [f"fit_gain_{b}" for b in bands] + [f"fit_offset_{b}" for b in bands]
     cols += ["harmonize"] + [f"harm_gain_{b}" for b in bands] + [f"harm_offset_{b}" for b in bands]
@@ -457,6 +469,7 @@ def manifest_row(t: Tile, bands: Sequence[str], config: PairsConfig) -> dict[str
         "left": t.bounds[0], "bottom": t.bounds[1], "right": t.bounds[2], "top": t.bounds[3],
         "valid_fraction": t.valid_fraction, "hr_std": t.hr_std,
         "shift_dy": t.shift.dy if t.shift else nan, "shift_dx": t.shift.dx if t.shift else nan, "shift_px": t.shift.px if t.shift else nan,
+        "affine": " ".join(f"{v:.6g}" for v in t.shift.deform) if t.shift is not None and config.align == "shift+affine" else "",
         "corrected": str(config.correct and t.shift is not None and t.status == "kept").lower(),
         "residual_dy": t.residual.dy if t.residual else nan, "residual_dx": t.residual.dx if t.residual else nan,
         "residual_px": t.residual.px if t.residual else nan, "align_quality": t.shift.quality if t.shift else nan,
@@ -471,30 +484,32 @@ def manifest_row(t: Tile, bands: Sequence[str], config: PairsConfig) -> dict[str
 
 
 def measure_tile(t: Tile, lr_tile: np.ndarray, lr_valid: np.ndarray, work: HRWork, origin: tuple[float, float], scale: int,
-                 config: PairsConfig, halo: int) -> tuple[Tile, np.ndarray | None]:
-    """Filters, misregistration and radiometric fit of one tile; returns it with the corrected HR tile (``None`` when
-    rejected)."""
+                 config: PairsConfig, halo: int) -> Tile:
+    """Filters, misregistration and radiometric fit of one tile (its fate recorded on it)."""
     size = config.tile
     win, win_valid, local = _window(work, origin[0], origin[1], size, halo)
     hr0, hr0_ok = resample(win, (size, size), origin=local, valid=win_valid)  # zero-shift HR tile (for the filters)
     lr_cov = np.repeat(np.repeat(lr_valid, scale, axis=0), scale, axis=1)
     t.valid_fraction = float((hr0_ok & lr_cov).mean())
     if t.valid_fraction < config.min_valid:
-        return t.reject(f"valid fraction {t.valid_fraction:.3f} < {config.min_valid}"), None
+        return t.reject(f"valid fraction {t.valid_fraction:.3f} < {config.min_valid}")
     t.hr_std = float(np.nanstd(hr0.mean(axis=0)[hr0_ok]))
     if t.hr_std < config.min_std:
-        return t.reject(f"flat: HR std {t.hr_std:.4g} < {config.min_std}"), None
+        return t.reject(f"flat: HR std {t.hr_std:.4g} < {config.min_std}")
     try:
         t.shift = estimate_shift_scaled(win, lr_tile, scale, origin=local, hr_valid=win_valid, lr_valid=lr_valid,
                                         affine=config.align == "shift+affine", min_valid=_min_lr_pixels(lr_valid))
     except AlignmentError as exc:
-        return t.reject(f"alignment: {exc}"), None
+        return t.reject(f"alignment: {exc}")
     worst = t.shift.max_displacement(size, size)
     if worst > config.max_shift:
         hr0_lr = block_mean(np.where(hr0_ok[None], hr0, np.nan), scale)
         t.correlation = correlation(lr_tile, hr0_lr, lr_valid & np.isfinite(hr0_lr).all(axis=0))  # uncorrected, for the record
-        return t.reject(f"shift {worst:.2f} px > --max-shift {config.max_shift:g}"), None
+        return t.reject(f"shift {worst:.2f} px > --max-shift {config.max_shift:g}")
     hr, hr_ok = resample(win, (size, size), origin=local, shift=t.shift if config.correct else None, valid=win_valid)
+    t.valid_fraction = float((hr_ok & lr_cov).mean())
+    if t.valid_fraction < config.min_valid:  # the correction may reach past the HR scene's edge
+        return t.reject(f"valid fraction {t.valid_fraction:.3f} < {config.min_valid} after the shift correction")
     hr_lr = block_mean(np.where(hr_ok[None], hr, np.nan), scale)
     joint = lr_valid & np.isfinite(hr_lr).all(axis=0)
     try:
@@ -507,13 +522,20 @@ def measure_tile(t: Tile, lr_tile: np.ndarray, lr_valid: np.ndarray, work: HRWor
         t.fit_gain, t.fit_offset = fit.gain, fit.offset
         t.fit_rmse, t.fit_r2 = float(np.mean(fit.rmse)), float(np.mean(fit.r2))
     except AlignmentError as exc:
-        return t.reject(f"radiometric fit: {exc}"), None
+        return t.reject(f"radiometric fit: {exc}")
     if config.min_corr is not None and not t.correlation >= config.min_corr:
-        return t.reject(f"content change: correlation {t.correlation:.3f} < --min-corr {config.min_corr:g}"), None
+        return t.reject(f"content change: correlation {t.correlation:.3f} < --min-corr {config.min_corr:g}")
     if config.max_residual is not None and t.fit_rmse > config.max_residual:
-        return t.reject(f"fit residual {t.fit_rmse:.4g} > --max-residual {config.max_residual:g}"), None
+        return t.reject(f"fit residual {t.fit_rmse:.4g} > --max-residual {config.max_residual:g}")
     t._lr, t._hr_lr, t._joint = lr_tile, hr_lr, joint
-    return t, hr
+    return t
+
+
+def cut_tile(work: HRWork, origin: tuple[float, float], t: Tile, config: PairsConfig, halo: int) -> np.ndarray:
+    """The HR tile as :func:`measure_tile` saw it (corrected unless ``--no-correct``); NaN where invalid."""
+    win, win_valid, local = _window(work, origin[0], origin[1], config.tile, halo)
+    hr, _ = resample(win, (config.tile, config.tile), origin=local, shift=t.shift if config.correct else None, valid=win_valid)
+    return hr
 
 
 def _min_lr_pixels(lr_valid: np.ndarray) -> int:
@@ -624,7 +646,7 @@ def _band_names(scene: Scene) -> list[str]:
     return [f"b{i + 1}" for i in range(len(scene.bands))]
 
 
-def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene, halo: int) -> Iterator[tuple[Tile, tuple[float, float]]]:
+def _tiles_of(lr: LRGrid, work: HRWork, scale: int, config: PairsConfig, low: Scene, high: Scene) -> Iterator[tuple[Tile, tuple[float, float]]]:
     """Candidate tiles of the LR grid whose HR footprint (with halo) touches the HR pixels."""
     n = config.tile // scale
     _, h, w = lr.data.shape
@@ -671,7 +693,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
     all_tiles: list[Tile] = []
     prepared: dict[str, LRGrid] = {}
     anchor = None
-    per_pair: list[tuple[Scene, Scene, int, HRWork, list[tuple[Tile, np.ndarray | None, tuple[float, float]]]]] = []
+    per_pair: list[tuple[Scene, Scene, int, bool, list[tuple[Tile, tuple[float, float]]]]] = []
     for low, high in pairs:
         if low.path.as_posix() not in prepared:
             prepared[low.path.as_posix()] = prepare_lr(low, config)
@@ -683,20 +705,21 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
         check_reflectance(work.data, work.valid, high.path, "--hr-scale")
         n = config.tile // scale
         measured = []
-        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high, halo):
+        for t, origin in _tiles_of(lr_grid, work, scale, config, low, high):
             lr_tile = lr_grid.data[:, t.row:t.row + n, t.col:t.col + n]
             lr_valid = lr_grid.valid[t.row:t.row + n, t.col:t.col + n]
-            t, hr_tile = measure_tile(t, lr_tile, lr_valid, work, origin, scale, config, halo)
-            measured.append((t, hr_tile, origin))
+            t = measure_tile(t, lr_tile, lr_valid, work, origin, scale, config, halo)
+            measured.append((t, origin))
             all_tiles.append(t)
-        per_pair.append((low, high, scale, work, measured))
-        logger.info("%s x %s: %d tiles, %d kept", low.name, high.name, len(measured), sum(t.status == "kept" for t, _, _ in measured))
+        per_pair.append((low, high, scale, work.resampled, measured))
+        logger.info("%s x %s: %d tiles, %d kept", low.name, high.name, len(measured), sum(t.status == "kept" for t, _ in measured))
+        del work  # bounded memory: one HR scene at a time; pass 2 reads it again
     scale0 = per_pair[0][2]
     hr_res = abs(prepared[pairs[0][0].path.as_posix()].transform.a) / scale0
     assign_blocks(all_tiles, anchor, config.block * hr_res, config)
     written = 0
-    for low, high, scale, work, measured in per_pair:
-        kept = [t for t, _, _ in measured if t.status == "kept"]
+    for low, high, scale, _, measured in per_pair:
+        kept = [t for t, _ in measured if t.status == "kept"]
         scene_fit, scene_lr = None, None
         if config.harmonize != "none" and config.harmonize_on == "scene" and kept:
             lr_all = np.concatenate([t._lr[:, t._joint] for t in kept], axis=1)
@@ -706,13 +729,15 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
                 scene_fit = (fit.gain, fit.offset)
             else:
                 scene_lr = lr_all[:, :, None]
-        for t, hr_tile, origin in measured:
+        lr_grid = prepared[low.path.as_posix()]
+        todo = [t for t, _ in measured if t.status == "kept" and t.tile not in done]
+        work = prepare_hr(high, lr_grid, scale, halo) if todo else None
+        for t, origin in measured:
             if t.tile in done:
                 continue
             if t.status == "kept":
-                hr_out = harmonise(hr_tile, t, config, scene_fit, scene_lr)
+                hr_out = harmonise(cut_tile(work, origin, t, config, halo), t, config, scene_fit, scene_lr)
                 n = config.tile // scale
-                lr_grid = prepared[low.path.as_posix()]
                 lr_tile = lr_grid.data[:, t.row:t.row + n, t.col:t.col + n]
                 _write_tile(out, t, hr_out, lr_tile, lr_grid, scale, config, degrade_array, file_rng, get_profile)
                 written += 1
@@ -722,7 +747,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
             append_line(manifest, buf.getvalue())
     summary = {
         "status": "complete",
-        "scene_pairs": [{"lr": lo.path.name, "hr": hi.path.name, "scale": s, "hr_resampled": w.resampled} for lo, hi, s, w, _ in per_pair],
+        "scene_pairs": [{"lr": lo.path.name, "hr": hi.path.name, "scale": s, "hr_resampled": r} for lo, hi, s, r, _ in per_pair],
         "tiles": {split: sum(t.status == "kept" and t.split == split for t in all_tiles) for split in SPLITS},
         "rejected": _reasons(all_tiles),
         "written_now": written,

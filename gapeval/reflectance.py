@@ -9,9 +9,11 @@ import numpy as np
 from lpips_sat.errors import InputError
 
 
-def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, flag: str) -> float:
+def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, flag: str, *, scaled: bool = False) -> float:
     """Fail on values no reflectance image has; return the largest valid value (for :func:`check_not_tiny`).
 
+    ``scaled``: the values were already converted by a scale (the file's own metadata or ``flag``), so implausible
+    values point at a corrupt file rather than at a missing scale.
     Raises:
         InputError: valid values above ``MAX_REFLECTANCE`` (digital numbers not divided) or below -0.5.
     """
@@ -21,6 +23,11 @@ def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, flag: str
         return float("-inf")
     vals = data[:, valid]
     hi, lo = float(vals.max()), float(vals.min())
+    if scaled and (hi > MAX_REFLECTANCE or lo < -0.5):
+        raise InputError(
+            f"{path}: values {lo:g}..{hi:g} are implausible for reflectance even after the scale applied to this file "
+            f"(its own scale metadata or {flag}); the file may be corrupt (e.g. a damaged tile), or the scale is wrong"
+        )
     if hi > MAX_REFLECTANCE:
         raise InputError(
             f"{path}: values up to {hi:g} are not reflectance (expected about 0..1.5); these look like digital numbers: "

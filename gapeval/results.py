@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapeval.metrics.opensr import COLUMNS as _OPENSR, TILES_COLUMN as OPENSR_TILES
+from gapeval.metrics import METRICS
+from gapeval.metrics.opensr import COLUMNS as _OPENSR
+from gapeval.metrics.opensr import TILES_COLUMN as OPENSR_TILES
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -81,12 +84,26 @@ def columns(config: ScoreConfig) -> list[str]:
             "hallucination",
             "tc_patches",
         ]
+    if config.aligned:
+        cols += [*ALIGN_COLUMNS, *[f"harm_{k}_{b}" for k in ("gain", "offset") for b in config.bands]]
+        if config.report_raw:
+            cols += [f"{RAW_PREFIX}{m}" for m in RAW_METRICS]
     return cols + list(TAIL_COLUMNS)
+
+
+#: Bookkeeping of ``--align``/``--harmonize`` (valid-pixel weighted means over the windows of a pair; not metrics):
+#: the estimated target displacement relative to the prediction (target px; the target was moved back by it), the
+#: shift left after the correction, the phase-correlation peak quality, and the fraction of the pair's valid pixels
+#: masked because the correction exposed them (or their window had too few valid pixels to align).
+ALIGN_COLUMNS = ("align_dy", "align_dx", "align_residual_px", "align_quality", "align_masked_fraction")
+#: With ``--report-raw``: these metrics also on the unaligned, unharmonised target (same pixels), as ``raw_<metric>``.
+RAW_PREFIX, RAW_METRICS = "raw_", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")
 
 
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
-    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)]
+    return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)
+            and not c.startswith(("align_", "harm_"))]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -158,18 +175,14 @@ def _complete_csv(text: str) -> bool:
     return True
 
 
-def read_records_complete(path: str | Path) -> list[list[str]]:
-    """CSV records of ``path`` (the csv module's rules: quoted fields may hold newlines or U+2028), without a trailing
-    partial record left by an interrupted append (the file is then rewritten atomically without it).
-
-    Raises:
-        InputError: the file is not UTF-8 text or not CSV (binary, NUL bytes, a broken quote before the last record).
-    """
-    path = Path(path)
+def _read_complete(path: Path) -> tuple[list[list[str]], str, str]:
+    """``(records, complete_text, text)``: the file's CSV records without a trailing partial record."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not a text table ({exc}); use another --out, or --overwrite to start over") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{path}: is a folder, not a CSV table") from exc
     complete = text
     while complete and not _complete_csv(complete):  # an interrupted append: cut back to a record boundary
         cut = complete.rfind("\n", 0, len(complete) - 1)
@@ -179,9 +192,40 @@ def read_records_complete(path: str | Path) -> list[list[str]]:
     except csv.Error as exc:
         raise InputError(f"{path}: not a readable CSV table ({exc}); use another --out, or --overwrite to start over") from exc
     if complete != text:
-        logger.warning("%s ended with a partial row (interrupted write); dropped it", path)
+        logger.warning("%s ended with a partial row (interrupted write); it is left out", path)
+    return records, complete, text
+
+
+def read_records_complete(path: str | Path) -> list[list[str]]:
+    """CSV records of ``path`` (the csv module's rules: quoted fields may hold newlines or U+2028), without a trailing
+    partial record left by an interrupted append (the file is then rewritten atomically without it).
+
+    Raises:
+        InputError: the file is not UTF-8 text or not CSV (binary, a broken quote before the last record).
+    """
+    path = Path(path)
+    records, complete, text = _read_complete(path)
+    if complete != text:
         write_text_atomic(path, complete)
     return records
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (dicts of strings) of a CSV table such as ``pairs.csv``, read only (a trailing partial row is
+    ignored).
+
+    Raises:
+        InputError: not UTF-8 text, not CSV, or a row with another number of fields than the header (names the row).
+    """
+    path = Path(path)
+    records = _read_complete(path)[0]
+    if not records:
+        return [], []
+    header = records[0]
+    for i, rec in enumerate(records[1:], start=2):
+        if len(rec) != len(header):
+            raise InputError(f"{path}: row {i} has {len(rec)} fields instead of {len(header)} (corrupt or hand-edited)")
+    return header, [dict(zip(header, r)) for r in records[1:]]
 
 
 def _csv_line(values: Iterable[Any]) -> str:
@@ -405,7 +449,31 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> di
         ok = [r for r in mine if r["status"] == "ok"]
         metrics = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in metric_columns(cols)}
         out[name] = {"n_pairs": len(mine), "n_scored": len(ok), "n_skipped": len(mine) - len(ok), "metrics": metrics}
+        corrections = [c for c in cols if c.startswith(("align_", "harm_"))]
+        if corrections:  # what --align/--harmonize applied (bookkeeping, not metrics)
+            out[name]["corrections"] = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in corrections}
+            out[name]["n_not_alignable"] = sum(r["status"] == "not_alignable" for r in mine)
     return out
+
+
+def alignment_note(config: ScoreConfig, cols: Sequence[str]) -> dict[str, Any]:
+    """``summary.json``'s statement of which columns compare the prediction with the raw target and which with the
+    target aligned/harmonised onto it (``docs/metrics.md``, "Alignment and harmonisation")."""
+    full_ref = [c for c in metric_columns(cols) if not c.startswith(RAW_PREFIX) and c.split("_")[0] in ("lpips", "psnr", "ssim", "sam", "ergas", "rmse", "mae")]
+    if config.with_lr and config.protocol == "gapeval":
+        full_ref += ["improvement", "omission", "hallucination"]
+    lr_only = [c for c in metric_columns(cols) if c not in full_ref and not c.startswith(RAW_PREFIX)]
+    if not config.aligned:
+        return {"align": "none", "harmonize": "none", "raw": full_ref + lr_only}
+    return {
+        "align": config.align,
+        "harmonize": config.harmonize,
+        "max_shift_px": config.max_shift,
+        "direction": "target resampled (cubic spline, exposed borders masked) and harmonised onto each prediction; predictions are never altered",
+        "aligned": full_ref,
+        "raw": [c for c in cols if c.startswith(RAW_PREFIX)],
+        "unaffected": lr_only,
+    }
 
 
 def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
@@ -416,11 +484,48 @@ def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
 
 
 def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder."""
+    """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder.
+
+    Raises:
+        MissingFileError: either file is missing. InputError: either file is unreadable or corrupt.
+    """
     out_dir = Path(out_dir)
     for name in (PAIRS_CSV, SUMMARY_JSON):
         if not (out_dir / name).is_file():
             raise MissingFileError(f"{out_dir / name} does not exist; run `gapeval score --out {out_dir}` first")
-    with open(out_dir / PAIRS_CSV, newline="") as fh:
-        rows = [parse_row(r) for r in csv.DictReader(fh)]
-    return rows, json.loads((out_dir / SUMMARY_JSON).read_text())
+    _, rows = read_table(out_dir / PAIRS_CSV)
+    try:
+        parsed = [parse_row(r) for r in rows]
+    except ValueError as exc:
+        raise InputError(f"{out_dir / PAIRS_CSV}: a number column holds text ({exc})") from exc
+    try:
+        summary = json.loads((out_dir / SUMMARY_JSON).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{out_dir / SUMMARY_JSON}: not readable JSON ({exc}); run gapeval score again") from exc
+    return parsed, summary
+
+
+def format_table(
+    summary: Mapping[str, Any],
+    metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px", "opensr_reflectance", "opensr_spatial"),
+) -> str:
+    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
+    sets = summary["pred_sets"]
+    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
+    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
+    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
+    rows = [head]
+    for name in ranked:
+        s = sets[name]
+        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
+        for m in metrics:
+            st = s["metrics"][m]
+            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
+            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _nan_last(value: Any) -> float:
+    return float(value) if value is not None and np.isfinite(value) else math.inf

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import sys
 import time
@@ -26,12 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gapeval import shards
+from gapeval.align import ALIGN_MODES, DEFAULT_MAX_SHIFT, HARMONIZE_MODES
 from gapeval.folders import Pairing, pair_folders
 from gapeval.grids import RESAMPLING_METHODS
-from gapeval.metrics import METRICS
 from gapeval.progress import Stages
 from gapeval.results import (
     MAPS_DIR,
@@ -41,9 +38,11 @@ from gapeval.results import (
     ResultsLock,
     columns,
     format_cell,
+    format_table,
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
+    alignment_note,
     summarize_rows,
     versions,
     write_summary,
@@ -53,7 +52,8 @@ from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOL
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
 from lpips_sat.errors import InputError
-from lpips_sat.metric import LPIPSSat
+from lpips_sat.metric import MIN_SIZE, LPIPSSat
+from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,10 @@ def score(
     device: str | None = None,
     progress: bool = False,
     protocol: str = "gapeval",
+    align: str = "none",
+    harmonize: str = "none",
+    max_shift: float = DEFAULT_MAX_SHIFT,
+    report_raw: bool = False,
     shard: tuple[int, int] | None = None,
 ) -> ScoreResult:
     """Score super-resolved predictions against high-resolution targets (folders of GeoTIFF/PNG/JPEG/.npy).
@@ -154,6 +158,10 @@ def score(
             results folders with :func:`gapeval.shards.merge_results` (``gapeval merge``).
         protocol: ``"gapeval"`` (default) or ``"opensr-test"``: which LR-consistency/correctness columns (needs ``lr``;
             ``docs/metrics.md``).
+        align, harmonize, max_shift, report_raw: bring each target onto each prediction before the full-reference
+            metrics (``gapeval.align.align_pair`` per window: ``"none"|"shift"|"shift+affine"`` and
+            ``"none"|"linear"|"histogram"``; targets shifted by more than ``max_shift`` px are listed as
+            ``not_alignable``); ``report_raw`` adds the unaligned values as ``raw_*`` columns (``docs/metrics.md``).
     Returns:
         :class:`ScoreResult` with ``records`` (one dict per pair, metrics as floats, NaN where not applicable)
         and ``summary`` (per prediction set and metric: n, mean, median, std, ci_low, ci_high).
@@ -187,6 +195,10 @@ def score(
         pattern=pattern,
         protocol=protocol,
         invalid_pred=invalid_pred,
+        align=align,
+        harmonize=harmonize,
+        max_shift=max_shift,
+        report_raw=report_raw,
     )
     pairing = pair_folders(target, preds, lr, pattern=pattern, allow_missing=allow_missing)
     if shard is not None:
@@ -302,6 +314,7 @@ def _summary(
         "skipped": skipped,
         "unpaired": pairing.unpaired,
         "columns": list(cols),
+        "alignment": alignment_note(config, cols),
     }
 
 
@@ -314,6 +327,14 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
     if sep and name and not os.path.exists(text) and "/" not in name:
         return name, path
     return None, text
+
+
+def _tile_size(text: str) -> int:
+    """``--tile``: at least LPIPS-Sat's smallest input and a multiple of the correctness patch (8 px)."""
+    value = int_at_least(MIN_SIZE)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 px (the correctness patch), got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -336,8 +357,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true", help="write georeferenced LPIPS-Sat maps to OUT/maps/<set>/<key>.tif")
     parser.add_argument("--resume", action="store_true", help="skip pairs already in OUT/pairs.csv with the same configuration")
     parser.add_argument("--overwrite", action="store_true", help="start over even if OUT/pairs.csv exists")
-    parser.add_argument("--workers", type=int, default=1, help="scenes scored in parallel threads (default 1)")
-    parser.add_argument("--device", default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--workers", type=int_at_least(1), default=1, help="scenes scored in parallel threads (default 1)")
+    parser.add_argument("--device", type=device, default="auto", help="torch device for LPIPS-Sat: auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument(
         "--weights",
         default=DEFAULT_NAME,
@@ -352,7 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             f"--{role}-scale",
-            type=float,
+            type=positive_float,
             metavar="S",
             help=f"divide {role} values by S to get reflectance (10000 for Sentinel-2/PlanetScope DN); default: the files' scale metadata",
         )
@@ -371,8 +392,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-missing", action="store_true", help="score only complete pairs and list the unpaired files")
     parser.add_argument("--glob", metavar="PATTERN", help="only files whose relative path matches this glob (e.g. '*.tif')")
-    parser.add_argument("--data-range", type=float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
-    parser.add_argument("--sr-factor", type=float, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
+    parser.add_argument("--data-range", type=positive_float, default=1.0, help="data range for PSNR/SSIM (default 1.0, reflectance)")
+    parser.add_argument("--sr-factor", type=ratio_above_one, help="LR/HR pixel-size ratio for ERGAS when --lr is not given (e.g. 4)")
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -380,12 +401,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LR-consistency and improvement/omission/hallucination columns (needs --lr): gapeval's own (default) or "
         "opensr-test 1.3.3's default Metrics().compute, for comparison with published opensr-test tables (docs/metrics.md)",
     )
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--batch-size", type=int, default=8, help="LPIPS-Sat tiles per network call (default 8)")
+    parser.add_argument(
+        "--align",
+        choices=ALIGN_MODES,
+        default="none",
+        help="resample each target onto its prediction first, per window (cross-sensor targets; never for synthetic pairs, "
+        "where misregistration is the model's error): sub-pixel shift or shift+affine (default none; docs/metrics.md)",
+    )
+    parser.add_argument(
+        "--harmonize",
+        choices=HARMONIZE_MODES,
+        default="none",
+        help="map each target's radiometry onto its prediction first: per-band linear fit or histogram matching (default none)",
+    )
+    parser.add_argument(
+        "--max-shift", type=positive_float, default=DEFAULT_MAX_SHIFT, help=f"pairs misaligned by more pixels are listed as not alignable (default {DEFAULT_MAX_SHIFT:g})"
+    )
+    parser.add_argument("--report-raw", action="store_true", help="with --align/--harmonize: also report the unaligned values (raw_* columns)")
+    parser.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
     parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
                         help="score only shard K of N (scenes split by key hash); combine the N folders with gapeval merge")
-    parser.add_argument("--dist-timeout", type=float, default=86400.0, metavar="S",
+    parser.add_argument("--dist-timeout", type=positive_float, default=86400.0, metavar="S",
                         help="under torchrun: seconds the ranks wait for each other before rank 0 merges (default 86400)")
 
 
@@ -443,6 +481,10 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.no_progress and (dist is None or dist[0] == 0),
         protocol=args.protocol,
+        align=args.align,
+        harmonize=args.harmonize,
+        max_shift=args.max_shift,
+        report_raw=args.report_raw,
         shard=shard,
     )
     summary = result.summary
@@ -468,9 +510,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / PAIRS_CSV} and {Path(args.out) / SUMMARY_JSON}"
         + (f" and {Path(args.out) / 'report.html'}" if args.report else "")
     )
-    failed = [s for s in summary["skipped"] if s["status"] == "failed"]
+    failed = [s for s in summary["skipped"] if s["status"] in ("failed", "not_alignable")]
     if failed:
-        print(f"gapeval score: {len(failed)} pair(s) failed (listed above); the others were scored (exit 3)", file=sys.stderr)
+        print(f"gapeval score: {len(failed)} pair(s) failed or were not alignable (listed above); the others were scored (exit 3)", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
 
@@ -492,32 +534,6 @@ def _warn(result: ScoreResult) -> None:
             f"{worst['pred_set']}/{worst['key']}: {worst['pred_invalid_fraction']:.2%} (column pred_invalid_fraction)",
             file=sys.stderr,
         )
-
-
-def format_table(
-    summary: Mapping[str, Any],
-    metrics: Sequence[str] = ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "refl_l1", "shift_px", "opensr_reflectance", "opensr_spatial"),
-) -> str:
-    """Plain-text table of mean [95 % CI] per prediction set (sets ranked by mean LPIPS-Sat, best first)."""
-    sets = summary["pred_sets"]
-    metrics = [m for m in metrics if any(m in s["metrics"] for s in sets.values())]
-    ranked = sorted(sets, key=lambda k: _nan_last(sets[k]["metrics"].get("lpips_sat", {}).get("mean")))
-    head = ["set", "n"] + [f"{m} ({'↓' if METRICS[m][0] == 'lower' else '↑'})" for m in metrics]
-    rows = [head]
-    for name in ranked:
-        s = sets[name]
-        cells = [name, f"{s['n_scored']}/{s['n_pairs']}"]
-        for m in metrics:
-            st = s["metrics"][m]
-            ci = f" [{st['ci_low']:.3g}, {st['ci_high']:.3g}]" if np.isfinite(st["ci_low"]) else ""
-            cells.append(f"{st['mean']:.4g}{ci}" if st["n"] else "-")
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-
-def _nan_last(value: Any) -> float:
-    return float(value) if value is not None and np.isfinite(value) else math.inf
 
 
 __all__ = [

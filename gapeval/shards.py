@@ -27,7 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from gapeval.folders import Pairing
-from gapeval.results import MAPS_DIR, PAIRS_CSV, SUMMARY_JSON, parse_row, read_records_complete, summarize_rows, write_summary
+from gapeval.results import (
+    MAPS_DIR,
+    PAIRS_CSV,
+    SUMMARY_JSON,
+    ResultsLock,
+    parse_row,
+    prepare_out_dir,
+    read_records_complete,
+    summarize_rows,
+    write_summary,
+)
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
@@ -212,7 +222,13 @@ def merge_results(
                 seen[ident] = folder
                 rows.append(row)
     rows.sort(key=lambda r: (r[i_key], sets.index(r[i_set])))  # as one unsharded process appends them: scene by scene
-    out.mkdir(parents=True, exist_ok=True)
+    with ResultsLock(prepare_out_dir(out)):  # one writer per results folder, as for gapeval score
+        return _write_merged(folders, out, header, rows, read, sets, n, by_index, missing, report, metric)
+
+
+def _write_merged(folders: Sequence[Path], out: Path, header: list[str], rows: list[list[str]], read: Sequence[Any],
+                  sets: Sequence[str], n: int, by_index: Mapping[int, Path], missing: list[int], report: bool, metric: Any) -> dict[str, Any]:
+    base = read[0][2]
     write_text_atomic(out / PAIRS_CSV, _csv_line(header) + "".join(_csv_line(r) for r in rows))
     records = [parse_row(dict(zip(header, r))) for r in rows]
     unpaired: dict[str, list[str]] = {}
@@ -232,7 +248,7 @@ def merge_results(
         unpaired={label: sorted(keys) for label, keys in unpaired.items()},
         shards={"count": n, "merged": {str(k): str(by_index[k]) for k in sorted(by_index)}, "missing": missing},
     )
-    _copy_maps([f for f in folders], out)
+    _copy_maps(folders, out)
     write_summary(out, merged)
     if report:
         from gapeval.report import write_report
@@ -335,7 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``gapeval merge``: exit 0, 3 when shards were missing (``--allow-partial``), 1 on a data error."""
-    from gapeval.score import format_table
+    from gapeval.results import format_table
 
     metric = None
     if args.report:

@@ -9,12 +9,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lpips_sat.errors import InputError
+
 
 def atomic_path(target: str | Path) -> Path:
-    """A fresh temporary path in ``target``'s folder (same file system, so ``os.replace`` is atomic)."""
+    """A fresh temporary path in ``target``'s folder (same file system, so ``os.replace`` is atomic).
+
+    Raises:
+        InputError: ``target`` is a folder, or its folder cannot be created or written (names ``target``).
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise InputError(f"{target}: is a folder; cannot write a file there")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write ({exc.strerror or exc}); check the folder exists, is a folder and is writable") from exc
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

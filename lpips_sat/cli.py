@@ -25,6 +25,7 @@ import torch
 from lpips_sat.backbones import TAPS
 from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
+from lpips_sat.options import device, positive_float
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ def file_bands(raster: Any, declared: str | None, n_model: int, model_bands: Seq
                              f"{', '.join(sorted(PRESETS))}, or names like B04,B03,B02,B08)")
     if len(bands) != n:
         raise InputError(f"{raster.path}: file has {n} bands but {source} names {len(bands)}")
+    if source.startswith("the model's"):  # an assumption changes the distance if wrong: say it on the console
+        print(f"lpips-sat compare: warning: {raster.path} has no band names; assuming {','.join(map(str, bands))} "
+              "(declare the order with --bands)", file=sys.stderr)
     log.info("%s: bands %s from %s", raster.path, list(bands), source)
     return bands
 
@@ -112,10 +116,10 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    "such as B04,B03,B02,B08 / red,green,blue,nir (default: the GeoTIFF band descriptions, else the model's order)")
     p.add_argument("--input-range", choices=("reflectance", "dn"), default="reflectance",
                    help="pixel values are reflectance (DN / 10000) or Sentinel-2 digital numbers (default: reflectance)")
-    p.add_argument("--scale", type=float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
+    p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
     p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -298,7 +302,8 @@ def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tup
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen sub-command; exit codes 0 ok, 1 data error (LPIPSSatError), 2 usage."""
+    """Parse ``argv`` and run the chosen sub-command; exit codes (docs/reliability.md): 0 ok, 1 data error
+    (LPIPSSatError, or the file system refused), 2 usage error, 3 partial (returned by the command), 130 interrupted."""
     args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
     if extra and not getattr(args, "_unavailable", None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -309,6 +314,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     try:
         return int(args._run(args) or 0)
     except LPIPSSatError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the file system refused (disk full, permissions, a path that changed during the run)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

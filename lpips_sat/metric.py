@@ -287,6 +287,8 @@ class LPIPSSat(nn.Module):
             if self.input_range != "dn":
                 raise InputError(f"`{name}` is an integer tensor ({x.dtype}); pass float reflectance (DN / 10000) or input_range='dn'")
         x = x.float()
+        if x.shape[0] == 0:  # an empty batch has no values to check; its distances are an empty tensor
+            return (x[:, self._order] - self.mean) / self.std
         lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one pass, no copy; NaN/inf anywhere make lo or hi non-finite
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())

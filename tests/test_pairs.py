@@ -32,12 +32,14 @@ def _read_s2(row: int, col: int, size: int) -> tuple[np.ndarray, object, object]
 
 def _reprojected(data: np.ndarray, transform, crs, dst_crs: str) -> tuple[np.ndarray, object, str]:
     """The same LR scene in another CRS (a real reprojection, so the footprints overlap)."""
+    from rasterio.enums import Resampling
     from rasterio.warp import calculate_default_transform, reproject
 
     h, w = data.shape[1:]
-    dst_t, dw, dh = calculate_default_transform(crs, dst_crs, w, h, *_bounds(transform, w, h))
+    dst_t, dw, dh = calculate_default_transform(crs, dst_crs, w, h, *_bounds(transform, w, h), resolution=abs(transform.a))
     out = np.full((data.shape[0], dh, dw), np.nan, np.float32)
-    reproject(data.astype(np.float32), out, src_transform=transform, src_crs=crs, dst_transform=dst_t, dst_crs=dst_crs, dst_nodata=np.nan)
+    reproject(data.astype(np.float32), out, src_transform=transform, src_crs=crs, dst_transform=dst_t, dst_crs=dst_crs, dst_nodata=np.nan,
+              resampling=Resampling.bilinear)
     return out, dst_t, dst_crs
 
 
@@ -158,6 +160,48 @@ def test_content_change_filter_rejects_the_changed_tile(scenes, tmp_path):
     assert bad["status"] == "rejected" and ("content change" in bad["reason"] or "shift" in bad["reason"]) and float(bad["correlation"]) < 0.8
     kept = [r for r in rows.values() if r["status"] == "kept"]
     assert len(kept) == len(rows) - 1 and all(float(r["correlation"]) > 0.9 and r["corrected"] == "false" for r in kept)
+
+
+@pytest.mark.parametrize("harmonize", [["--harmonize", "linear", "--harmonize-on", "scene"], ["--harmonize", "histogram"]])
+def test_harmonised_hr_takes_the_lr_radiometry(scenes, tmp_path, harmonize):
+    import rasterio
+
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--hr", str(scenes["hr"]), "--lr", str(scenes["lr"]), "--out", str(out), "--tile", "128", "--block", "256",
+                 "--synthetic", "none", *harmonize]) == 0
+    for r in [r for r in _manifest(out) if r["status"] == "kept"][:4]:
+        with rasterio.open(out / r["split"] / "hr" / f"{r['tile']}.tif") as ds:
+            hr_means = np.nanmean(ds.read().reshape(4, -1), axis=1)
+        with rasterio.open(out / r["split"] / "lr" / f"{r['tile']}.tif") as ds:
+            lr_means = ds.read().reshape(4, -1).mean(axis=1)
+        np.testing.assert_allclose(hr_means, lr_means, atol=0.003)  # unharmonised, they differ by the gains: up to 0.02
+        if "linear" in harmonize:
+            gains = np.array([float(r[f"harm_gain_{b}"]) for b in ("B04", "B03", "B02", "B08")])
+            np.testing.assert_allclose(gains, GAINS, rtol=0.01)
+
+
+def test_shift_affine_records_a_near_zero_deformation_for_a_pure_shift(scenes, tmp_path):
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--hr", str(scenes["hr"]), "--lr", str(scenes["lr"]), "--out", str(out), "--tile", "128", "--block", "256",
+                 "--synthetic", "none", "--align", "shift+affine"]) == 0
+    kept = [r for r in _manifest(out) if r["status"] == "kept"]
+    assert len(kept) >= 12
+    for r in kept:
+        deform = np.array([float(v) for v in r["affine"].split()])
+        assert deform.shape == (4,) and np.abs(deform).max() < 2e-3  # < 0.13 px at the tile corners
+        assert float(r["shift_dy"]) == pytest.approx(SHIFT[0], abs=0.1) and float(r["shift_dx"]) == pytest.approx(SHIFT[1], abs=0.1)
+
+
+def test_reproject_brings_an_hr_scene_in_another_crs_onto_the_lr_grid(scenes, tmp_path):
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--hr", str(scenes["hr"]), "--lr", str(scenes["crs"]), "--out", str(out), "--tile", "128", "--block", "256",
+                 "--synthetic", "none", "--reproject", "--min-valid", "0.9"]) == 0
+    kept = [r for r in _manifest(out) if r["status"] == "kept"]
+    assert len(kept) >= 4
+    # the LR was itself resampled (bilinear) into the other UTM zone, so its content sits where it was: the HR, reprojected
+    # onto that grid, shows the constructed misregistration, turned by the ~3 degree grid convergence between the zones
+    shifts = np.array([[float(r["shift_dy"]), float(r["shift_dx"])] for r in kept])
+    assert np.abs(np.median(shifts, axis=0) - SHIFT).max() < 0.3 and np.median(np.hypot(*shifts.T)) == pytest.approx(np.hypot(*SHIFT), abs=0.1)
 
 
 @pytest.mark.parametrize(

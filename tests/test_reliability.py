@@ -22,6 +22,7 @@ from gapeval.score import score
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError
 from lpips_sat.raster import read_raster, write_raster
+from lpips_sat.registry import save_weights
 
 torch.set_num_threads(1)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -268,3 +269,102 @@ def test_temporaries_of_an_interrupted_run_are_removed(folders, metric):
     score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric, out=out, maps=True)
     assert not list(out.rglob("*.tmp"))
     shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------------------------------ messages, odd calls
+
+
+def test_gap_on_a_binary_pairs_csv_is_an_error_line(tmp_path, capsys):
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "pairs.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00")
+    code, _, err = run_cli(["gap", "--run", f"a={tmp_path / 'a'}", "--run", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "pairs.csv: not a text table" in err
+
+
+def test_degrade_out_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(["degrade", "--hr", str(EXAMPLES / "hr"), "--out", str(tmp_path / "file"), "--profile", "bicubic"], capsys)
+    assert code == 1 and "is a file" in err
+
+
+def _compare_setup(tmp_path: Path) -> Path:
+    """a.npy, b.npy (no band names) and tiny weights w.safetensors in ``tmp_path``."""
+    x, _ = scene()
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", x * 0.9)
+    m = LPIPSSat.random(seed=1)
+    tensors = {f"backbone.{k}": v for k, v in m.backbone.state_dict().items()}
+    tensors.update({f"heads.{i}.weight": h.detach() for i, h in enumerate(m.heads)})
+    meta = {"arch": "resnet18", "bands": json.dumps(list(m.model_bands)), "mean": json.dumps(m.mean.flatten().tolist()),
+            "std": json.dumps(m.std.flatten().tolist()), "width_div": "8"}
+    save_weights(tmp_path / "w.safetensors", tensors, meta, dtype=torch.float32)
+    return tmp_path / "w.safetensors"
+
+
+def test_spatial_out_to_an_unwritable_place_is_an_error_line(tmp_path, capsys):
+    import lpips_sat.cli
+
+    weights = _compare_setup(tmp_path)
+    (tmp_path / "file").write_text("x")
+    code = lpips_sat.cli.main([
+        "compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(weights), "--spatial-out", str(tmp_path / "file" / "m.npy")
+    ])
+    err = capsys.readouterr().err
+    assert code == 1 and "m.npy: cannot write" in err and "Traceback" not in err
+
+
+def test_compare_warns_when_it_assumes_the_band_order(tmp_path, capsys):
+    import lpips_sat.cli
+
+    weights = _compare_setup(tmp_path)
+    assert lpips_sat.cli.main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(weights)]) == 0
+    err = capsys.readouterr().err
+    assert "a.npy has no band names; assuming B04,B03,B02,B08" in err and "b.npy has no band names" in err
+    assert lpips_sat.cli.main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", str(weights), "--bands", "s2-rgbn"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_implausible_values_after_a_declared_scale_say_the_file_may_be_corrupt(folders, metric):
+    x, r = scene()
+    dn = np.rint(x * 10000).astype(np.uint16)
+    dn[:, 5:9, 5:9] = 65000  # a tile decoded to garbage
+    put(folders / "pred" / "p" / "town.tif", dn, r, dtype="uint16", scales=[1e-4] * 4)
+    with pytest.raises(InputError, match="implausible for reflectance even after the scale.*may be corrupt") as err:
+        score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric)
+    assert "pass --pred-scale 10000" not in str(err.value)
+
+
+def test_tampered_default_weights_are_not_called_missing(monkeypatch):
+    from gapeval.scoring import weights
+    from lpips_sat.errors import MissingFileError, WeightsError
+
+    class Tampered(LPIPSSat):
+        def __init__(self, name):
+            raise WeightsError(f"{name}.safetensors: sha256 abc does not match the registered def; the file is corrupt or was modified")
+
+    monkeypatch.setattr(weights, "LPIPSSat", Tampered)
+    with pytest.raises(WeightsError) as err:
+        weights.load_metric()
+    assert "does not match" in str(err.value) and "not installed" not in str(err.value)
+
+    class Missing(LPIPSSat):
+        def __init__(self, name):
+            raise MissingFileError(f"{name}.safetensors does not exist")
+
+    monkeypatch.setattr(weights, "LPIPSSat", Missing)
+    with pytest.raises(WeightsError, match="not installed"):
+        weights.load_metric()
+
+
+def test_empty_batch_gives_empty_distances(metric):
+    x = torch.rand(2, 4, 64, 64) * 0.3
+    assert metric(x[:0], x[:0]).shape == (0,)
+    assert metric(x[:0], x[:0], spatial=True).shape == (0, 1, 64, 64)
+
+
+def test_unavailable_device_is_a_clear_error(folders, metric):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InputError, match="CUDA is not available"):
+        score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric, device="cuda")

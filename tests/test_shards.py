@@ -177,3 +177,16 @@ def test_torchrun_two_cpu_ranks_shard_and_rank0_merges(data, runs, tmp_path) -> 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pred_sets"] == json.loads((runs["full"] / "summary.json").read_text())["pred_sets"]
     assert summary["shards"]["count"] == 2 and "rank 1: shard 2/2" in proc.stdout and "bicubic" in proc.stdout
+
+
+def test_merge_gathers_the_shards_maps(data, tmp_path) -> None:
+    parts = []
+    for k in (1, 2):
+        parts.append(tmp_path / f"m{k}")
+        score({"bicubic": data / "pred" / "bicubic"}, data / "hr", out=parts[-1], metric="random-tiny", device="cpu", maps=True, shard=(k, 2))
+    merge_results(parts, tmp_path / "merged")
+    maps = sorted(p.relative_to(tmp_path / "merged" / "maps").as_posix() for p in (tmp_path / "merged" / "maps").rglob("*.tif"))
+    assert maps == [f"bicubic/{name}.tif" for name in sorted(SCENES)]
+    for p in (tmp_path / "merged" / "maps").rglob("*.tif"):
+        k = shard_of(p.stem, 2)
+        assert p.read_bytes() == (parts[k - 1] / "maps" / "bicubic" / p.name).read_bytes()

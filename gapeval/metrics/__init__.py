@@ -43,6 +43,8 @@ PER_BAND = ("psnr", "ssim", "rmse", "mae", "refl_l1")
 
 def direction(column: str) -> str | None:
     """``"higher"``/``"lower"`` (which is better) for a metric column, per-band columns included; else ``None``."""
+    if column.startswith("raw_"):  # --report-raw: the same metric on the unaligned target
+        column = column[4:]
     if column in METRICS:
         return METRICS[column][0]
     base = column.rsplit("_", 1)[0]

@@ -22,7 +22,9 @@ computes, for one triplet LR (C, h, w), SR and HR (C, H, W) with ``H = s h``:
    ``a = d_im / d_ref``, ``b = d_om / d_ref`` the opensr-test scores (λ = 0.05 each) are turned into class
    weights by a softmin of temperature 0.25; ``im_metric``, ``om_metric``, ``ha_metric`` are their means.
 
-Pixel values are reflectance; arrays keep their float precision (float32 stays float32, as in the package).
+Pixel values are reflectance; arrays keep their float precision (float32 stays float32, as in the package),
+except that histogram matching (:func:`gapeval.align.histogram_match`) and the translation run in float32 (the
+package's OpenCV warp does too): float64 inputs then differ from the package by about 1e-7 (relative).
 """
 
 from __future__ import annotations

@@ -103,8 +103,6 @@ def compute(
     net, label, sha = load_metric(metric, device)
     if srs.shape[1] != len(net.model_bands):
         raise InputError(f"sr and hr have {srs.shape[1]} bands; the metric takes {len(net.model_bands)} ({', '.join(net.model_bands)}), in that order")
-    if (align, harmonize) != ("none", "none"):
-        raise InputError("align/harmonize are not available in this version of gapeval.metrics.compute yet")
     config = ScoreConfig(
         weights=label,
         weights_sha256=sha,
@@ -114,6 +112,8 @@ def compute(
         tile=tile,
         sr_factor=sr_factor,
         protocol=protocol,
+        align=align,
+        harmonize=harmonize,
         **options,
     )
     cols = columns(config)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from gapeval.align import ALIGN_MODES, DEFAULT_MAX_SHIFT, HARMONIZE_MODES
 from gapeval.grids import RESAMPLING_METHODS
 from gapeval.metrics.consistency import CORRECTNESS_LAMBDAS, HF_THRESHOLD
 from lpips_sat.errors import InputError
@@ -46,6 +47,15 @@ class ScoreConfig:
     pattern: str | None = None
     protocol: str = "gapeval"
     invalid_pred: str = "fail"
+    align: str = "none"
+    harmonize: str = "none"
+    max_shift: float = DEFAULT_MAX_SHIFT
+    report_raw: bool = False
+
+    @property
+    def aligned(self) -> bool:
+        """Whether the target is resampled/harmonised onto each prediction before the full-reference metrics."""
+        return self.align != "none" or self.harmonize != "none"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -62,6 +72,17 @@ class ScoreConfig:
             raise InputError(f"--resample must be one of {RESAMPLING_METHODS}, got {self.resample!r}")
         if self.invalid_pred not in INVALID_PRED_POLICIES:
             raise InputError(f"--invalid-pred must be one of {INVALID_PRED_POLICIES}, got {self.invalid_pred!r}")
+        if self.align not in ALIGN_MODES:
+            raise InputError(f"--align must be one of {', '.join(ALIGN_MODES)}, got {self.align!r}")
+        if self.harmonize not in HARMONIZE_MODES:
+            raise InputError(f"--harmonize must be one of {', '.join(HARMONIZE_MODES)}, got {self.harmonize!r}")
+        if not self.max_shift > 0:
+            raise InputError(f"--max-shift must be positive, got {self.max_shift}")
+        if self.aligned and self.protocol == "opensr-test":
+            raise InputError("--protocol opensr-test harmonises SR onto HR by itself (histogram matching and phase correlation, as "
+                             "opensr-test does); use it with --align none --harmonize none")
+        if self.report_raw and not self.aligned:
+            raise InputError("--report-raw adds the unaligned values next to the aligned ones; it needs --align or --harmonize")
         if self.sr_factor is not None and not self.sr_factor > 1:
             raise InputError(f"--sr-factor must be > 1 (e.g. 4 for 10 m -> 2.5 m), got {self.sr_factor}")
 
@@ -69,5 +90,9 @@ class ScoreConfig:
         """Short sha256 of the configuration and the gapeval version."""
         from gapeval import __version__
 
-        text = json.dumps({**asdict(self), "gapeval": __version__}, sort_keys=True, default=str)
+        fields = asdict(self)
+        if not self.aligned:  # runs without alignment keep the hash they had before the option existed (resumable)
+            for key in ("align", "harmonize", "max_shift", "report_raw"):
+                fields.pop(key)
+        text = json.dumps({**fields, "gapeval": __version__}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

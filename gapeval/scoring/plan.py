@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gapeval.bands import order_assumed, select_bands
 from gapeval.folders import Pairing
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
@@ -16,7 +18,7 @@ from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE
-from lpips_sat.raster import RasterInfo, band_gain_offset, raster_info
+from lpips_sat.raster import RasterInfo, band_gain_offset, is_virtual, raster_info
 from lpips_sat.registry import sha256_file
 
 
@@ -28,6 +30,7 @@ class SceneInput:
     sha256: str
     flag: str  # option that sets this file's scale, quoted in errors
     warp: bool = False
+    scaled: bool = False  # values converted by a scale (explicit, or the file's own scale/offset metadata)
 
 
 @dataclass
@@ -49,8 +52,9 @@ class FileHashes:
         self._info: dict[Path, RasterInfo] = {}
 
     def __call__(self, path: Path) -> str:
+        """sha256 of a local file; ``""`` for a file on a GDAL virtual file system (hashing would download all of it)."""
         if path not in self._done:
-            self._done[path] = sha256_file(path)
+            self._done[path] = "" if is_virtual(path) else sha256_file(path)
         return self._done[path]
 
     def info(self, path: Path) -> RasterInfo:
@@ -74,7 +78,8 @@ def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None,
     bands = select_bands(info, declared, config.bands, f"--{role}-bands")
     gain, offset = band_gain_offset(info, bands, scale)
     grid = grid_of(info, target)
-    return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale"), grid
+    scaled = scale is not None or bool(np.any(gain != 1) or np.any(offset != 0))
+    return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale", scaled=scaled), grid
 
 
 def plan_scene(

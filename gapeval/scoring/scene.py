@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gapeval.align import MIN_VALID_PIXELS, AlignmentError, ShiftTooLarge, align_pair
 from gapeval.grids import Grid
 from gapeval.metrics.classical import SSIM_RADIUS, ClassicalAccumulator, interior_mask
 from gapeval.metrics.consistency import ConsistencyAccumulator
@@ -79,6 +80,10 @@ class SceneScorer:
         self.pred_invalid = {n: 0 for n in self.names}  # invalid prediction pixels where the target is valid
         self.pred_defects = {n: 0 for n in self.names}  # of those, pixels the prediction file itself marks invalid
         self.maxima = {"target": -math.inf, **{n: -math.inf for n in self.names}}
+        # --align/--harmonize: per-prediction corrections, accumulated valid-pixel weighted over windows
+        self.aligner = {n: _AlignStats(len(config.bands)) for n in self.names} if config.aligned else {}
+        self.raw = {n: ClassicalAccumulator(config.bands, config.data_range, ratio_hl) for n in self.names} if config.report_raw else {}
+        self.lpips_raw = TiledLPIPS(metric, self.names, batch_size=batch_size, maps=False) if config.report_raw else None
 
     def hr_window(self, core: Any) -> list[tuple[str, Any, np.ndarray]]:
         """Feed one window of the target grid; returns LPIPS-Sat map windows that are complete."""
@@ -95,7 +100,7 @@ class SceneScorer:
         )
         tgt = plan.target
         t, tv = tgt.source.read(read_win)
-        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag))
+        self.maxima["target"] = max(self.maxima["target"], check_reflectance(t, tv, tgt.source.path, tgt.flag, scaled=tgt.scaled))
         self.n_target += int(tv[core_sl].sum())
         lr_up = lr_up_valid = lr_block = None
         if self.opensr:  # the LR pixels under this window, on their own grid (the protocol resamples by itself)
@@ -103,23 +108,67 @@ class SceneScorer:
         elif plan.lr is not None:
             lr_up, lr_up_valid = plan.lr.source.read_on(grid, core, "bilinear")
         lp_preds, lp_valid = {}, {}
+        done: list[tuple[str, Any, np.ndarray]] = []
         for n in self.names:
             inp = plan.preds[n]
             p, pv = _read(inp, grid, read_win, config.resample)
-            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag))
+            self.maxima[n] = max(self.maxima[n], check_reflectance(p, pv, inp.source.path, inp.flag, scaled=inp.scaled))
             joint = tv & pv
             self.pred_invalid[n] += int((missing := (tv & ~pv)[core_sl]).sum())
             if missing.any():
                 self.pred_defects[n] += int((missing & inp.source.defects_on(grid, core)).sum()) if inp.warp else int(missing.sum())
-            self.classical[n].update(p, t, joint, core_sl, interior)
+            tn = t
+            if self.aligner:  # the target brought onto this prediction (the prediction is never altered)
+                aligned = self._align(n, p, t, joint, core, core_sl)
+                if aligned is None:
+                    continue
+                tn, joint = aligned
+                if self.raw:  # --report-raw: the unaligned target on the same pixels
+                    self.raw[n].update(p, t, joint, core_sl, interior)
+                    self.lpips_raw.add(t[:, lp_sl[0], lp_sl[1]], joint[lp_sl], {n: p[:, lp_sl[0], lp_sl[1]]}, {n: joint[lp_sl]},
+                                       window_slices(core, lp_win))
+            self.classical[n].update(p, tn, joint, core_sl, interior)
             if lr_block is not None:
                 complete = bool(joint[core_sl].all() and lr_valid.all())
-                self.opensr_acc[n].update(lr_block, p[:, core_sl[0], core_sl[1]], t[:, core_sl[0], core_sl[1]], complete)
+                self.opensr_acc[n].update(lr_block, p[:, core_sl[0], core_sl[1]], tn[:, core_sl[0], core_sl[1]], complete)
             elif plan.lr is not None:
                 pc = p[:, core_sl[0], core_sl[1]]
-                self.consistency[n].update_hr(pc, t[:, core_sl[0], core_sl[1]], lr_up, joint[core_sl] & lr_up_valid)
-            lp_preds[n], lp_valid[n] = p[:, lp_sl[0], lp_sl[1]], joint[lp_sl]
+                self.consistency[n].update_hr(pc, tn[:, core_sl[0], core_sl[1]], lr_up, joint[core_sl] & lr_up_valid)
+            if self.aligner:  # one target per prediction: LPIPS-Sat target features cannot be shared
+                done.extend(self.lpips.add(tn[:, lp_sl[0], lp_sl[1]], joint[lp_sl], {n: p[:, lp_sl[0], lp_sl[1]]}, {n: joint[lp_sl]},
+                                           window_slices(core, lp_win), tag=core))
+            else:
+                lp_preds[n], lp_valid[n] = p[:, lp_sl[0], lp_sl[1]], joint[lp_sl]
+        if self.aligner:
+            return done
         return self.lpips.add(t[:, lp_sl[0], lp_sl[1]], tv[lp_sl], lp_preds, lp_valid, window_slices(core, lp_win), tag=core)
+
+    def _align(self, name: str, p: np.ndarray, t: np.ndarray, joint: np.ndarray, core: Any, core_sl: tuple[slice, slice]
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The target of this window aligned and harmonised onto prediction ``name`` and the pixels left valid, or
+        ``None`` when the pair is (or just became) not alignable. A window with too few valid pixels to estimate a
+        shift or fit a harmonisation contributes none (its pixels are counted as masked)."""
+        stats = self.aligner[name]
+        if stats.failure:
+            return None
+        n_joint = int(joint[core_sl].sum())
+        if n_joint == 0:
+            return t, joint
+        try:
+            res = align_pair(p, t, joint, align=self.config.align, harmonize=self.config.harmonize, max_shift=self.config.max_shift)
+        except ShiftTooLarge as exc:
+            stats.failure = (f"{self.plan.target.source.path} is misaligned with {self.plan.preds[name].source.path} beyond --max-shift "
+                             f"(window at row {int(core.row_off)}, col {int(core.col_off)}: {exc}); not scored")
+            return None
+        except AlignmentError as exc:
+            stats.masked += n_joint
+            stats.total += n_joint
+            stats.last_error = f"{self.plan.target.source.path} vs {self.plan.preds[name].source.path}: {exc}"
+            return t, np.zeros_like(joint)
+        kept = int(res.valid[core_sl].sum())
+        stats.add(res, kept, n_joint)
+        return res.target, res.valid
+
 
     def _lr_block(self, core: Any) -> tuple[np.ndarray, np.ndarray]:
         """The LR window exactly under the target window ``core`` (whole LR pixels, see :func:`~gapeval.scoring.plan.check_protocol`)."""
@@ -129,7 +178,7 @@ class SceneScorer:
         assert lr is not None and self.plan.ratio is not None
         s = round(self.plan.ratio)
         data, valid = lr.source.read(Window(int(core.col_off) // s, int(core.row_off) // s, int(core.width) // s, int(core.height) // s))
-        check_reflectance(data, valid, lr.source.path, lr.flag)
+        check_reflectance(data, valid, lr.source.path, lr.flag, scaled=lr.scaled)
         return data, valid
 
     def lr_windows(self) -> Any:
@@ -145,7 +194,7 @@ class SceneScorer:
         lr = self.plan.lr
         assert lr is not None
         lv_data, lv = lr.source.read(lcore)
-        check_reflectance(lv_data, lv, lr.source.path, lr.flag)
+        check_reflectance(lv_data, lv, lr.source.path, lr.flag, scaled=lr.scaled)
         for n in self.names:
             s, sv = self.plan.preds[n].source.read_on(lr.source.grid, lcore, "average")
             self.consistency[n].update_lr(s, lv_data, sv & lv)
@@ -199,6 +248,14 @@ class SceneScorer:
             rec.update(status="failed", reason=why)
             logger.warning("%s / %s failed: %s", name, self.plan.key, why)
             return rec
+        if self.aligner:
+            stats = self.aligner[name]
+            if stats.failure or (stats.weight == 0 and stats.total > 0):
+                why = stats.failure or (f"{stats.last_error or self.plan.target.source.path}; no window had the {MIN_VALID_PIXELS} valid "
+                                        "pixels needed to align/harmonise it")
+                rec.update(status="not_alignable", reason=why)
+                logger.warning("%s / %s not alignable: %s", name, self.plan.key, why)
+                return rec
         if n_valid == 0:
             why = (
                 "the target has no valid pixel (all nodata/NaN)"
@@ -208,6 +265,12 @@ class SceneScorer:
             rec.update(status="skipped", reason=why)
             logger.warning("%s / %s skipped: %s", name, self.plan.key, why)
             return rec
+        if self.aligner:
+            rec.update(stats.columns(self.config.bands))
+            if self.raw:
+                raw = self.raw[name].result()
+                rec.update({f"raw_{k}": raw[k] for k in ("psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")})
+                rec["raw_lpips_sat"] = float(self.lpips_raw.result(name)[0])
         rec.update(self.classical[name].result())
         rec["lpips_sat"], rec["lpips_tiles"] = (float(v) for v in self.lpips.result(name))
         if self.opensr:
@@ -215,6 +278,50 @@ class SceneScorer:
         elif self.plan.lr is not None:
             rec.update(self.consistency[name].result())
         return rec
+
+
+class _AlignStats:
+    """Corrections applied to one prediction's target, valid-pixel weighted over windows."""
+
+    def __init__(self, bands: int) -> None:
+        self.weight = 0.0
+        self.sums = {"dy": 0.0, "dx": 0.0, "residual": 0.0, "quality": 0.0}
+        self.residual_weight = 0.0
+        self.gain, self.offset = np.zeros(bands), np.zeros(bands)
+        self.masked = self.total = 0
+        self.failure: str | None = None
+        self.last_error: str | None = None
+        self.has_fit = False
+
+    def add(self, res: Any, kept: int, before: int) -> None:
+        w = float(kept)
+        self.weight += w
+        self.sums["dy"] += res.dy * w
+        self.sums["dx"] += res.dx * w
+        if math.isfinite(res.quality):
+            self.sums["quality"] += res.quality * w
+        if math.isfinite(res.residual_dy):
+            self.sums["residual"] += math.hypot(res.residual_dy, res.residual_dx) * w
+            self.residual_weight += w
+        self.gain += np.nan_to_num(res.gain, nan=0.0) * w if res.gain.size else 0.0
+        self.offset += np.nan_to_num(res.offset, nan=0.0) * w if res.offset.size else 0.0
+        self.has_fit = self.has_fit or bool(res.gain.size and np.isfinite(res.gain).all())
+        self.masked += before - kept
+        self.total += before
+
+    def columns(self, bands: Any) -> dict[str, float]:
+        w = self.weight
+        nan = float("nan")
+        out = {
+            "align_dy": self.sums["dy"] / w, "align_dx": self.sums["dx"] / w,
+            "align_residual_px": self.sums["residual"] / self.residual_weight if self.residual_weight else nan,
+            "align_quality": self.sums["quality"] / w if self.sums["quality"] else nan,
+            "align_masked_fraction": self.masked / self.total if self.total else nan,
+        }
+        for i, b in enumerate(bands):
+            out[f"harm_gain_{b}"] = float(self.gain[i] / w) if self.has_fit else nan
+            out[f"harm_offset_{b}"] = float(self.offset[i] / w) if self.has_fit else nan
+        return out
 
 
 def score_scene(
@@ -249,6 +356,8 @@ def score_scene(
             _check_stop(stop)
             write_maps(scorer.hr_window(core))
         write_maps(scorer.lpips.flush())
+        if scorer.lpips_raw is not None:
+            scorer.lpips_raw.flush()
         if plan.lr is not None:
             for lcore in scorer.lr_windows():
                 _check_stop(stop)

@@ -8,6 +8,7 @@ from pathlib import Path
 from gapeval.scoring.config import RANDOM_WEIGHTS
 from lpips_sat.errors import MissingFileError, WeightsError
 from lpips_sat.metric import LPIPSSat
+from lpips_sat.options import check_device
 from lpips_sat.registry import DEFAULT_NAME, sha256_file
 
 
@@ -24,12 +25,10 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
         name = str(weights or DEFAULT_NAME)
         try:
             metric = LPIPSSat(name)
-        except (WeightsError, MissingFileError) as exc:
+        except MissingFileError as exc:  # absent: say how to run without them; a present but corrupt file says so itself
             hint = (
-                (
-                    f"\n  The shipped weights {DEFAULT_NAME!r} are not installed yet; `--weights {RANDOM_WEIGHTS}` runs a tiny random "
-                    "network for testing only (its numbers mean nothing)."
-                )
+                f"\n  The shipped weights {DEFAULT_NAME!r} are not installed; reinstall lpips-sat, or use `--weights {RANDOM_WEIGHTS}` "
+                "(a tiny random network for testing only: its numbers mean nothing)."
                 if name == DEFAULT_NAME
                 else ""
             )
@@ -49,9 +48,13 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name unchanged."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name checked against this machine.
+
+    Raises:
+        InputError: a device this machine does not have (:func:`lpips_sat.options.check_device`).
+    """
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return check_device(device)
