@@ -218,7 +218,8 @@ def _sections(study: Study, cell, metrics, gap, control, conv) -> list[tuple[str
     head, body = _gap_table(gap["comparisons"], shown)
     out.append(("Gaps", f"Gap = A − B over matched test scenes; paired BCa bootstrap CI; * = Holm-significant (alpha {gap['config']['alpha']}, "
                 f"{gap['n_tests']} Wilcoxon tests corrected together). Positive LPIPS-Sat / SAM / LR-L1 gaps and negative PSNR / SSIM gaps "
-                "mean A is worse.", [("", head, body)]))
+                "mean A is worse. Per-metric p-values, effect sizes, FD/KID, spectra and band histograms of every run: gap/report.html "
+                "(gap/gap.json).", [("", head, body)]))
     if control:
         head, body = _gap_table(control["comparisons"], shown)
         out.append(("Control: a model against itself", "Mean over the second half of the samples minus the first half, per run (separate "
