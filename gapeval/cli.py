@@ -1,7 +1,8 @@
 """``gapeval`` command line: one sub-command per module, each exposing ``add_arguments(parser)`` and ``run(args)``.
 
-Exit codes: 0 success, 1 data error (a file or value is wrong; the message names it) or a missing optional
-package (the message names the extra to install), 2 usage error, 130 interrupted.
+Exit codes (lpips_sat.cli.EXIT_*, docs/reliability.md): 0 success, 1 data error (a file or value is wrong, or an
+output cannot be written; the message names it) or a missing optional package (the message names the extra to
+install), 2 usage error, 3 partial (some pairs or files failed, the others were written), 130 interrupted.
 """
 
 from __future__ import annotations

@@ -40,9 +40,10 @@ import numpy as np
 from gapeval.align import BandTransform, fit_band_transform, histogram_match  # noqa: F401 - re-exported: their home is gapeval.align
 from gapeval.folders import list_images
 from gapeval.grids import Grid
+from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.bands import canonical, resolve
 from lpips_sat.errors import InputError, MissingFileError
-from lpips_sat.options import positive_float
+from lpips_sat.options import finite_float, nonnegative_int, number, positive_float
 from lpips_sat.raster import SUFFIXES, read_raster, write_raster
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,7 @@ def degrade_file(src: Path, dst: Path, config: DegradeConfig, *, hr_scale: float
                     return "skipped"
         except Exception:  # noqa: BLE001 - an unreadable partial file is simply redone
             pass
-    from gapeval.reflectance import check_reflectance
+    from gapeval.reflectance import check_reflectance, was_scaled
     from lpips_sat.raster import band_gain_offset, raster_info
 
     raster = read_raster(src)
@@ -408,7 +409,7 @@ def degrade_file(src: Path, dst: Path, config: DegradeConfig, *, hr_scale: float
     data = np.where(raster.valid[None], raster.data * gain[:, None, None] + offset[:, None, None], np.nan).astype(np.float32)
     if not raster.valid.any():
         raise InputError(f"{src}: no valid pixels")
-    check_reflectance(data, raster.valid, src, "--hr-scale")
+    check_reflectance(data, raster.valid, src, "--hr-scale", scaled=was_scaled(hr_scale, gain, offset))
     band_ids = input_bands(raster.descriptions, bands, data.shape[0], src)
     out = degrade_array(data, transform=raster.transform, crs=raster.crs, bands=band_ids, config=config,
                         rng=file_rng(config.seed, name or src.name))
@@ -456,8 +457,8 @@ def degrade_folder(hr: str | Path, out: str | Path, config: DegradeConfig, *, hr
     hr, out = Path(hr), Path(out)
     if not hr.exists():
         raise MissingFileError(f"{hr}: HR input does not exist")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a folder; choose a folder for the low-resolution images")
+    make_folder(out, "--out")
+    remove_stale_temporaries(out)  # of a killed run (files of a run still writing here are kept)
     files = {hr.stem: hr} if hr.is_file() else list_images(hr, pattern)
     if not files:
         raise InputError(f"{hr}: no images ({', '.join(SUFFIXES)}){f' matching {pattern!r}' if pattern else ''}")
@@ -492,7 +493,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder of low-resolution GeoTIFFs (same relative paths)")
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES), help="degradation profile")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=positive_float, help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
+    size.add_argument("--scale", type=number(float, 1), help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
     size.add_argument("--gsd", type=positive_float, help="target ground sampling distance in CRS units (metres), e.g. 10")
     parser.add_argument("--snr", help="signal-to-noise ratio: a number, BAND=value pairs, or 'none' (profile default otherwise)")
     parser.add_argument("--snr-reference", type=positive_float, help="reflectance at which the SNR holds (default: each band's image mean)")
@@ -502,11 +503,11 @@ def add_arguments(parser) -> None:
     q = parser.add_mutually_exclusive_group()
     q.add_argument("--quantize", dest="quantize", action="store_true", default=None, help="write uint16 DN (reflectance x 10000)")
     q.add_argument("--no-quantize", dest="quantize", action="store_false", help="write float32 reflectance")
-    parser.add_argument("--dn-offset", type=float, help="DN offset added before quantisation (e.g. 1000 for baseline >= 04.00)")
+    parser.add_argument("--dn-offset", type=finite_float, help="DN offset added before quantisation (e.g. 1000 for baseline >= 04.00)")
     parser.add_argument("--hr-scale", type=positive_float, help="divide HR pixel values by this to get reflectance (10000 for Sentinel-2 DN)")
     parser.add_argument("--bands", help="band order of the HR files (preset such as s2-rgbn/naip, or names); default: band descriptions")
     parser.add_argument("--glob", help="glob on relative paths under --hr selecting files (default: every image, recursively)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="noise seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="redo files already degraded with the same configuration")
 
 

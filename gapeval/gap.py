@@ -40,8 +40,10 @@ import numpy as np
 
 from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
-from lpips_sat.atomic import write_text_atomic
+from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.metric import MIN_SIZE
+from lpips_sat.options import device, int_at_least, nonnegative_int, number, open_fraction, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
         raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
     from gapeval.results import read_table
 
-    fields, rows = read_table(path)
+    fields, rows = read_table(path, advice=f"run {name!r} must name a results folder written by `gapeval score`")
     if not rows:
         raise InputError(f"run {name!r}: {path} has no scored pairs (empty table)")
     if SET_COLUMN in fields:
@@ -165,9 +167,12 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
     summary = {}
     if (directory / SUMMARY_FILE).is_file():
         try:
-            summary = json.loads((directory / SUMMARY_FILE).read_text())
-        except json.JSONDecodeError as exc:
+            summary = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
+            if not isinstance(summary, dict):
+                raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+        except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             log.warning("%s: unreadable (%s); ignored", directory / SUMMARY_FILE, exc)
+            summary = {}
     numeric.pop(key_col, None)
     if "status" in columns:
         failed = np.array([v.strip().lower() not in ("", "ok") for v in columns["status"]])
@@ -431,7 +436,7 @@ def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: fl
     """Read ``path`` as reflectance in the ``wanted`` band order (NaN where invalid) with gapeval's shared readers."""
     from gapeval.bands import select_bands
     from gapeval.grids import grid_of
-    from gapeval.reflectance import check_reflectance
+    from gapeval.reflectance import check_reflectance, was_scaled
     from gapeval.sources import RasterSource
     from lpips_sat.raster import band_gain_offset, raster_info
 
@@ -440,7 +445,7 @@ def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: fl
     gain, offset = band_gain_offset(info, idx, scale)
     with RasterSource(info, grid_of(info), idx, gain, offset) as src:
         data, valid = src.read()
-    check_reflectance(data, valid, path, flag)
+    check_reflectance(data, valid, path, flag, scaled=was_scaled(scale, gain, offset))
     return data, valid
 
 
@@ -672,6 +677,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     """
     config = config or GapConfig()
     out = Path(out)
+    remove_stale_temporaries(out)
     if not design.runs:
         raise InputError("No runs given; pass --run NAME=RESULTS_DIR (or 'runs:' in the design file)")
     for label, a, b in design.comparisons:
@@ -744,7 +750,7 @@ def gap_analysis(design: Design, out: str | Path, config: GapConfig | None = Non
     result["notes"] = settings_notes + power_notes(comparisons, len(flat), config.alpha)
     from gapeval.results import jsonable  # NaN -> null (strict JSON), numpy scalars -> Python
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     write_text_atomic(out / "gap.json", json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     if report:
         from gapeval.plots import write_gap_report
@@ -804,17 +810,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-images", action="store_true", help="only the tables: no features, spectra or histograms")
     parser.add_argument("--weights", help="LPIPS-Sat weights for the feature space: registry name or .safetensors (default: the shipped "
                         "weights; 'random-tiny' = a random network for tests)")
-    parser.add_argument("--device", default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
-    parser.add_argument("--pred-scale", type=float, help="divide SR pixel values by this (default: from score's summary.json)")
-    parser.add_argument("--target-scale", type=float, help="divide HR pixel values by this (default: from score's summary.json)")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device for features: cpu, cuda, auto (default cpu)")
+    parser.add_argument("--pred-scale", type=positive_float, help="divide SR pixel values by this (default: from score's summary.json)")
+    parser.add_argument("--target-scale", type=positive_float, help="divide HR pixel values by this (default: from score's summary.json)")
     parser.add_argument("--pred-bands", help="band order of the SR files (preset or names)")
     parser.add_argument("--target-bands", help="band order of the HR files (preset or names)")
-    parser.add_argument("--feature-tile", type=int, default=64, help="tile side in px for FD/KID features (default 64)")
-    parser.add_argument("--hf-cutoff", type=float, default=0.125, help="high-frequency cutoff in cycles per HR pixel (default 0.125 = x4 LR Nyquist)")
+    parser.add_argument("--feature-tile", type=int_at_least(MIN_SIZE), default=64, help="tile side in px for FD/KID features (default 64)")
+    parser.add_argument("--hf-cutoff", type=number(float, 0, 0.5, lo_open=True), default=0.125, help="high-frequency cutoff in cycles per HR pixel (default 0.125 = x4 LR Nyquist)")
     parser.add_argument("--group-by", help="condition attribute that groups the ranking tables (e.g. input)")
-    parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of bootstrap, KID subsets and pixel samples")
+    parser.add_argument("--n-resamples", type=int_at_least(100), default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--alpha", type=open_fraction, default=0.05, help="family-wise error rate for Holm (default 0.05)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of bootstrap, KID subsets and pixel samples")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar of the image analysis")
 
 

@@ -47,9 +47,10 @@ from gapeval.grids import Grid, same_crs
 from gapeval.reflectance import check_reflectance
 from gapeval.results import append_line, read_records_complete
 from gapeval.sources import RasterSource
-from lpips_sat.atomic import write_text_atomic
+from lpips_sat.atomic import make_folder, write_text_atomic
 from lpips_sat.raster import SUFFIXES, RasterInfo, band_gain_offset, raster_info, write_raster
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -673,7 +674,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
 
     config = config or PairsConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     hr_scenes = load_scenes(hr, scale=config.hr_scale, mask_band=config.hr_mask_band, role="HR")
     lr_scenes = load_scenes(lr, scale=config.lr_scale, mask_band=config.lr_mask_band, role="LR")
     counts = {len(s.bands) for s in hr_scenes + lr_scenes}
@@ -803,7 +804,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+    if len(parts) != 3 or not all(math.isfinite(p) for p in parts) or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
         raise argparse.ArgumentTypeError(f"expected three fractions summing to 1 such as 0.7,0.15,0.15, got {text!r}")
     return parts  # type: ignore[return-value]
 
@@ -817,7 +818,7 @@ def _scale(text: str) -> int:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value != int(value) or value < 1:
+    if not math.isfinite(value) or value != int(value) or value < 1:
         raise argparse.ArgumentTypeError(f"--scale must be a positive integer (HR pixels per LR pixel), got {text}")
     return int(value)
 
@@ -828,27 +829,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", required=True, help="folder (or one file) of low-resolution GeoTIFF scenes (their grid is the reference)")
     parser.add_argument("--out", required=True, help="output folder: {train,val,test}/{hr,lr,lr_synth_PROFILE}/TILE.tif, manifest.csv, pairs.json")
     parser.add_argument("--scale", type=_scale, help="HR pixels per LR pixel, an integer (default: from the grids)")
-    parser.add_argument("--tile", type=int, default=128, help="HR tile size in pixels, a multiple of the scale (default 128)")
+    parser.add_argument("--tile", type=positive_int, default=128, help="HR tile size in pixels, a multiple of the scale (default 128)")
     parser.add_argument("--align", choices=("shift", "shift+affine"), default="shift", help="misregistration model per tile (default shift)")
     parser.add_argument("--no-correct", dest="correct", action="store_false", help="measure and filter by misregistration but do not resample the HR")
-    parser.add_argument("--max-shift", type=float, default=3.0, help="reject tiles misregistered by more than this many HR pixels (default 3)")
-    parser.add_argument("--max-residual", type=float, help="reject tiles whose linear fit LR ~ area-averaged HR leaves an RMSE above this (reflectance)")
-    parser.add_argument("--min-corr", type=float, help="reject tiles whose LR vs area-averaged HR correlation is below this (content change)")
+    parser.add_argument("--max-shift", type=nonnegative_float, default=3.0, help="reject tiles misregistered by more than this many HR pixels (default 3)")
+    parser.add_argument("--max-residual", type=positive_float, help="reject tiles whose linear fit LR ~ area-averaged HR leaves an RMSE above this (reflectance)")
+    parser.add_argument("--min-corr", type=number(float, -1, 1), help="reject tiles whose LR vs area-averaged HR correlation is below this (content change)")
     parser.add_argument("--harmonize", choices=("none", "linear", "histogram"), default="none", help="map HR radiometry onto the LR's (default none)")
     parser.add_argument("--harmonize-on", choices=("tile", "scene"), default="tile", help="fit the harmonisation per tile or per scene pair")
-    parser.add_argument("--min-valid", type=float, default=0.95, help="least valid (not nodata/cloud) fraction of a tile (default 0.95)")
-    parser.add_argument("--min-std", type=float, default=0.002, help="reject flat tiles: HR band-mean std below this reflectance (default 0.002)")
+    parser.add_argument("--min-valid", type=fraction, default=0.95, help="least valid (not nodata/cloud) fraction of a tile (default 0.95)")
+    parser.add_argument("--min-std", type=nonnegative_float, default=0.002, help="reject flat tiles: HR band-mean std below this reflectance (default 0.002)")
     parser.add_argument("--split", type=_fractions, default=(0.7, 0.15, 0.15), help="train,val,test fractions (default 0.7,0.15,0.15)")
-    parser.add_argument("--block", type=int, default=2048, help="spatial block side in HR pixels; splits never share a block (default 2048)")
-    parser.add_argument("--seed", type=int, default=0, help="block shuffling and synthetic noise seed (default 0)")
+    parser.add_argument("--block", type=positive_int, default=2048, help="spatial block side in HR pixels; splits never share a block (default 2048)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="block shuffling and synthetic noise seed (default 0)")
     parser.add_argument("--synthetic", type=_profiles, default=("bicubic", "s2"), help="degrade profiles of the synthetic twins, comma separated, or none "
                         "(default bicubic,s2)")
     parser.add_argument("--lr-degrade", help="degrade the LR scenes with this profile first (e.g. s2), when the LR sensor is itself high resolution")
-    parser.add_argument("--lr-gsd", type=float, help="ground sampling distance the LR scenes are degraded to (with --lr-degrade), e.g. 20")
-    parser.add_argument("--hr-scale", type=float, help="divide HR pixel values by this to get reflectance (e.g. 10000; default: file band scales)")
-    parser.add_argument("--lr-scale", type=float, help="divide LR pixel values by this to get reflectance")
-    parser.add_argument("--hr-mask-band", type=int, help="1-based HR band holding a cloud/invalid mask (non-zero = invalid)")
-    parser.add_argument("--lr-mask-band", type=int, help="1-based LR band holding a cloud/invalid mask (non-zero = invalid)")
+    parser.add_argument("--lr-gsd", type=positive_float, help="ground sampling distance the LR scenes are degraded to (with --lr-degrade), e.g. 20")
+    parser.add_argument("--hr-scale", type=positive_float, help="divide HR pixel values by this to get reflectance (e.g. 10000; default: file band scales)")
+    parser.add_argument("--lr-scale", type=positive_float, help="divide LR pixel values by this to get reflectance")
+    parser.add_argument("--hr-mask-band", type=positive_int, help="1-based HR band holding a cloud/invalid mask (non-zero = invalid)")
+    parser.add_argument("--lr-mask-band", type=positive_int, help="1-based LR band holding a cloud/invalid mask (non-zero = invalid)")
     parser.add_argument("--reproject", action="store_true", help="reproject HR scenes in another CRS onto the LR grid (cubic) instead of refusing")
     parser.add_argument("--overwrite", action="store_true", help="start again in an --out holding another configuration")
 

@@ -148,10 +148,10 @@ def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Se
         ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.tick_params(labelsize=8)
     axes.flat[0].set_ylabel("density", fontsize=8)
-    ncol = min(len(handles), 6)
+    legend_rows = math.ceil(len(handles) / 6)
+    ncol = math.ceil(len(handles) / legend_rows)  # balanced rows of at most 6 entries
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncol, fontsize=8, frameon=False)
-    legend_rows = math.ceil(len(handles) / ncol)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.22 * legend_rows) / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.05 + 0.2 * legend_rows) / fig.get_figheight()))
     return _save(fig, path)
 
 
@@ -253,7 +253,7 @@ def _html(result: Mapping[str, Any], tables: Sequence[tuple[str, list[str], list
              f"<p>Runs: {esc(', '.join(result['runs']))}. {result['n_tests']} tests, Holm-adjusted at alpha = {result['config']['alpha']}. "
              "Gap = A &minus; B over matched scenes; CI: paired BCa bootstrap.</p>"]
     if result.get("notes"):
-        parts.append("<ul class='warn'>" + "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) + "</ul>")
+        parts.append("<ul class='warn' style='padding-left:2em'>" + "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) + "</ul>")
     for title, header, rows in tables:
         parts.append(f"<h2>{esc(title)}</h2>" + html_table(header, rows))
     for title, p in figures.items():

@@ -9,6 +9,12 @@ import numpy as np
 from lpips_sat.errors import InputError
 
 
+def was_scaled(scale: float | None, gain: np.ndarray, offset: np.ndarray) -> bool:
+    """Whether values were converted by a scale: an explicit one, or the file's own scale/offset metadata
+    (``gain``/``offset`` of :func:`lpips_sat.raster.band_gain_offset`); the ``scaled`` of :func:`check_reflectance`."""
+    return scale is not None or bool(np.any(np.asarray(gain) != 1) or np.any(np.asarray(offset) != 0))
+
+
 def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, flag: str, *, scaled: bool = False) -> float:
     """Fail on values no reflectance image has; return the largest valid value (for :func:`check_not_tiny`).
 

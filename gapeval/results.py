@@ -23,7 +23,8 @@ import numpy as np
 from gapeval.metrics import METRICS
 from gapeval.metrics.opensr import COLUMNS as _OPENSR
 from gapeval.metrics.opensr import TILES_COLUMN as OPENSR_TILES
-from lpips_sat.atomic import write_text_atomic
+from lpips_sat import atomic
+from lpips_sat.atomic import make_folder, write_text_atomic
 from lpips_sat.errors import InputError, MissingFileError
 
 #: ``pairs.csv`` columns of ``--protocol opensr-test`` (opensr-test's key -> column).
@@ -175,14 +176,21 @@ def _complete_csv(text: str) -> bool:
     return True
 
 
-def _read_complete(path: Path) -> tuple[list[list[str]], str, str]:
-    """``(records, complete_text, text)``: the file's CSV records without a trailing partial record."""
+#: What to do about an unreadable ``pairs.csv`` of a results folder being written (``gapeval score --out``).
+OUT_ADVICE = "use another --out, or --overwrite to start over"
+
+
+def _read_complete(path: Path, advice: str = OUT_ADVICE) -> tuple[list[list[str]], str, str]:
+    """``(records, complete_text, text)``: the file's CSV records without a trailing partial record; ``advice``
+    ends the error messages."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a text table ({exc}); use another --out, or --overwrite to start over") from exc
+        raise InputError(f"{path}: not a text table ({exc}); {advice}") from exc
     except IsADirectoryError as exc:
         raise InputError(f"{path}: is a folder, not a CSV table") from exc
+    if "\x00" in text:
+        raise InputError(f"{path}: not a text table (it contains NUL bytes: binary or corrupt); {advice}")
     complete = text
     while complete and not _complete_csv(complete):  # an interrupted append: cut back to a record boundary
         cut = complete.rfind("\n", 0, len(complete) - 1)
@@ -190,7 +198,7 @@ def _read_complete(path: Path) -> tuple[list[list[str]], str, str]:
     try:
         records = _parse_csv(complete)
     except csv.Error as exc:
-        raise InputError(f"{path}: not a readable CSV table ({exc}); use another --out, or --overwrite to start over") from exc
+        raise InputError(f"{path}: not a readable CSV table ({exc}); {advice}") from exc
     if complete != text:
         logger.warning("%s ended with a partial row (interrupted write); it is left out", path)
     return records, complete, text
@@ -210,15 +218,15 @@ def read_records_complete(path: str | Path) -> list[list[str]]:
     return records
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_table(path: str | Path, advice: str = OUT_ADVICE) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows (dicts of strings) of a CSV table such as ``pairs.csv``, read only (a trailing partial row is
-    ignored).
+    ignored); ``advice`` ends the error messages.
 
     Raises:
         InputError: not UTF-8 text, not CSV, or a row with another number of fields than the header (names the row).
     """
     path = Path(path)
-    records = _read_complete(path)[0]
+    records = _read_complete(path, advice)[0]
     if not records:
         return [], []
     header = records[0]
@@ -308,17 +316,10 @@ def prepare_out_dir(out: str | Path) -> Path:
     """Create the results folder ``out`` if needed and check that it is a writable folder.
 
     Raises:
-        InputError: ``out`` is a file, lies under a file, or cannot be created or written.
+        OutputError: ``out`` is a file, lies under a file, or cannot be created (:func:`lpips_sat.atomic.make_folder`).
+        InputError: ``out`` is not writable, or a results file name is taken by a folder.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a folder; choose a folder for the results")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise InputError(f"--out {out}: cannot create the folder; part of the path is a file ({exc.strerror})") from exc
-    except OSError as exc:
-        raise InputError(f"--out {out}: cannot create the folder ({exc.strerror})") from exc
+    out = make_folder(out, "--out")
     if not os.access(out, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: the folder is not writable")
     for name in (PAIRS_CSV, SUMMARY_JSON, "report.html", "report.md"):
@@ -328,16 +329,9 @@ def prepare_out_dir(out: str | Path) -> Path:
 
 
 def remove_stale_temporaries(out: Path) -> int:
-    """Delete the temporary files of atomic writes (``.NAME.XXXX.tmp``) that an interrupted run left in ``out``;
-    call only while holding :class:`ResultsLock`. Returns how many were removed."""
-    removed = 0
-    for path in out.rglob(".*.tmp"):
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
-            removed += 1
-    if removed:
-        logger.warning("%s: removed %d temporary file(s) left by an interrupted run", out, removed)
-    return removed
+    """Delete every temporary file of atomic writes (``.NAME.*.tmp``) that an interrupted run left in ``out``; call
+    only while holding :class:`ResultsLock` (no other run writes there). Returns how many were removed."""
+    return atomic.remove_stale_temporaries(out, locked=True)
 
 
 # ------------------------------------------------------------------------------------------------ lock

@@ -51,15 +51,14 @@ from gapeval.scoring import runner
 from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
+from lpips_sat.cli import EXIT_PARTIAL
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
-from lpips_sat.options import device, int_at_least, positive_float, ratio_above_one
+from lpips_sat.options import device, int_at_least, number, positive_float, ratio_above_one
 from lpips_sat.registry import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
 
-#: Exit status of a run in which some pairs failed and the others were scored (docs/reliability.md).
-EXIT_PARTIAL = 3
 
 
 @dataclass
@@ -175,7 +174,7 @@ def score(
     preds = _pred_sets(pred)
     stage = Stages("gapeval score", 3 + bool(out is not None and report), enabled=progress)
     stage(f"loading LPIPS-Sat weights {metric if isinstance(metric, (str, Path)) else getattr(metric, 'name', DEFAULT_NAME)}"
-          f"{f' on {device}' if device else ''}")
+          f"{f' on {device}' if device and device != 'auto' else ''}")
     net, label, sha = load_metric(metric, device)
     config = ScoreConfig(
         weights=label,
@@ -329,14 +328,6 @@ def _pred_arg(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def _tile_size(text: str) -> int:
-    """``--tile``: at least LPIPS-Sat's smallest input and a multiple of the correctness patch (8 px)."""
-    value = int_at_least(MIN_SIZE)(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 8 px (the correctness patch), got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gapeval score``."""
     parser.add_argument(
@@ -418,7 +409,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-shift", type=positive_float, default=DEFAULT_MAX_SHIFT, help=f"pairs misaligned by more pixels are listed as not alignable (default {DEFAULT_MAX_SHIFT:g})"
     )
     parser.add_argument("--report-raw", action="store_true", help="with --align/--harmonize: also report the unaligned values (raw_* columns)")
-    parser.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--tile", type=number(int, MIN_SIZE, multiple_of=ScoreConfig.patch), default=DEFAULT_TILE, help=f"window/tile size in pixels (default {DEFAULT_TILE})")
     parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="LPIPS-Sat tiles per network call (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the stage lines and progress bars")
     parser.add_argument("--shard", type=shards.parse_shard, metavar="K/N",
@@ -499,6 +490,8 @@ def run(args: argparse.Namespace) -> int:
         summary = shards.merge_results(parts, args.out, overwrite=True, report=args.report, metric=metric)
         shards.finish_distributed()
     print(format_table(summary))
+    if not summary["pred_sets"]:
+        print(f"shard {shard[0]}/{shard[1]} holds none of these scenes" if shard else "no pairs were scored")
     if summary["weights"]["testing_only"]:
         print(f"note: weights {summary['weights']['name']!r} are a random network for testing; LPIPS-Sat values are not meaningful")
     for item in summary["skipped"]:

@@ -32,6 +32,7 @@ from gapeval.results import (
     PAIRS_CSV,
     SUMMARY_JSON,
     ResultsLock,
+    format_table,
     parse_row,
     prepare_out_dir,
     read_records_complete,
@@ -39,12 +40,12 @@ from gapeval.results import (
     write_summary,
 )
 from lpips_sat.atomic import write_text_atomic
+from lpips_sat.cli import EXIT_PARTIAL
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.options import device
 
 #: Sub-folder of ``OUT`` holding the shards of a ``torchrun`` run.
 SHARDS_DIR = "shards"
-#: Exit code of ``gapeval merge --allow-partial`` when shards are missing.
-EXIT_PARTIAL = 3
 
 
 # ---------------------------------------------------------------------------------------------- splitting
@@ -85,9 +86,11 @@ def _read_shard(folder: Path) -> tuple[list[str], list[list[str]], dict[str, Any
         if not (folder / name).is_file():
             raise MissingFileError(f"{folder / name} does not exist; is {folder} a finished `gapeval score --shard K/N` results folder?")
     try:
-        summary = json.loads((folder / SUMMARY_JSON).read_text())
-    except json.JSONDecodeError as exc:
+        summary = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (a binary file)
         raise InputError(f"{folder / SUMMARY_JSON}: not valid JSON ({exc})") from exc
+    if not isinstance(summary, dict):
+        raise InputError(f"{folder / SUMMARY_JSON}: a JSON {type(summary).__name__}, not the summary object gapeval score writes")
     records = read_records_complete(folder / PAIRS_CSV)
     if not records:
         raise InputError(f"{folder / PAIRS_CSV} is empty; score the shard again (--overwrite)")
@@ -331,7 +334,7 @@ def check_merge_target(out: str | Path, overwrite: bool) -> None:
         return
     try:
         merged_before = "shards" in json.loads((out / SUMMARY_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, TypeError):  # unreadable, binary, or not a JSON object
         merged_before = False
     if not merged_before:
         raise InputError(f"{out / PAIRS_CSV} already exists and is not a merged sharded run; pass --overwrite (or --resume) "
@@ -346,17 +349,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action="store_true", help="write report.html and report.md for the merged results")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--allow-partial", action="store_true", help="merge the shards given even if some are missing (exit 3)")
-    parser.add_argument("--device", default="cpu", help="device for the report's LPIPS-Sat maps (default cpu)")
+    parser.add_argument("--device", type=device, default="cpu", help="device for the report's LPIPS-Sat maps: cpu, cuda, auto ... (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``gapeval merge``: exit 0, 3 when shards were missing (``--allow-partial``), 1 on a data error."""
-    from gapeval.results import format_table
-
     metric = None
-    if args.report:
-        metric = recorded_metric(json.loads((Path(args.shards[0]) / SUMMARY_JSON).read_text()), args.device) \
-            if (Path(args.shards[0]) / SUMMARY_JSON).is_file() else None
+    if args.report:  # the weights the shards recorded draw the report's map crops (a bad folder fails in the merge)
+        try:
+            metric = recorded_metric(json.loads((Path(args.shards[0]) / SUMMARY_JSON).read_text()), args.device)
+        except (OSError, json.JSONDecodeError):
+            metric = None
     summary = merge_results(args.shards, args.out, overwrite=args.overwrite, allow_partial=args.allow_partial, report=args.report,
                             metric=metric)
     print(format_table(summary))

@@ -5,7 +5,9 @@
     lpips-sat pretrain ...      (lpips_sat.train.pretrain)
     lpips-sat calibrate ...     (lpips_sat.train.calibrate)
 
-Exit codes: 0 success, 1 data error (a file, value or weights file is wrong; the message names it), 2 usage error.
+Exit codes (the same for ``gapeval``; docs/reliability.md): 0 success, 1 data error (a file, value or weights file is
+wrong, or an output cannot be written; the message names it), 2 usage error (a bad option or value, an unavailable
+device), 3 partial (some items failed, the others were written), 130 interrupted (Ctrl-C; finished outputs are kept).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch
 
 from lpips_sat.backbones import TAPS
 from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
-from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, WeightsError
-from lpips_sat.options import device, positive_float
+from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure, WeightsError
+from lpips_sat.options import device, positive_float, resolve_device
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
     p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
-    p.add_argument("--device", type=device, default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -137,6 +139,7 @@ def run_compare(args: argparse.Namespace) -> int:
                          "resample/crop them to one grid first")
     if not _same_geometry(ra, rb):
         print(f"lpips-sat compare: warning: {args.a} and {args.b} have different geotransforms/CRS; comparing pixel by pixel", file=sys.stderr)
+    args.device = resolve_device(args.device)
     metric = LPIPSSat(args.weights or DEFAULT_NAME, input_range=args.input_range).to(args.device)
     tensors, used = [], []
     for arr, raster in ((a_arr, ra), (b_arr, rb)):
@@ -301,27 +304,34 @@ def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tup
         p.set_defaults(_run=run)
 
 
+#: Exit codes of every lpips-sat and gapeval command (docs/reliability.md).
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen sub-command; exit codes (docs/reliability.md): 0 ok, 1 data error
-    (LPIPSSatError, or the file system refused), 2 usage error, 3 partial (returned by the command), 130 interrupted."""
+    """Parse ``argv`` and run the chosen sub-command; returns the exit code (docs/reliability.md).
+
+    argparse exits 2 itself on usage errors (``SystemExit``); a command returns 0 or :data:`EXIT_PARTIAL`; a
+    :class:`PartialFailure` is 3, any other :class:`LPIPSSatError` or an ``OSError`` 1, ``KeyboardInterrupt`` (SIGINT) 130.
+    """
     args, extra = parser.parse_known_args(argv)  # an unavailable command's own options must not hide its message
     if extra and not getattr(args, "_unavailable", None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "_unavailable", None):
         print(f"{parser.prog}: error: {args._unavailable}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
-        return int(args._run(args) or 0)
-    except LPIPSSatError as exc:
+        return int(args._run(args) or EXIT_OK)
+    except PartialFailure as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # the file system refused (disk full, permissions, a path that changed during the run)
+        return EXIT_PARTIAL
+    except (LPIPSSatError, OSError) as exc:  # OSError: the file system refused (disk full, permissions, a path that changed)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_DATA
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,14 @@ class MissingFileError(LPIPSSatError, FileNotFoundError):
     """A file or folder that was asked for does not exist."""
 
 
+class OutputError(LPIPSSatError, OSError):
+    """An output file or folder cannot be created or written (a file in the way, no permission, no such device)."""
+
+
+class PartialFailure(LPIPSSatError):
+    """Some items (files, pairs) failed and the others were processed and written; the command exits 3."""
+
+
 class OfflineError(LPIPSSatError, RuntimeError):
     """A Hugging Face hub id was given but the hub cannot be reached; pass a local path instead."""
 

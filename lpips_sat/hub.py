@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from lpips_sat.atomic import make_folder
 from lpips_sat.backbones import distance_upper_bound
 from lpips_sat.errors import LPIPSSatError, MissingFileError, OfflineError, WeightsError
 from lpips_sat.registry import save_weights, sha256_file
@@ -122,8 +123,7 @@ def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadat
     missing = [k for k in _CONFIG_KEYS if k not in metadata and k != "width_div"]
     if missing:
         raise WeightsError(f"cannot save a model folder: metadata lacks {missing}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder, "model folder")
     sha = save_weights(folder / WEIGHTS_NAME, tensors, metadata, dtype=dtype)
     heads = [tensors[k] for k in sorted(k for k in tensors if k.startswith("heads."))]
     if not heads:

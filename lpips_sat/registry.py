@@ -175,7 +175,7 @@ def load_weights(path: str | Path, sha256: str | None = None) -> tuple[dict[str,
     if sha256 is not None:
         actual = sha256_file(path)
         if actual != sha256:
-            raise WeightsError(f"{path}: sha256 {actual} does not match the registered {sha256}; the file is corrupt or was modified. Reinstall lpips-sat or pass the file explicitly if you changed it on purpose.")
+            raise WeightsError(f"{path}: the file is present but its sha256 {actual} differs from the registered {sha256}: it is corrupt or was modified (tampered). Reinstall lpips-sat, or pass the file explicitly if you changed it on purpose.")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = dict(fh.metadata() or {})

@@ -148,6 +148,33 @@ def test_blocks_never_leak_between_splits_and_resume_recomputes_nothing(scenes, 
     assert main(args) == 0
     assert (out / "manifest.csv").read_text() == text
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")} == before
+    # an interruption after the files of the last kept tile but before its manifest row (plus a partial row)
+    lines = text.splitlines(keepends=True)
+    last_kept = max(i for i, line in enumerate(lines) if ",kept," in line)
+    (out / "manifest.csv").write_text("".join(lines[:last_kept]) + lines[last_kept][:20])
+    assert main(args) == 0
+    assert (out / "manifest.csv").read_text() == text
+    redone = {p for p, t in before.items() if p.stat().st_mtime_ns != t}
+    name = lines[last_kept].split(",")[0]
+    assert redone and all(name in p.name for p in redone)
+
+
+def test_cloud_mask_band_invalidates_its_pixels(scenes, tmp_path):
+    import rasterio
+
+    from lpips_sat.raster import write_raster
+
+    with rasterio.open(scenes["hr"]) as ds:
+        data, transform, crs = ds.read(), ds.transform, ds.crs
+    mask = np.zeros((1, *data.shape[1:]), np.float32)
+    mask[0, :128, :128] = 1  # a cloud over the first tile
+    path = write_raster(tmp_path / "hr_masked" / "s2_20160112.tif", np.concatenate([data, mask]), transform=transform, crs=crs)
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--hr", str(path), "--lr", str(scenes["lr"]), "--out", str(out), "--tile", "128", "--block", "256",
+                 "--synthetic", "none", "--hr-mask-band", "5"]) == 0
+    rows = {(int(r["row"]), int(r["col"])): r for r in _manifest(out)}
+    assert rows[(0, 0)]["status"] == "rejected" and "valid fraction" in rows[(0, 0)]["reason"]
+    assert rows[(0, 32)]["status"] == "kept" and rows[(32, 0)]["status"] == "kept"
 
 
 def test_content_change_filter_rejects_the_changed_tile(scenes, tmp_path):

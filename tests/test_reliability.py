@@ -135,7 +135,8 @@ def test_partial_last_record_is_dropped_even_inside_a_quoted_newline(tmp_path):
     "content, message",
     [
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a text table"),
-        (b"pred_set,key\n\x00\x00\n", "row 2 has 1 fields"),
+        (b"pred_set,key\n\x00\x00\n", "contains NUL bytes"),
+        (b"pred_set,key\na\n", "row 2 has 1 fields"),
         (b'pred_set,key\n"bad"x,1\nok,2\n', "not a readable CSV"),
     ],
 )
@@ -368,3 +369,21 @@ def test_unavailable_device_is_a_clear_error(folders, metric):
         pytest.skip("this machine has CUDA")
     with pytest.raises(InputError, match="CUDA is not available"):
         score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric, device="cuda")
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_never_duplicate_rows(folders):
+    """Two real processes on one --out at once: each either scores or is refused; the folder holds each pair once."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "gapeval.cli", *cli_args(folders, "--resume")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert code == 0 or (code == 1 and "in use by another gapeval run" in err), err
+        assert "Traceback" not in err
+    with open(folders / "out" / "pairs.csv", newline="") as fh:
+        assert sorted(row["key"] for row in csv.DictReader(fh)) == ["fields", "town"]

@@ -40,10 +40,10 @@ from gapeval.folders import list_images
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
-from gapeval.reflectance import check_not_tiny, check_reflectance
-from lpips_sat.atomic import atomic_path, write_text_atomic
+from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
+from lpips_sat.atomic import atomic_path, make_folder, remove_stale_temporaries, write_text_atomic
 from lpips_sat.bands import band_indices
-from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError
+from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure
 from lpips_sat.raster import RASTER_SUFFIXES, Raster, band_gain_offset, raster_info, read_raster, write_raster
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class TileCache:
             if previous != run_id:
                 log.info("%s: discarding cached tiles of a different run", folder)
                 shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder, "tile cache")
         write_text_atomic(stamp, json.dumps({"run": run_id}))
 
     def _path(self, tile: Tile, sample: int) -> Path:
@@ -278,7 +278,8 @@ class Pipeline:
         used = idx + fallback_idx
         gain, off = band_gain_offset(info, used, c.scale)
         data = (raster.data[used] + np.float32(c.offset)) * gain[:, None, None] + off[:, None, None]
-        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale"), path, "--scale")
+        scaled = was_scaled(c.scale, gain, off)
+        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale", scaled=scaled), path, "--scale")
         if fallback != "none":
             log.warning("%s: %s", path, fallback)
         data = fill_invalid(data, raster.valid)
@@ -385,6 +386,8 @@ def run(adapter: Adapter, source: CheckpointSource, config: InferConfig, files: 
         progress: Callable[[FileResult], None] | None = None) -> list[FileResult]:
     """Process ``files`` (``(key, path)`` pairs or paths) in order; a file that fails with a data error is reported and the others continue."""
     pipe = Pipeline(adapter, source, config)
+    make_folder(config.out, "--out")
+    remove_stale_temporaries(config.out)  # outputs and tile cache of a killed run (shards running now keep theirs)
     results, errors = [], []
     items = [(f.stem, f) if isinstance(f, Path) else f for f in files]
     for key, path in items:
@@ -400,5 +403,6 @@ def run(adapter: Adapter, source: CheckpointSource, config: InferConfig, files: 
         if progress:
             progress(result)
     if errors:
-        raise InputError(f"{len(errors)} of {len(items)} files failed (the others were written):\n  " + "\n  ".join(errors))
+        error = PartialFailure if results else InputError  # exit 3 when some files were written, else 1
+        raise error(f"{len(errors)} of {len(items)} files failed{' (the others were written)' if results else ''}:\n  " + "\n  ".join(errors))
     return results

@@ -43,8 +43,8 @@ from gapeval.grids import Grid
 from gapeval.infer.base import Adapter, SamplingOptions, ValueMap, autocast, resolve_precision
 from gapeval.infer.checkpoints import save_safetensors
 from gapeval.infer.pipeline import list_inputs
-from gapeval.reflectance import check_not_tiny, check_reflectance
-from lpips_sat.atomic import write_text_atomic
+from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
+from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_atomic
 from lpips_sat.bands import resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
 from lpips_sat.raster import band_gain_offset, raster_info, read_raster
@@ -171,7 +171,8 @@ def find_pairs(cfg: TrainConfig) -> list[Pair]:
         for info, idx, g, o, flag in ((lr, lr_idx, lg, lo, "--lr-scale"), (hr, hr_idx, hg, ho, "--hr-scale")):
             raster = read_raster(info.path, window=_centre(info, 64))
             data = raster.data[idx] * g[:, None, None] + o[:, None, None]
-            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag), info.path, flag)
+            scaled = was_scaled(cfg.lr_scale if flag == "--lr-scale" else cfg.hr_scale, g, o)
+            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag, scaled=scaled), info.path, flag)
         pairs.append(Pair(lr.path, hr.path, lr_idx, hr_idx, lr.height, lr.width, lg, lo, hg, ho))
     return pairs
 
@@ -393,7 +394,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = 0
         self.state_path, self.model_path = cfg.out / state_file(cfg.model), cfg.out / model_file(cfg.model)
-        cfg.out.mkdir(parents=True, exist_ok=True)
+        make_folder(cfg.out, "--out")
+        remove_stale_temporaries(cfg.out)
         self._resume()
 
     # -- state ------------------------------------------------------------------------------------

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gapeval.bands import order_assumed, select_bands
 from gapeval.folders import Pairing
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
 from gapeval.metrics.opensr import check_scale
+from gapeval.reflectance import was_scaled
 from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
 from lpips_sat.errors import InputError
@@ -78,7 +77,7 @@ def _make_input(path: Path, config: ScoreConfig, role: str, target: Grid | None,
     bands = select_bands(info, declared, config.bands, f"--{role}-bands")
     gain, offset = band_gain_offset(info, bands, scale)
     grid = grid_of(info, target)
-    scaled = scale is not None or bool(np.any(gain != 1) or np.any(offset != 0))
+    scaled = was_scaled(scale, gain, offset)
     return SceneInput(RasterSource(info, grid, bands, gain, offset), hashes(path), f"--{role}-scale", scaled=scaled), grid
 
 

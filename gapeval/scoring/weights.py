@@ -8,7 +8,7 @@ from pathlib import Path
 from gapeval.scoring.config import RANDOM_WEIGHTS
 from lpips_sat.errors import MissingFileError, WeightsError
 from lpips_sat.metric import LPIPSSat
-from lpips_sat.options import check_device
+from lpips_sat.options import resolve_device
 from lpips_sat.registry import DEFAULT_NAME, sha256_file
 
 
@@ -45,16 +45,3 @@ def load_metric(weights: str | Path | LPIPSSat | None = None, device: str | None
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         sha = digest.hexdigest()
     return metric, metric.name, sha
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name checked against this machine.
-
-    Raises:
-        InputError: a device this machine does not have (:func:`lpips_sat.options.check_device`).
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return check_device(device)

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from lpips_sat.atomic import write_text_atomic
+from lpips_sat.atomic import make_folder, write_text_atomic
 from gapeval.study.config import BANDS, PRETRAINED, REFERENCES, ModelSpec, StudyConfig, stage_hash
 from gapeval.study.data import make_view, tiles
 from lpips_sat.errors import InputError
@@ -152,7 +152,7 @@ class Study:
         if n > 1 and stop_after not in ("train", "infer"):
             raise InputError("--shard splits the train and infer stages only: add --stop-after train or --stop-after infer, then run once "
                              "without --shard for score, gap and report")
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out, "--out")
         if k == 0:
             write_text_atomic(self.out / "study.json", json.dumps({"config": str(self.cfg.path), "smoke": self.cfg.smoke, "raw": self.cfg.raw},
                                                                   indent=1, default=str))

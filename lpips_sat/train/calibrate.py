@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpips_sat.atomic import make_folder, remove_stale_temporaries
+from lpips_sat.options import nonnegative_float, nonnegative_int, open_fraction, positive_int
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
 from lpips_sat.hub import save_folder
@@ -301,14 +303,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-npy", action="append", default=[], help="held-out scenes as (time, rows, cols, 13) reflectance .npy")
     p.add_argument("--judgments", help="optional CSV of your own judgments: ref,a,b,p_a_closer")
     p.add_argument("--out", default="runs/calibrate")
-    p.add_argument("--n-train", type=int, default=6000)
-    p.add_argument("--n-val", type=int, default=1500)
-    p.add_argument("--holdout", type=float, default=0.25)
-    p.add_argument("--l2", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0], help="candidate head L2 strengths (chosen by CV)")
-    p.add_argument("--iters", type=int, default=1500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=positive_int, default=6000)
+    p.add_argument("--n-val", type=positive_int, default=1500)
+    p.add_argument("--holdout", type=open_fraction, default=0.25)
+    p.add_argument("--l2", type=nonnegative_float, nargs="+", default=[0.0, 0.01, 0.1, 1.0], help="candidate head L2 strengths (chosen by CV)")
+    p.add_argument("--iters", type=positive_int, default=1500)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--name", default="lpips-sat-s2-rn18")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=nonnegative_int, default=0)
     p.add_argument("--reuse-judgments", action="store_true", help="reuse OUT/judgments.safetensors (same backbone!) instead of regenerating")
 
 
@@ -316,8 +318,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(args.out, "--out")
+    remove_stale_temporaries(out)
     backbone, mean, std, bmeta = load_backbone(args.backbone)
     torch.manual_seed(args.seed)
     random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)

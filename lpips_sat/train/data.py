@@ -19,6 +19,7 @@ import torch
 
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.raster import open_geotiff
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _file_sha256(path: Path) -> str:
 
 def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image]:
     """Read every GeoTIFF of ``src.folder`` into reflectance arrays with ``bands``."""
-    import rasterio
+    from rasterio.errors import RasterioIOError
 
     files = sorted(p for p in src.folder.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
     if not files:
@@ -69,10 +70,13 @@ def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image
     idx = band_indices(src.bands, bands)
     out = []
     for path in files:
-        with rasterio.open(path) as ds:
+        with open_geotiff(path) as ds:
             if ds.count != len(resolve(src.bands)):
                 raise InputError(f"{path}: has {ds.count} bands but preset {src.bands!r} declares a different count")
-            arr = ds.read([i + 1 for i in idx]).astype(np.float32)
+            try:
+                arr = ds.read([i + 1 for i in idx]).astype(np.float32)
+            except RasterioIOError as exc:
+                raise InputError(f"{path}: cannot read pixels ({exc}); the file may be corrupt or truncated") from exc
             nodata = ds.nodata
         if src.scale == "moments":
             arr = _moment_match(arr, nodata, path)

@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.backbones import TAPS, ResNetTaps
 from lpips_sat.bands import DEFAULT_BANDS
+from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
 from lpips_sat.hub import save_folder
 from lpips_sat.registry import save_weights
 from lpips_sat.train.checkpoint import load_state, save_state
@@ -46,22 +48,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GeoTIFF folder; BANDS a preset (default s2-l1c-13), SCALE divisor to reflectance (default 10000) or 'moments'")
     p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint, loss curve, backbone.safetensors)")
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=48)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--jitter", type=int, default=8, help="max crop offset between the two views (px)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--hard-negatives", type=float, default=0.5, help="fraction of anchors given a damaged copy as extra negative")
-    p.add_argument("--holdout", type=float, default=0.25, help="bottom fraction of every raster reserved for validation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--checkpoint-every", type=int, default=25)
-    p.add_argument("--time-budget", type=float, default=0.0, help="stop (and save) after this many minutes; 0 = no limit")
+    p.add_argument("--steps", type=positive_int, default=1500)
+    p.add_argument("--batch", type=number(int, 2), default=48)
+    p.add_argument("--crop", type=number(int, 32), default=64)
+    p.add_argument("--jitter", type=nonnegative_int, default=8, help="max crop offset between the two views (px)")
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
+    p.add_argument("--temperature", type=positive_float, default=0.2)
+    p.add_argument("--hard-negatives", type=fraction, default=0.5, help="fraction of anchors given a damaged copy as extra negative")
+    p.add_argument("--holdout", type=open_fraction, default=0.25, help="bottom fraction of every raster reserved for validation")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=25)
+    p.add_argument("--time-budget", type=nonnegative_float, default=0.0, help="stop (and save) after this many minutes; 0 = no limit")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--width-div", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--stop-at", type=int, default=0, help=argparse.SUPPRESS)  # simulate an interruption (tests)
+    p.add_argument("--width-div", type=positive_int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--stop-at", type=nonnegative_int, default=0, help=argparse.SUPPRESS)  # simulate an interruption (tests)
 
 
 class Projector(nn.Module):
@@ -108,8 +110,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, zneg: torch.Tensor | None, tempe
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(args.out, "--out")
+    remove_stale_temporaries(out)
     images, provenance = [], []
     for text in args.data:
         for im in load_source(Source.parse(text)):

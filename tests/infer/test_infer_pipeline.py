@@ -15,7 +15,7 @@ from gapeval.infer.base import Adapter, batch_randn
 from gapeval.infer.checkpoints import CheckpointSource, checkpoint_sha256
 from gapeval.infer.pipeline import InferConfig, Pipeline, list_inputs, parse_shard, run, select_shard, tile_seed
 from gapeval.infer.tiling import Tile
-from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.errors import InputError, MissingFileError, PartialFailure
 
 BANDS = ("B04", "B03", "B02", "B08")
 
@@ -252,7 +252,7 @@ def test_folder_keys_mirror_relative_paths(tmp_path: Path, source: CheckpointSou
 def test_partial_failures_are_reported_after_the_others(tmp_path: Path, source: CheckpointSource) -> None:
     good = write_tif(tmp_path / "a_good.tif", s2_dn(), descriptions=BANDS)
     bad = write_tif(tmp_path / "b_bad.tif", s2_dn(bands=3))
-    with pytest.raises(InputError, match="1 of 2 files failed"):
+    with pytest.raises(PartialFailure, match="1 of 2 files failed"):
         run(Toy(), source, config(tmp_path / "o"), [good, bad])
     assert (tmp_path / "o" / "a_good.tif").exists()
 
