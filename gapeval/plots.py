@@ -148,10 +148,10 @@ def band_histograms(samples: Mapping[str, np.ndarray], hr: np.ndarray, bands: Se
         ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.tick_params(labelsize=8)
     axes.flat[0].set_ylabel("density", fontsize=8)
-    ncol = min(len(handles), 6)
+    legend_rows = math.ceil(len(handles) / 6)
+    ncol = math.ceil(len(handles) / legend_rows)  # balanced rows of at most 6 entries
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncol, fontsize=8, frameon=False)
-    legend_rows = math.ceil(len(handles) / ncol)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.22 * legend_rows) / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.05 + 0.2 * legend_rows) / fig.get_figheight()))
     return _save(fig, path)
 
 

@@ -208,3 +208,65 @@ def test_a_clear_error_or_the_correct_numbers(defect):
         else:
             same_numbers(rec)
             assert not assumed
+
+
+# ------------------------------------------------------------------------------------------------ the LR input
+
+LR_RASTER = read_raster(EXAMPLES / "lr" / "town.tif")
+LR = (LR_RASTER.data / 10000.0).astype(np.float32)
+LR_COMPARED = COMPARED + ("refl_l1", "spectral_sam_deg", "shift_px", "improvement", "omission", "hallucination")
+
+
+def run_with_lr(root: Path, lr: np.ndarray, **kw) -> dict:
+    put(root / "hr" / "s.tif", TARGET)
+    put(root / "pred" / "s.tif", PRED)
+    args = dict(transform=LR_RASTER.transform, crs=LR_RASTER.crs, dtype="float32", descriptions=BANDS)
+    args.update(kw)
+    write_raster(root / "lr" / "s.tif", lr, **args)
+    res = score({"p": root / "pred"}, root / "hr", lr=root / "lr", metric=METRIC)
+    return {"records": res.records, "summary": res.summary}
+
+
+with tempfile.TemporaryDirectory() as _tmp:
+    CLEAN_LR = run_with_lr(Path(_tmp), LR)["records"][0]
+
+LR_DEFECTS = st.one_of(
+    st.tuples(st.just("described_permutation"), st.permutations(range(4))),
+    st.tuples(st.just("undeclared_permutation"), st.permutations(range(4))),
+    st.tuples(st.just("offset"), st.floats(-3, 3), st.floats(-3, 3)),
+    st.tuples(st.just("not_coarser"), st.just(0)),
+)
+
+
+@settings(max_examples=FUZZ_EXAMPLES or 12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=not FUZZ_EXAMPLES, database=None)
+@given(defect=LR_DEFECTS)
+def test_lr_defects_a_clear_error_or_the_correct_numbers(defect):
+    kind, *args = defect
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        try:
+            if kind == "described_permutation":
+                order = list(args[0])
+                out = run_with_lr(root, LR[order], descriptions=tuple(BANDS[i] for i in order))
+            elif kind == "undeclared_permutation":
+                out = run_with_lr(root, LR[list(args[0])], descriptions=None)
+            elif kind == "offset":  # in LR pixels (40 m); up to half an LR pixel is accepted as the same extent
+                out = run_with_lr(root, LR, transform=LR_RASTER.transform @ Affine.translation(*args))
+            else:  # an "LR" at the target's resolution
+                out = run_with_lr(root, TARGET, transform=LIKE.transform)
+        except LPIPSSatError as exc:
+            message = str(exc)
+            assert "lr/s.tif" in message, message
+            assert kind == "not_coarser" or (kind == "offset" and max(abs(args[0]), abs(args[1])) > 0.5 - 1e-9), message
+            return
+        rec = out["records"][0]
+        assumed = out["summary"]["inputs"]["assumed_band_order"]
+        assert kind != "not_coarser", "an LR as fine as the target was accepted"
+        if kind == "undeclared_permutation":
+            assert assumed["lr"]["files"] == [str(root / "lr" / "s.tif")]
+            return
+        assert kind != "offset" or max(abs(args[0]), abs(args[1])) <= 0.5 + 1e-9, f"LR offset {args} accepted"
+        assert not assumed
+        if kind == "described_permutation":
+            for c in LR_COMPARED:
+                assert rec[c] == pytest.approx(CLEAN_LR[c], rel=1e-6, abs=1e-9), c
