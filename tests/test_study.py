@@ -147,9 +147,11 @@ def test_smoke_study_resumes_after_interruptions_with_identical_tables(tmp_path:
     # what the report holds
     tables = straight
     runs = cfg.run_names()
-    assert set(tables["cells"]) == set(runs) and len(runs) == 8
+    assert set(tables["cells"]) == set(runs) and len(runs) == 10  # 2 trained models x 2 domains x 2 inputs + bicubic x 2 inputs
     assert all(np.isfinite(tables["cells"][r]["lpips_sat"]["mean"]) for r in runs)
-    assert {g["name"].split(":")[0] for g in tables["gaps"]} == {"synthetic-to-real gap", "training-domain gap"}
+    assert {g["name"].split(":")[0] for g in tables["gaps"]} == {"synthetic-to-real gap", "training-domain gap"} and len(tables["gaps"]) == 7
+    bic = [g for g in tables["gaps"] if g["a"] == "bicubic/pretrained/real"][0]["metrics"]["psnr"]
+    assert bic["ci_low"] <= bic["gap"] <= bic["ci_high"]
     assert len(tables["controls"]) == 8 and set(tables["convergence"]) == {"sr3/synthetic", "sr3/real", "resshift/synthetic", "resshift/real"}
     md = (tmp_path / "a" / "report.md").read_text()
     assert "aerial-to-aerial proxy" in md and "Smoke run" in md and (tmp_path / "a" / "figures" / "training_resshift.png").is_file()
@@ -165,3 +167,24 @@ def test_smoke_study_resumes_after_interruptions_with_identical_tables(tmp_path:
     assert "unknown model 'resshiftt'" in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("stage.json")) == stamps
     assert json.loads((tmp_path / "b" / "tables.json").read_text()) == straight
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NAIP.is_dir(), reason="needs ../shared/data/naip")
+def test_shards_split_the_training_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Several GPUs: one process per shard trains every n-th (model, domain); a later run finds them finished."""
+    out = tmp_path / "s"
+    base = ["study", "run", str(SMALL), "--smoke", "--out", str(out)]
+    assert main([*base, "--shard", "0/2", "--stop-after", "train"]) == 1
+    assert "pairs stage is not finished" in capsys.readouterr().err
+    assert main([*base, "--shard", "0/2"]) == 1 and "--stop-after train" in capsys.readouterr().err
+    assert main([*base, "--stop-after", "data"]) == 0
+    capsys.readouterr()
+    logs = []
+    for k in range(2):
+        assert main([*base, "--shard", f"{k}/2", "--stop-after", "train"]) == 0
+        logs.append(capsys.readouterr().err)
+    started = [sorted(line.split("]")[0][1:] for line in log.splitlines() if "start:" in line) for log in logs]
+    assert started == [["train resshift on synthetic", "train sr3 on synthetic"], ["train resshift on real", "train sr3 on real"]]
+    assert main([*base, "--stop-after", "train"]) == 0
+    assert "start:" not in capsys.readouterr().err

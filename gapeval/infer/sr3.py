@@ -83,7 +83,7 @@ class SR3(Adapter):
         if self.sampler not in SAMPLERS:
             raise InputError(f"{NAME}: --sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         cls = DDIMScheduler if self.sampler == "ddim" else DDPMScheduler
-        self.scheduler = cls.from_config({**config["scheduler"], "clip_sample": False})
+        self.scheduler = cls.from_config({"clip_sample": False, **config["scheduler"]})  # x0 clipping only where the checkpoint asks
         self.steps = options.steps or DEFAULT_STEPS
         if not 1 <= self.steps <= self.scheduler.config.num_train_timesteps:
             raise InputError(f"{NAME}: --steps must lie in 1..{self.scheduler.config.num_train_timesteps}")

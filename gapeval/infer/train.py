@@ -72,8 +72,9 @@ class TrainConfig:
     The network fields map onto either family: ``width`` (channels of the first level), ``channel_mult``,
     ``layers_per_block`` (residual blocks per level), ``attention_levels`` (levels with self-attention; for
     ``resshift`` the levels with Swin stages), ``norm_groups``; ``network`` holds further family-specific
-    constructor keys (e.g. ``window_size`` for resshift). ``schedule``: the DDPM schedule (sr3) or the
-    :class:`~gapeval.infer.resshift.ShiftSchedule` fields (resshift); ``None`` = the family's default.
+    constructor keys (e.g. ``window_size`` for resshift). ``schedule``: the DDPM scheduler config (sr3; e.g.
+    ``clip_sample: true`` makes the sampler clip x0 predictions to [-1, 1]) or the
+    :class:`~gapeval.infer.resshift.ShiftSchedule` fields (resshift); keys not given take the family's defaults.
     """
 
     lr_dir: Path
@@ -112,8 +113,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise InputError(f"unknown model to train {self.model!r}; trainable: {', '.join(MODELS)}")
-        if self.schedule is None:
-            self.schedule = family(self.model).default_schedule()
+        self.schedule = {**family(self.model).default_schedule(), **(self.schedule or {})}
         self.lr_dir, self.hr_dir, self.out = Path(self.lr_dir), Path(self.hr_dir), Path(self.out)
 
     def fixed(self) -> dict:

@@ -14,6 +14,7 @@ Schema (``examples/study_small.yaml`` is a commented example)::
       - {name: sr3, network: {width: 32, ...}}          # trained on every domain with the shared `train` budget
       - {name: resshift, network: {...}, schedule: {steps: 15, kappa: 2.0}}   # samples its 15-step chain
       - {name: ldsr-s2, checkpoint: FILE, tile: 128}    # any `gapeval infer` adapter: evaluated only
+      - {name: bicubic}                                 # reference: bicubic upsampling of the input (no model)
     sampling: {steps: 20, samples: 4, seed: 0, eta: 0}
     validation: {tiles: 8, steps: 10}                   # validation LPIPS-Sat during training
     metrics: {weights: lpips-sat-s2-rn18, report: [lpips_sat, psnr, ssim, sam_deg, refl_l1], images: true, device: cpu}
@@ -39,6 +40,8 @@ BANDS = ("B04", "B03", "B02", "B08")
 ROLES = ("synthetic", "real")
 TRAINABLE = ("sr3", "resshift")
 PRETRAINED = "pretrained"
+#: Built-in reference "model": bicubic upsampling of the LR input (what every diffusion model is conditioned on).
+REFERENCES = ("bicubic",)
 
 TRAIN_DEFAULTS: dict[str, Any] = {"steps": 1000, "batch": 8, "patch": 16, "learning_rate": 2e-4, "seed": 0, "save_every": 100,
                                   "val_every": 100, "ref_max": 0.5, "ema_decay": 0.999, "device": "cpu", "precision": "fp32"}
@@ -56,7 +59,8 @@ SMOKE: dict[str, Any] = {
     "schedule": {"resshift": {"steps": 4}},
     "sampling": {"steps": 2, "samples": 2},
     "validation": {"tiles": 2, "steps": 2},
-    "data": {"max_tiles": {"train": 8, "val": 2, "test": 4}},
+    "data": {"max_tiles": {"train": 8, "val": 2, "test": 3}},
+    "metrics": {"images": False},
     "naip_proxy": {"crop": 384, "block": 32},
     "stats": {"n_resamples": 200},
 }
@@ -154,7 +158,7 @@ def load_config(path: str | Path, *, smoke: bool = False) -> StudyConfig:
     over: dict[str, Any] = {}
     if smoke:
         over = deep_merge(SMOKE, doc.get("smoke") or {})
-        for key in ("train", "sampling", "validation", "data", "stats"):
+        for key in ("train", "sampling", "validation", "data", "stats", "metrics"):
             doc[key] = deep_merge(doc.get(key) or {}, over.get(key) or {})
     base = path.parent
 
@@ -232,8 +236,14 @@ def _models(items: Any, path: Path, base: Path, smoke: dict[str, Any]) -> list[M
         if unknown:
             raise InputError(f"{path}: model #{i + 1} ({m['name']}): unknown key(s) {unknown}")
         adapter = str(m["name"])
+        if adapter in REFERENCES:
+            if set(m) - {"name", "label"}:
+                raise InputError(f"{path}: model #{i + 1} ({adapter}) is a built-in reference and takes no settings")
+            out.append(ModelSpec(label=str(m.get("label") or adapter), adapter=adapter, checkpoint="builtin"))
+            continue
         if adapter not in ADAPTERS:
-            raise InputError(f"{path}: unknown model {adapter!r} (model #{i + 1}); known: {', '.join(ADAPTERS)} (see `gapeval models`)")
+            raise InputError(f"{path}: unknown model {adapter!r} (model #{i + 1}); known: {', '.join(ADAPTERS)} (see `gapeval models`) "
+                             f"and the reference {', '.join(REFERENCES)}")
         ckpt = m.get("checkpoint")
         if ckpt is None and adapter not in TRAINABLE:
             raise InputError(f"{path}: model {adapter!r} cannot be trained here (trainable: {', '.join(TRAINABLE)}); give 'checkpoint:' to evaluate it")

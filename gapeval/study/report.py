@@ -189,12 +189,28 @@ def _sections(study: Study, cell, metrics, gap, control, conv) -> list[tuple[str
                  f"LPIPS-Sat weights: {study.metric.name}. Every trained model: {cfg.train['steps']} steps, batch {cfg.train['batch']}, "
                  f"patch {cfg.train['patch']} LR px, lr {cfg.train['learning_rate']}, seed {cfg.train['seed']} (same budget for both domains). "
                  f"Sampling: {cfg.sampling['samples']} samples per tile; a scene's metric is the mean over its samples.")
-    out: list[tuple[str, str, list]] = [("Data and settings", data_text, [])]
+    data_tabs = []
+    manifest = study.pairs_root() / "manifest.csv"
+    if manifest.is_file():
+        with manifest.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if rows and "split" in rows[0]:
+            reasons = sorted({r.get("reason") or "kept" for r in rows})
+            body = [[sp] + [str(sum(1 for r in rows if r["split"] == sp and (r.get("reason") or "kept") == why)) for why in reasons]
+                    for sp in ("train", "val", "test")]
+            data_tabs.append(("Tiles of the pair set by split and outcome (manifest.csv)", ["split", *reasons], body))
+        shifts = [np.hypot(float(r["shift_dy_hr_px"]), float(r["shift_dx_hr_px"])) for r in rows if r.get("shift_dy_hr_px") and r.get("kept") == "1"]
+        if shifts:
+            data_text += (f" Residual registration shift between the acquisitions on kept tiles (phase correlation, HR px): median "
+                          f"{np.median(shifts):.2f}, 90th percentile {np.percentile(shifts, 90):.2f}.")
+    out: list[tuple[str, str, list]] = [("Data and settings", data_text, data_tabs)]
     tabs = []
+    shown_cells = [k for k in metrics if any(k in c for c in cell.values())]
     for m in cfg.models:
         runs = [r for r in cfg.run_names() if r.split("/")[0] == m.label]
-        head = ["training domain", "test input"] + [LABELS.get(k, k) for k in metrics]
-        body = [[r.split("/")[1], r.split("/")[2]] + [_ci(cell[r][k]) if k in cell[r] else "" for k in metrics] for r in runs]
+        head = ["training domain", "test input"] + [LABELS.get(k, k) for k in shown_cells] + ["SR clipped to [0, 1]"]
+        body = [[r.split("/")[1], r.split("/")[2]] + [_ci(cell[r][k]) if k in cell[r] else "" for k in shown_cells] + [_clipped(study, r)]
+                for r in runs]
         tabs.append((f"{m.label}" + (" (checkpoint, not trained here)" if not m.trained else ""), head, body))
     out.append(("2 × 2 results per model (mean [bootstrap 95 % CI] over test scenes)",
                 "sample std: per-pixel standard deviation over the samples (reflectance), averaged per scene.", tabs))
@@ -202,7 +218,8 @@ def _sections(study: Study, cell, metrics, gap, control, conv) -> list[tuple[str
     head, body = _gap_table(gap["comparisons"], shown)
     out.append(("Gaps", f"Gap = A − B over matched test scenes; paired BCa bootstrap CI; * = Holm-significant (alpha {gap['config']['alpha']}, "
                 f"{gap['n_tests']} Wilcoxon tests corrected together). Positive LPIPS-Sat / SAM / LR-L1 gaps and negative PSNR / SSIM gaps "
-                "mean A is worse.", [("", head, body)]))
+                "mean A is worse. Per-metric p-values, effect sizes, FD/KID, spectra and band histograms of every run: gap/report.html "
+                "(gap/gap.json).", [("", head, body)]))
     if control:
         head, body = _gap_table(control["comparisons"], shown)
         out.append(("Control: a model against itself", "Mean over the second half of the samples minus the first half, per run (separate "
@@ -216,6 +233,12 @@ def _sections(study: Study, cell, metrics, gap, control, conv) -> list[tuple[str
                     f"({cfg.validation['tiles']} tiles), every {cfg.train['val_every']} steps. Losses of the two domains are on different data "
                     "and are not directly comparable; the curves show how fast each one settles.", [("", head, body)]))
     return out
+
+
+def _clipped(study: Study, run: str) -> str:
+    stamp = study.out / "infer" / run / "stage.json"
+    frac = json.loads(stamp.read_text()).get("clipped_fraction") if stamp.is_file() else None
+    return "" if frac is None else f"{100 * frac:.2g} %"
 
 
 def training_curves(study: Study, label: str, path: Path) -> Path | None:

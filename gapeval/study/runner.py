@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -33,13 +34,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from lpips_sat.atomic import make_folder, write_text_atomic
-from gapeval.study.config import BANDS, PRETRAINED, ModelSpec, StudyConfig, stage_hash
+from gapeval.study.config import BANDS, PRETRAINED, REFERENCES, ModelSpec, StudyConfig, stage_hash
 from gapeval.study.data import make_view, tiles
 from lpips_sat.errors import InputError
 
 log = logging.getLogger(__name__)
 
 STAMP = "stage.json"
+#: ``--stop-after`` values, in stage order.
+STOPS = ("data", "train", "infer", "score", "gap")
 Hook = Callable[[str, int], None]
 
 
@@ -90,12 +93,15 @@ def is_done(folder: Path, h: str) -> bool:
 
 
 def prepare(folder: Path, h: str, keep_partial: bool = True) -> None:
-    """Clear ``folder`` when it holds a finished stage of other settings (or, unless ``keep_partial``, anything)."""
-    stamp = folder / STAMP
-    if folder.exists() and (stamp.is_file() or not keep_partial):
-        log.info("%s: settings changed; recomputing", folder)
+    """Clear ``folder`` unless it holds an unfinished stage of these settings (kept to resume, with ``keep_partial``);
+    record the settings being worked on in ``pending.json``."""
+    pending = folder / "pending.json"
+    same = pending.is_file() and json.loads(pending.read_text() or "{}").get("hash") == h
+    if folder.exists() and ((folder / STAMP).is_file() or not keep_partial or not same):
+        log.info("%s: other settings or nothing to resume; recomputing", folder)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(pending, json.dumps({"hash": h}))
 
 
 def mark(folder: Path, h: str, info: dict[str, Any] | None = None) -> None:
@@ -118,7 +124,7 @@ class Study:
         if self._metric is None:
             from gapeval.scoring.weights import load_metric
 
-            self._metric = load_metric(self.cfg.metrics["weights"], self.cfg.metrics["device"])
+            self._metric = load_metric(self.cfg.metrics["weights"], self.device("metrics"))
         return self._metric[0]
 
     @property
@@ -133,34 +139,70 @@ class Study:
     def lr_folders(self) -> list[str]:
         return sorted(set(self.cfg.domains.values()) | set(self.cfg.inputs.values()))
 
-    def run(self) -> dict[str, Any]:
-        """Every stage in order; returns the report's tables (also written to ``tables.json``)."""
+    def run(self, stop_after: str | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+        """Every stage in order (up to ``stop_after``); returns the report's tables (also written to ``tables.json``).
+
+        ``shard = (k, n)``: this process runs the train and infer stages ``i`` with ``i % n == k`` only (several GPUs:
+        one process per GPU, e.g. under torchrun); the pair set must exist and ``stop_after`` must be ``train`` or
+        ``infer``. A later unsharded run does the rest from the cache.
+        """
+        k, n = shard
+        if stop_after is not None and stop_after not in STOPS:
+            raise InputError(f"--stop-after must be one of {STOPS}, got {stop_after!r}")
+        if n > 1 and stop_after not in ("train", "infer"):
+            raise InputError("--shard splits the train and infer stages only: add --stop-after train or --stop-after infer, then run once "
+                             "without --shard for score, gap and report")
         make_folder(self.out, "--out")
-        write_text_atomic(self.out / "study.json", json.dumps({"config": str(self.cfg.path), "smoke": self.cfg.smoke, "raw": self.cfg.raw},
-                                                              indent=1, default=str))
+        if k == 0:
+            write_text_atomic(self.out / "study.json", json.dumps({"config": str(self.cfg.path), "smoke": self.cfg.smoke, "raw": self.cfg.raw},
+                                                                  indent=1, default=str))
         t0 = time.time()
-        self.stage_pairs()
-        self.stage_view()
-        ckpts = {}
+        self.stage_pairs(shared=n > 1)
+        self.stage_view(shared=n > 1)
+        if stop_after == "data":
+            return {}
+        ckpts, units = {}, []
         for m in self.cfg.models:
             for d in (self.cfg.domains if m.trained else [PRETRAINED]):
-                ckpts[(m.label, d)] = self.stage_train(m, d) if m.trained else m.checkpoint
-        for m in self.cfg.models:
-            for d in (self.cfg.domains if m.trained else [PRETRAINED]):
-                for i in self.cfg.inputs:
-                    self.stage_infer(m, d, i, ckpts[(m.label, d)])
+                if m.trained:
+                    units.append((m, d))
+                ckpts[(m.label, d)] = m.checkpoint
+        for i, (m, d) in enumerate(units):
+            ckpts[(m.label, d)] = self.stage_train(m, d, run=i % n == k)
+        if stop_after == "train":
+            return {}
+        runs = [(m, d, i) for m in self.cfg.models for d in (self.cfg.domains if m.trained else [PRETRAINED]) for i in self.cfg.inputs]
+        for j, (m, d, i) in enumerate(runs):
+            if j % n == k:
+                self.stage_infer(m, d, i, ckpts[(m.label, d)])
+        if stop_after == "infer":
+            return {}
         for name in self.cfg.run_names():
             self.stage_score(name)
+        if stop_after == "score":
+            return {}
         self.stage_gap()
+        if stop_after == "gap":
+            return {}
         tables = self.stage_report()
         self.progress.say(f"study {self.cfg.name}: finished in {_dur(time.time() - t0)}; report: {self.out / 'report.html'}")
         return tables
+
+    def device(self, key: str) -> str:
+        """``train.device`` / ``metrics.device``; ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun/accelerate."""
+        dev = str((self.cfg.train if key == "train" else self.cfg.metrics)["device"])
+        return f"cuda:{os.environ['LOCAL_RANK']}" if dev == "cuda" and "LOCAL_RANK" in os.environ else dev
 
     # -- data -------------------------------------------------------------------------------------
     def pairs_root(self) -> Path:
         return self.cfg.data["pairs"] if "pairs" in self.cfg.data else self.out / "pairs"
 
-    def stage_pairs(self) -> None:
+    def _need(self, folder: Path, h: str, what: str, shared: bool) -> None:
+        if shared and not is_done(folder, h):
+            raise InputError(f"{folder}: the {what} stage is not finished; with --shard run `gapeval study run CONFIG --stop-after "
+                             f"{'data' if what in ('pairs', 'data view') else 'train'}` first (one process)")
+
+    def stage_pairs(self, shared: bool = False) -> None:
         if "naip_proxy" not in self.cfg.data:
             self.hashes["pairs"] = stage_hash("pairs", str(self.cfg.data["pairs"]))
             return
@@ -169,6 +211,7 @@ class Study:
         spec = self.cfg.data["naip_proxy"]
         h = self.hashes["pairs"] = stage_hash("naip_proxy", spec.as_dict())
         folder = self.out / "pairs"
+        self._need(folder, h, "pairs", shared)
         if is_done(folder, h):
             return self.progress.cached("pairs")
         prepare(folder, h, keep_partial=False)
@@ -177,8 +220,9 @@ class Study:
         mark(folder, h, {"tiles": counts})
         self.progress.update(1, f"tiles {counts}")
 
-    def stage_view(self) -> None:
+    def stage_view(self, shared: bool = False) -> None:
         h = self.hashes["view"] = stage_hash("view", self.hashes["pairs"], self.lr_folders(), self.cfg.data["max_tiles"])
+        self._need(self.view, h, "data view", shared)
         if is_done(self.view, h):
             return self.progress.cached("data view")
         counts = make_view(self.pairs_root(), self.view, self.lr_folders(), self.cfg.data["max_tiles"])
@@ -203,10 +247,10 @@ class Study:
         return TrainConfig(lr_dir=self.view / "train" / self.cfg.domains[domain], hr_dir=self.view / "train" / "hr", out=folder,
                            bands=",".join(BANDS), patch=t["patch"], batch=t["batch"], steps=t["steps"], save_every=t["save_every"],
                            learning_rate=float(t["learning_rate"]), ref_max=float(t["ref_max"]), ema_decay=float(t["ema_decay"]),
-                           seed=int(t["seed"]), device=t["device"], precision=t["precision"], model=m.adapter, network=extra,
+                           seed=int(t["seed"]), device=self.device("train"), precision=t["precision"], model=m.adapter, network=extra,
                            schedule=dict(m.schedule) if m.schedule else None, val_every=int(t["val_every"]), **net)
 
-    def stage_train(self, m: ModelSpec, domain: str) -> Path:
+    def stage_train(self, m: ModelSpec, domain: str, run: bool = True) -> Path:
         from gapeval.infer.train import Trainer, find_pairs, model_file
 
         folder = self.out / "train" / m.label / domain
@@ -215,6 +259,8 @@ class Study:
                                                                   self.cfg.validation, self.hashes["view"], self.metric_sha, self.val_steps(m))
         if is_done(folder, h):
             self.progress.cached(label)
+            return folder / model_file(m.adapter)
+        if not run:  # another shard's stage
             return folder / model_file(m.adapter)
         prepare(folder, h)
         cfg = self.train_config(m, domain, folder)
@@ -278,9 +324,17 @@ class Study:
         label = f"infer {run}"
         if is_done(folder, h):
             return self.progress.cached(label)
+        if m.adapter == "bicubic":
+            prepare(folder, h)
+            self.progress.start(label, 1, "reference")
+            upsample_folder(self.view / "test" / self.cfg.inputs[inp], folder / "s0", round(self.scale()))
+            self.progress.update(1)
+            return mark(folder, h, {"samples": 1, "settings": {"method": "bicubic (torch, align_corners=False)"}, "clipped_fraction": 0.0})
+        if m.trained and not is_done(self.out / "train" / m.label / domain, self.hashes[f"train/{m.label}/{domain}"]):
+            raise InputError(f"{run}: its training stage is not finished (another --shard's?); run --stop-after train for every shard first")
         prepare(folder, h)
         options = SamplingOptions(steps=self.sample_steps(m), eta=float(s["eta"]))
-        adapter, source = load_adapter(m.adapter, str(ckpt), options, device=self.cfg.train["device"] if m.trained else self.cfg.metrics["device"])
+        adapter, source = load_adapter(m.adapter, str(ckpt), options, device=self.device("train" if m.trained else "metrics"))
         files = pipeline.list_inputs(self.view / "test" / self.cfg.inputs[inp])
         n = int(s["samples"])
         tile = m.tile or max(adapter.size_multiple, -(-self.tile_size() // adapter.size_multiple) * adapter.size_multiple)
@@ -316,7 +370,7 @@ class Study:
         if is_done(folder, h):
             return self.progress.cached(label)
         prepare(folder, h)
-        n = int(self.cfg.sampling["samples"])
+        n = 1 if model in reference_labels(self.cfg) else int(self.cfg.sampling["samples"])
         infer = self.out / "infer" / run
         preds = {f"s{k}": infer / f"s{k}" for k in range(n)}
         self.progress.start(label, 1, "score call")
@@ -331,7 +385,7 @@ class Study:
         cfg, out = self.cfg, []
         for m in cfg.models:
             for d in (cfg.domains if m.trained else [PRETRAINED]):
-                what = f"{m.label} trained on {d}" if m.trained else f"{m.label} (checkpoint)"
+                what = f"{m.label} trained on {d}" if m.trained else f"{m.label} ({'reference' if m.adapter in REFERENCES else 'checkpoint'})"
                 out.append((f"synthetic-to-real gap: {what}, real - synthetic input", f"{m.label}/{d}/real", f"{m.label}/{d}/synthetic"))
         for m in cfg.models:
             if m.trained:
@@ -357,8 +411,9 @@ class Study:
         gap_analysis(Design({r: self.out / "score" / r for r in names}, self.comparisons(), conditions), folder, config,
                      metric=self.metric if config.images else None)
         self.progress.update(1, "gaps")
-        ctl = [(f"control: {r}, samples half B - half A", f"{r}#b", f"{r}#a") for r in names]
-        runs = {**{f"{r}#a": self.out / "score" / r / "half_a" for r in names}, **{f"{r}#b": self.out / "score" / r / "half_b" for r in names}}
+        sampled = [r for r in names if r.split("/")[0] not in reference_labels(self.cfg)]
+        ctl = [(f"control: {r}, samples half B - half A", f"{r}#b", f"{r}#a") for r in sampled]
+        runs = {**{f"{r}#a": self.out / "score" / r / "half_a" for r in sampled}, **{f"{r}#b": self.out / "score" / r / "half_b" for r in sampled}}
         if int(self.cfg.sampling["samples"]) >= 2:
             gap_analysis(Design(runs, ctl, {}), folder / "control", GapConfig(metrics=metrics, images=False, n_resamples=int(st["n_resamples"]),
                                                                               alpha=float(st["alpha"]), seed=int(st["seed"])))
@@ -435,6 +490,29 @@ def aggregate(records: list[dict[str, Any]], preds: dict[str, Path], folder: Pat
         write_text_atomic(folder / p / "pairs.csv" if p else folder / "pairs.csv", buf.getvalue())
 
 
+def reference_labels(cfg: StudyConfig) -> set[str]:
+    """Labels of the built-in reference models (bicubic)."""
+    return {m.label for m in cfg.models if m.adapter in REFERENCES}
+
+
+def upsample_folder(lr_dir: Path, out: Path, scale: int) -> None:
+    """Bicubic x ``scale`` (torch, ``align_corners=False``: the models' conditioning) of every LR tile, on the HR grid."""
+    import torch
+    import torch.nn.functional as F
+    from affine import Affine
+
+    from gapeval.gap import load_reflectance
+    from lpips_sat.raster import raster_info, write_raster
+
+    for key, path in sorted(tiles(lr_dir).items()):
+        data, valid = load_reflectance(path, bands=None, scale=None, wanted=BANDS, flag="--scale")
+        up = F.interpolate(torch.from_numpy(np.nan_to_num(data))[None], scale_factor=scale, mode="bicubic", align_corners=False)[0].numpy()
+        up[:, ~np.repeat(np.repeat(valid, scale, 0), scale, 1)] = np.nan
+        info = raster_info(path)
+        write_raster(out / f"{key}.tif", np.clip(up, 0.0, 1.0).astype(np.float32), transform=info.transform @ Affine.scale(1.0 / scale),
+                     crs=info.crs, nodata=float("nan"), descriptions=BANDS, tags={"model": "bicubic"})
+
+
 def sample_std(paths: list[Path]) -> float:
     """Mean over valid pixels and bands of the per-pixel standard deviation (ddof 1) across sample files."""
     from lpips_sat.raster import read_raster
@@ -446,8 +524,9 @@ def sample_std(paths: list[Path]) -> float:
     return float(np.nanmean(std))
 
 
-def run_study(config: StudyConfig, out: str | Path, *, stream: TextIO | None = None, hook: Hook | None = None) -> dict[str, Any]:
-    """Run (or resume) a study; returns the report tables. See :class:`Study`."""
+def run_study(config: StudyConfig, out: str | Path, *, stream: TextIO | None = None, hook: Hook | None = None,
+              stop_after: str | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Run (or resume) a study; returns the report tables. See :class:`Study` and :meth:`Study.run`."""
     if not config.models:
         raise InputError(f"{config.path}: no models")
-    return Study(config, out, stream=stream, hook=hook).run()
+    return Study(config, out, stream=stream, hook=hook).run(stop_after, shard)

@@ -127,3 +127,16 @@ def test_resshift_loss_is_zero_for_a_perfect_x0_predictor(pairs: tuple[Path, Pat
     g = torch.Generator().manual_seed(0)
     assert fam.loss(lambda x, t, lq: x0, x0, y_lr, g, trainer).item() == 0.0
     assert fam.loss(lambda x, t, lq: lq, x0, y_lr, g, trainer).item() == pytest.approx(float(((y0 - x0) ** 2).mean()), rel=1e-6)
+
+
+def test_sr3_schedule_overrides_reach_the_sampler(pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A partial schedule is completed with the defaults; clip_sample in it makes the sampler clip x0 (off by default)."""
+    from gapeval.infer.base import SamplingOptions
+    from gapeval.infer.registry import load_adapter
+    from gapeval.infer.sr3 import DEFAULT_SCHEDULE
+
+    cfg = TrainConfig(*pairs, tmp_path / "c", steps=1, schedule={"clip_sample": True}, **TINY)
+    assert cfg.schedule == {**DEFAULT_SCHEDULE, "clip_sample": True}
+    clipped = load_adapter("sr3", str(train(cfg)), SamplingOptions(steps=2))[0]
+    plain = load_adapter("sr3", str(train(TrainConfig(*pairs, tmp_path / "p", steps=1, **TINY))), SamplingOptions(steps=2))[0]
+    assert clipped.scheduler.config.clip_sample is True and plain.scheduler.config.clip_sample is False
