@@ -218,6 +218,17 @@ def test_gap_on_a_binary_pairs_csv(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 1 and "NUL bytes" in err
 
 
+def test_binary_option_files_are_error_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """gapeval degrade --band-transform and gapeval gap --design on a binary file: exit 1 naming it, no traceback."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(128, 256)) * 4)
+    code, _, err = run(["degrade", "--hr", str(EXAMPLES / "hr"), "--out", str(tmp_path / "lr"), "--profile", "bicubic",
+                        "--band-transform", str(blob)], capsys)
+    assert code == 1 and "blob: not a band transform JSON" in err
+    code, _, err = run(["gap", "--design", str(blob), "--out", str(tmp_path / "g")], capsys)
+    assert code == 1 and "blob: not valid YAML" in err
+
+
 def test_gap_ignores_an_unreadable_summary_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from gapeval.gap import read_run
 

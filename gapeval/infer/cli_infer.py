@@ -23,6 +23,13 @@ def _batch(text: str) -> int | None:
     return positive_int(text)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="adapter: a built-in or an installed plug-in (see `gapeval models`)")
     parser.add_argument("--input", required=True, type=Path, help="a GeoTIFF or a folder of GeoTIFFs (low resolution)")
@@ -53,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-embeds", default=None, help="sd-x4-upscaler: safetensors with prompt_embeds [negative_prompt_embeds]")
     parser.add_argument("--num-head-channels", type=positive_int, default=None, help="ldsr-s2: channels per attention head (not in LDM checkpoints; default 32)")
     parser.add_argument("--use-ema", action="store_true", help="ldsr-s2: use the checkpoint's EMA denoiser weights")
-    parser.add_argument("--shard", default=None, help="k/n: process files k, k+n, … of the sorted inputs; 'auto' reads RANK/WORLD_SIZE (torchrun, accelerate)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), help="k/n: process files k, k+n, … of the sorted inputs; 'auto' reads RANK/WORLD_SIZE (torchrun, accelerate)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs written by a different run")
     parser.add_argument("--no-tile-cache", dest="tile_cache", action="store_false", help="do not keep finished tiles under OUT/.partial for resuming")
 
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gapeval infer: error: {exc}", file=sys.stderr)
         return 2
     files = list_inputs(args.input)
-    k, n = parse_shard(args.shard)
+    k, n = args.shard
     mine = select_shard(files, k, n)
     options = SamplingOptions(steps=args.steps, eta=args.eta, sampler=args.sampler, temperature=args.temperature, guidance=args.guidance,
                               noise_level=args.noise_level, prompt=args.prompt, prompt_embeds=args.prompt_embeds, rgb_gain=args.rgb_gain,

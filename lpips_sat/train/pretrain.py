@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="warm start: LPIPS-Sat weights (registry name or .safetensors) whose backbone is loaded strictly")
     p.add_argument("--pairs", metavar="DIR[:BANDS[:SCALE]]", help="folder of co-registered acquisitions of one place (same grid up to sub-pixel)")
     p.add_argument("--pair-fraction", type=fraction, default=0.25, help="fraction of anchors whose views come from two acquisitions")
-    p.add_argument("--pair-min-corr", type=number(float, -1.0, 1.0), default=0.8, help="minimum band-mean correlation of the two acquisitions' crops")
+    p.add_argument("--pair-min-corr", type=number(float, -1, 1), default=0.8, help="minimum band-mean correlation of the two acquisitions' crops")
     p.add_argument("--rank-weight", type=nonnegative_float, default=0.0, help="weight of the metric-aware ranking term (0: off)")
     p.add_argument("--rank-margin", type=nonnegative_float, default=0.5, help="log-ratio margin of the ranking term")
     p.add_argument("--width-div", type=positive_int, default=1, help=argparse.SUPPRESS)
