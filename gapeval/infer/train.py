@@ -172,7 +172,7 @@ def find_pairs(cfg: TrainConfig) -> list[Pair]:
             raster = read_raster(info.path, window=_centre(info, 64))
             data = raster.data[idx] * g[:, None, None] + o[:, None, None]
             scaled = was_scaled(cfg.lr_scale if flag == "--lr-scale" else cfg.hr_scale, g, o)
-            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag, scaled=scaled), info.path, flag)
+            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag, scaled=scaled), info.path, flag, scaled=scaled)
         pairs.append(Pair(lr.path, hr.path, lr_idx, hr_idx, lr.height, lr.width, lg, lo, hg, ho))
     return pairs
 
