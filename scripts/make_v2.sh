@@ -22,18 +22,22 @@ python -m lpips_sat.train.pretrain "${TRAIN[@]}" \
   --threads 1 --checkpoint-every 10 --out $RUNS/pretrain --steps 4000 --batch 32 --lr 1e-3 \
   --time-budget 75 --time-schedule --resume
 
-# lever: v1's backbone with the v2 input standardisation, no further training (0 steps)
-python -m lpips_sat.train.pretrain "${TRAIN[@]}" --protocol v2 --input-norm per-image --init lpips-sat-s2-rn18 \
-  --out $RUNS/step0 --steps 0
-
-CAL=("${TRAIN[@]}" "${HELD[@]}" --protocol v2 --compare lpips-sat-s2-rn18 --n-train 3000 --n-val 500 --threads 1
+CAL=("${TRAIN[@]}" "${HELD[@]}" --protocol v2 --compare lpips-sat-s2-rn18 --n-train 1000 --n-val 240 --threads 1
      --name lpips-sat-s2-rn18-v2 --reuse-judgments)
-python -m lpips_sat.train.calibrate --backbone $RUNS/step0/backbone.safetensors "${CAL[@]}" --out $RUNS/calibrate_step0
-mkdir -p $RUNS/calibrate/cache && cp -n $RUNS/calibrate_step0/cache/* $RUNS/calibrate/cache/ || true  # shared judgments
 python -m lpips_sat.train.calibrate --backbone $RUNS/pretrain/backbone.safetensors "${CAL[@]}" --out $RUNS/calibrate
 
-python -m lpips_sat.train.realcheck --weights lpips-sat-s2-rn18 --weights $RUNS/calibrate/lpips-sat-s2-rn18-v2.fp32.safetensors \
-  --pairs $DATA/naip:naip:moments "${HELD[@]}" --threads 1 --out $RUNS/realcheck.json
+# real checks: v1 and the pixel baselines, then v2 merged into the same JSON (same patches)
+RC=(--pairs $DATA/naip:naip:moments "${HELD[@]}" --threads 1 --max-pairs 150 --n-gain 128 --out $RUNS/realcheck.json)
+python -m lpips_sat.train.realcheck --weights lpips-sat-s2-rn18 "${RC[@]}"
+python -m lpips_sat.train.realcheck --weights $RUNS/calibrate/lpips-sat-s2-rn18-v2.fp32.safetensors --no-baselines "${RC[@]}"
 
-python scripts/ship_weights.py $RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v2 --realcheck $RUNS/realcheck.json \
-  --lever "v1 backbone + per-image input=$RUNS/calibrate_step0"
+LEVERS=()
+# lever (optional, if time allows): v1's backbone with the v2 input standardisation and no further training
+if [ "${LEVER:-1}" = 1 ]; then
+  python -m lpips_sat.train.pretrain "${TRAIN[@]}" --protocol v2 --input-norm per-image --init lpips-sat-s2-rn18 --out $RUNS/step0 --steps 0
+  mkdir -p $RUNS/calibrate_step0/cache && cp -n $RUNS/calibrate/cache/* $RUNS/calibrate_step0/cache/ || true  # shared judgments
+  python -m lpips_sat.train.calibrate --backbone $RUNS/step0/backbone.safetensors "${CAL[@]}" --out $RUNS/calibrate_step0
+  LEVERS=(--lever "v1 backbone + per-image input=$RUNS/calibrate_step0")
+fi
+
+python scripts/ship_weights.py $RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v2 --realcheck $RUNS/realcheck.json "${LEVERS[@]}"

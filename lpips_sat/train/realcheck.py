@@ -83,7 +83,7 @@ def acquisition_pairs(stacks: Sequence[np.ndarray], patch: int, stride: int, min
     return torch.from_numpy(np.stack(refs)).float(), torch.from_numpy(np.stack(others)).float(), which
 
 
-def _metrics(names: Sequence[str]) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+def _metrics(names: Sequence[str], baselines: bool = True) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     from lpips_sat.metric import LPIPSSat
     from lpips_sat.train.calibrate import baseline_distances
 
@@ -91,7 +91,7 @@ def _metrics(names: Sequence[str]) -> dict[str, Callable[[torch.Tensor, torch.Te
     for name in names:
         m = LPIPSSat(name)
         out[m.name] = lambda a, b, m=m: m(a, b)
-    for base, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("msssim", "MS-SSIM")):
+    for base, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("msssim", "MS-SSIM")) if baselines else ():
         out[label] = lambda a, b, base=base: baseline_distances(a, b)[base]
     return out
 
@@ -144,17 +144,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-gain", type=int, default=256, help="real patches for the gain-versus-blur check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--no-baselines", action="store_true", help="score only the --weights (PSNR, SSIM, MS-SSIM left out)")
+    p.add_argument("--out", required=True, help="JSON file to write; an existing one made with the same settings gains the new metrics' rows")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = _metrics(args.weights)
+    metrics = _metrics(args.weights, not args.no_baselines)
     images = load_source(Source.parse(args.pairs))
     held = [split_rows(im.data, args.holdout)[1] for im in images]
     report: dict = {"damages": list(DAMAGES), "ratios": None if args.no_ratios else list(PS_OVER_S2), "min_corr": args.min_corr,
-                    "patch": args.patch, "stride": args.stride, "holdout": args.holdout, "files": [im.name for im in images], "scales": {}}
+                    "patch": args.patch, "stride": args.stride, "holdout": args.holdout, "files": [im.name for im in images], "scales": {},
+                    "seed": args.seed, "max_pairs": args.max_pairs}
     for f in args.scales:
         stacks = [area_average(h, f) for h in held]
         ref, other, which = acquisition_pairs(stacks, args.patch, args.stride, args.min_corr)
@@ -175,6 +177,21 @@ def run(args: argparse.Namespace) -> int:
         report["gain_versus_blur"] = {"n_patches": args.n_gain, "patch": 64, "results": gain_versus_blur(metrics, patches)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    settings = ("damages", "ratios", "min_corr", "patch", "stride", "holdout", "files")
+    if out.exists():  # same settings and seed: the same patches, so rows of other metrics can be merged in
+        old = json.loads(out.read_text())
+        if all(old.get(k) == report.get(k) for k in settings) and old.get("seed") == args.seed and old.get("max_pairs") == args.max_pairs:
+            for scale, s in report["scales"].items():
+                if scale in old["scales"]:
+                    old["scales"][scale]["2afc"].update(s["2afc"])
+                else:
+                    old["scales"][scale] = s
+            if "gain_versus_blur" in report:
+                if "gain_versus_blur" in old and old["gain_versus_blur"]["n_patches"] == report["gain_versus_blur"]["n_patches"]:
+                    old["gain_versus_blur"]["results"].update(report["gain_versus_blur"]["results"])
+                else:
+                    old["gain_versus_blur"] = report["gain_versus_blur"]
+            report = old
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out)
