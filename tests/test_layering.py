@@ -65,6 +65,7 @@ def test_lpips_sat_source_never_imports_gapeval() -> None:
     assert {m: d for m, d in offenders.items() if d} == {}
 
 
+@pytest.mark.slow
 def test_importing_lpips_sat_loads_no_gapeval_module() -> None:
     """Import every lpips_sat module (and build the CLI parser, which imports the training commands) in a fresh
     interpreter; ``gapeval`` must not appear in ``sys.modules``."""
@@ -147,6 +148,7 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
+@pytest.mark.slow
 def test_lpips_sat_in_a_base_install():
     """``lpips-sat --help``, ``info`` and ``compare`` of .npy files work without any extra; the training commands
     and GeoTIFF inputs name the extra to install (exit 1), never a traceback."""
