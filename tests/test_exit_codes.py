@@ -484,9 +484,11 @@ def _data_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_sigint_exits_130_keeps_finished_pairs_and_resumes(data: Path, tmp_path: Path) -> None:
-    """A real SIGINT to ``gapeval score`` (each scene slowed to 0.4 s): exit 130, the finished rows stay in pairs.csv,
-    no temporary file is left, and ``--resume`` scores only the rest (no row lost or repeated)."""
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_sigint_exits_130_keeps_finished_pairs_and_resumes(workers: str, data: Path, tmp_path: Path) -> None:
+    """A real SIGINT to ``gapeval score`` (each scene slowed to 0.4 s; one thread, or three worker threads): exit 130,
+    the finished rows stay in pairs.csv, no temporary file is left, and ``--resume`` scores only the rest (no row lost
+    or repeated)."""
     target, pred = tmp_path / "hr", tmp_path / "pred"
     for folder in (target, pred):
         folder.mkdir()
@@ -497,8 +499,9 @@ def test_sigint_exits_130_keeps_finished_pairs_and_resumes(data: Path, tmp_path:
         shutil.copy(data / "pred" / "p" / f"{name}.tif", pred / f"s{i:02d}.tif")
     out = tmp_path / "out"
     argv = ["score", "--pred", f"p={pred}", "--target", str(target), "--out", str(out), "--weights", "random-tiny", "--no-progress"]
+    proc_argv = [*argv, "--workers", workers]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCORE, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCORE, *proc_argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while len(_data_rows(out / "pairs.csv")) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
