@@ -116,7 +116,7 @@ class Featurizer:
 
     @torch.inference_mode()
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = standardize_per_image(x)[0] if self.input_norm == "per-image" else (x - self.mean) / self.std
+        z = standardize_per_image(x) if self.input_norm == "per-image" else (x - self.mean) / self.std
         return [normalize_channels(f) for f in self.backbone(z)]
 
     @torch.inference_mode()

@@ -21,7 +21,7 @@ import torch
 
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError
-from lpips_sat.raster import open_geotiff
+from lpips_sat.raster import open_geotiff, require
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _file_sha256(path: Path) -> str:
 
 def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image]:
     """Read every GeoTIFF of ``src.folder`` into reflectance arrays with ``bands``."""
-    from rasterio.errors import RasterioIOError
+    RasterioIOError = require("rasterio.errors", f"{src.folder}: reading GeoTIFF training data").RasterioIOError  # noqa: N806
 
     if src.folder.is_file():
         files = [src.folder]

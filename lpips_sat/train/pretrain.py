@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
             v1, v2_, trip = make_views_v2(sampler, pairs, args.batch, args.crop, args.jitter, args.hard_negatives,
                                           args.pair_fraction, nuisances, damages, g)
             batch = torch.cat([v1, v2_] + (list(trip) if trip is not None else []))
-            x = standardize_per_image(batch)[0] if args.input_norm == "per-image" else (batch - mean_t) / std_t
+            x = standardize_per_image(batch) if args.input_norm == "per-image" else (batch - mean_t) / std_t
             taps = backbone(x)
             z = projector(taps[-1])
             n = v1.shape[0]
