@@ -19,8 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
-from lpips_sat.registry import sha256_file
 from safetensors import safe_open
+
+from lpips_sat.registry import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -424,6 +424,23 @@ def test_train_into_a_file(sr3_checkpoint: Path, data: Path, capsys: pytest.Capt
     assert code == 1 and "a_file: is a file, not a folder" in err
 
 
+def test_a_corrupt_training_state_is_an_error_line(sr3_checkpoint: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Resuming ``gapeval train`` / ``lpips-sat pretrain --resume`` from a damaged state file: exit 1 naming it."""
+    garbage = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "sr3_state.safetensors").write_bytes(garbage)
+    argv = ["train", "sr3", "--lr", str(sr3_checkpoint / "lr"), "--hr", str(sr3_checkpoint / "hr"), "--out", str(tmp_path / "ck"), "--steps", "1",
+            "--patch", "8", "--width", "16", "--channel-mult", "1,2", "--layers-per-block", "1", "--attention-levels", "1", "--norm-groups", "8",
+            "--device", "cpu", "--lr-scale", "10000", "--hr-scale", "10000"]
+    code, _, err = run("gapeval", argv, capsys)
+    assert code == 1 and "sr3_state.safetensors: not a readable training state" in err
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt" / "checkpoint.safetensors").write_bytes(garbage)
+    code, _, err = run("lpips-sat", ["pretrain", "--data", f"{data / 'hr'}:s2-rgbn", "--out", str(tmp_path / "pt"), "--steps", "1",
+                                     "--batch", "2", "--crop", "32", "--jitter", "4", "--width-div", "8", "--resume"], capsys)
+    assert code == 1 and "checkpoint.safetensors: cannot resume from this training state" in err
+
+
 def test_degrade_interrupted_keeps_finished_files_and_resumes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture) -> None:
     from gapeval import degrade
