@@ -19,8 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
-from lpips_sat.registry import sha256_file, weights_dir, write_index
 from safetensors import safe_open
+
+from lpips_sat.registry import sha256_file, weights_dir, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,21 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from gapeval import cli
-from gapeval.degrade import (BandTransform, DegradeConfig, box_mtf, degrade_array, fit_band_transform, gaussian_kernel1d, gaussian_mtf,
-                             gaussian_sigma_for_mtf, get_profile, histogram_match, kernel_transfer, quantize, target_grid)
+from gapeval.degrade import (
+    BandTransform,
+    DegradeConfig,
+    box_mtf,
+    degrade_array,
+    fit_band_transform,
+    gaussian_kernel1d,
+    gaussian_mtf,
+    gaussian_sigma_for_mtf,
+    get_profile,
+    histogram_match,
+    kernel_transfer,
+    quantize,
+    target_grid,
+)
 from lpips_sat.errors import InputError
 
 UTM = CRS.from_epsg(32618)

@@ -17,10 +17,10 @@ from gapeval import cli as gcli
 from gapeval.reflectance import check_reflectance, was_scaled
 from lpips_sat import LPIPSSat, lpips_sat
 from lpips_sat.atomic import STALE_AFTER_S, atomic_path, is_stale_temporary, make_folder, remove_stale_temporaries, write_text_atomic
-from lpips_sat.errors import InputError, OutputError, WeightsError
 from lpips_sat.backbones import TAPS
+from lpips_sat.errors import InputError, OutputError, WeightsError
 from lpips_sat.options import check_device
-from lpips_sat.raster import raster_info, read_raster, write_raster
+from lpips_sat.raster import read_raster, write_raster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

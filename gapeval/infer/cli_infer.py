@@ -11,8 +11,8 @@ from gapeval.infer.base import PRECISIONS, SamplingOptions
 from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, select_shard
 from gapeval.infer.pipeline import run as run_pipeline
 from gapeval.infer.registry import get
-from lpips_sat.options import device, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 from lpips_sat.errors import InputError
+from lpips_sat.options import device, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 
 log = logging.getLogger(__name__)
 
