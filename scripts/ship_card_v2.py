@@ -51,6 +51,11 @@ def write_card_v2(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: 
     from ship_weights import _loss_plot
 
     realcheck = json.loads(args.realcheck.read_text()) if args.realcheck else None
+    if realcheck:  # a metric loaded from a file is named after it (lpips-sat-s2-rn18-v2.fp32.safetensors): use the weights name
+        rows = [s["2afc"] for s in realcheck["scales"].values()] + [realcheck.get("gain_versus_blur", {}).get("results", {})]
+        for row in rows:
+            for key in [k for k in row if k.startswith(args.name + ".")]:
+                row[args.name] = row.pop(key)
     steps, first, last = _loss_plot(args.pretrain / "loss.csv", root / "docs" / "img" / "pretrain_loss_v2.png")
     recipe = json.loads(meta["recipe"])
     data = json.loads(meta["data"])

@@ -79,3 +79,19 @@ def test_bad_input_still_refused_with_per_image_norm():
     m = LPIPSSat.random(input_norm="per-image")
     with pytest.raises(InputError, match="same shape"):
         m(_img(0, size=32), _img(0, size=48))
+
+
+def test_shipped_v1_and_v2_load_by_name_and_v2_ignores_gain():
+    from lpips_sat.registry import DEFAULT_NAME, get_entry
+
+    try:
+        get_entry("lpips-sat-s2-rn18-v2")
+    except Exception:
+        pytest.skip("v2 weights not shipped in this checkout")
+    v1, v2 = LPIPSSat("lpips-sat-s2-rn18"), LPIPSSat("lpips-sat-s2-rn18-v2")
+    assert v1.input_norm == "global" and v2.input_norm == "per-image"
+    assert DEFAULT_NAME in ("lpips-sat-s2-rn18", "lpips-sat-s2-rn18-v2")
+    x = _img(7, size=64)
+    with torch.inference_mode():
+        assert float(v2(x, x * 1.1).max()) < 1e-3 * float(v2(x, gaussian_blur(x, 1.0)).min())
+        assert float(v1(x, x * 1.1).min()) > 0
