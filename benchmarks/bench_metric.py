@@ -3,7 +3,7 @@
 Cells: 64, 256 and 512 px, batch 1 and 8, in one run. Contenders of a cell run one after the other:
 
 * ``lpips-sat``: the metric (``LPIPSSat.random(width_div=1)``: a full-size random ResNet-18, the architecture and
-  therefore the speed of the shipped metric, whose trained weights may not exist yet) on 4-band reflectance.
+  therefore the speed of the shipped metric, with the default weights' input normalisation) on 4-band reflectance.
 * ``backbone-cl``: the same backbone alone on both prepared images, in the channels-last layout the metric uses:
   the physical limit of this design. ``backbone``: the same in torchvision's default layout.
 * ``lpips-vgg`` / ``lpips-alex``: ``lpips.LPIPS(pretrained=False, pnet_rand=True)`` (random weights, nothing is
@@ -36,12 +36,19 @@ CASES = [(mode, s, b, c) for mode, names in (("fwd", FWD), ("fwdbwd", FWDBWD)) f
 OVERHEAD_CELLS = ((64, 8), (256, 1), (256, 8), (512, 1))
 
 
+def default_input_norm() -> str:
+    """The input normalisation of the shipped default weights (v2: per-image band standardisation)."""
+    from lpips_sat.registry import DEFAULT_NAME, get_entry
+
+    return str(get_entry(DEFAULT_NAME).extra.get("input_norm", "global"))
+
+
 @lru_cache(maxsize=1)
 def nets() -> dict[str, Any]:
     """The metric, its backbone in torchvision's default layout, and the two lpips networks (all frozen, eval)."""
     import lpips
 
-    metric = LPIPSSat.random(width_div=1)
+    metric = LPIPSSat.random(width_div=1, input_norm=default_input_norm())
     bare = copy.deepcopy(metric.backbone).to(memory_format=torch.contiguous_format)
     out = {"metric": metric, "bare": bare}
     for net in ("vgg", "alex"):

@@ -574,8 +574,8 @@ class BandTransform:
         if not path.is_file():
             raise MissingFileError(f"{path}: band transform file does not exist")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, InputError) as exc:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSONDecodeError/UnicodeDecodeError/InputError are ValueErrors
             raise InputError(f"{path}: not a band transform JSON ({exc})") from exc
 
 

@@ -26,6 +26,7 @@ and ``docs/degradation.md``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -487,6 +488,22 @@ def _band_values(text: str | None) -> float | dict[str, float] | None:
         raise InputError(f"Cannot parse {text!r}: use a number or BAND=value pairs such as B04=0.23,default=0.25") from exc
 
 
+def _band_option(lo: float, hi: float | None, what: str) -> Any:
+    """argparse type of ``--snr``/``--mtf``: :func:`_band_values` with every value in ``(lo, hi)`` (usage error, exit 2)."""
+
+    def parse(text: str) -> str:
+        try:
+            value = _band_values(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        values = list(value.values()) if isinstance(value, dict) else [value]
+        if any(not (math.isfinite(v) and v > lo and (hi is None or v < hi)) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return text
+
+    return parse
+
+
 def add_arguments(parser) -> None:
     """``gapeval degrade`` arguments."""
     parser.add_argument("--hr", required=True, help="folder (or one file) of high-resolution images")
@@ -495,9 +512,9 @@ def add_arguments(parser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--scale", type=number(float, 1), help="target GSD / source GSD (default 4); non-integer allowed, e.g. 3.3333")
     size.add_argument("--gsd", type=positive_float, help="target ground sampling distance in CRS units (metres), e.g. 10")
-    parser.add_argument("--snr", help="signal-to-noise ratio: a number, BAND=value pairs, or 'none' (profile default otherwise)")
+    parser.add_argument("--snr", type=_band_option(0, None, "SNR values > 0"), help="signal-to-noise ratio: a number, BAND=value pairs, or 'none' (profile default otherwise)")
     parser.add_argument("--snr-reference", type=positive_float, help="reflectance at which the SNR holds (default: each band's image mean)")
-    parser.add_argument("--mtf", help="system MTF at Nyquist: a number, BAND=value pairs, or 'none' (profile default otherwise)")
+    parser.add_argument("--mtf", type=_band_option(0, 1, "MTF values in (0, 1)"), help="system MTF at Nyquist: a number, BAND=value pairs, or 'none' (profile default otherwise)")
     parser.add_argument("--resampling", choices=RESAMPLING, help="override the profile's resampling")
     parser.add_argument("--band-transform", help="JSON band transform (from fit_band_transform) applied to HR reflectance first")
     q = parser.add_mutually_exclusive_group()

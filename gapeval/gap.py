@@ -348,8 +348,8 @@ def load_design(path: str | Path) -> Design:
     if not path.is_file():
         raise MissingFileError(f"{path}: design file does not exist")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected a mapping with 'comparisons' (and optional 'runs', 'conditions')")

@@ -48,9 +48,9 @@ from gapeval.reflectance import check_reflectance
 from gapeval.results import append_line, read_records_complete
 from gapeval.sources import RasterSource
 from lpips_sat.atomic import make_folder, write_text_atomic
-from lpips_sat.raster import SUFFIXES, RasterInfo, band_gain_offset, raster_info, write_raster
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, positive_float, positive_int
+from lpips_sat.raster import SUFFIXES, RasterInfo, band_gain_offset, raster_info, write_raster
 
 logger = logging.getLogger(__name__)
 

@@ -44,10 +44,16 @@ def check_reflectance(data: np.ndarray, valid: np.ndarray, path: Path, flag: str
     return hi
 
 
-def check_not_tiny(max_value: float, path: Path, flag: str) -> None:
-    """Fail when a whole image's largest valid value is below ``MIN_DN_MAX / 10000``: reflectance divided again."""
+def check_not_tiny(max_value: float, path: Path, flag: str, *, scaled: bool = True) -> None:
+    """Fail when a whole image's largest valid value is below ``MIN_DN_MAX / 10000``: reflectance divided again
+    (``scaled``: a scale was applied), else an empty (black) image or an undeclared nodata value."""
     from lpips_sat.metric import MIN_DN_MAX
 
+    if np.isfinite(max_value) and max_value < MIN_DN_MAX / 10000.0 and not scaled:
+        raise InputError(
+            f"{path}: largest value is {max_value:g}, implausibly small for reflectance (no scale was applied): the image "
+            "is empty (black), or its nodata value is not declared"
+        )
     if np.isfinite(max_value) and max_value < MIN_DN_MAX / 10000.0:
         raise InputError(
             f"{path}: largest value is {max_value:g}, implausibly small for reflectance; the file probably holds "

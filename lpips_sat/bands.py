@@ -53,6 +53,8 @@ PRESETS: dict[str, tuple[str | None, ...]] = {
     "planetscope-4b": ("B02", "B03", "B04", "B08"),
     "planetscope-8b": ("B01", "B02", None, "B03", None, "B04", "B05", "B08"),
     "naip": ("B04", "B03", "B02", "B08"),
+    # L2A samples with 20 m bands resampled to 10 m and the scene classification layer last (shared/data/s2_world)
+    "s2-l2a-7scl": ("B02", "B03", "B04", "B06", "B08", "B11", None),
     "rgb": ("B04", "B03", "B02"),
 }
 

@@ -284,11 +284,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
-def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tuple[str, str]], own_packages: tuple[str, ...]) -> None:
+def add_module_commands(
+    sub: argparse._SubParsersAction, commands: dict[str, tuple[str, str]], own_packages: tuple[str, ...], extra: str = "eval"
+) -> None:
     """Add one sub-command per module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 
     A module of ``own_packages`` that is missing (or lacks those functions) turns into a command that fails
-    with a clear message; a missing third-party import inside it is re-raised.
+    with a clear message (exit 2); one whose third-party imports are not installed turns into a command that names
+    the optional ``extra`` to install (exit 1), so the other commands and ``--help`` keep working in a base install.
     """
     for name, (module, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -297,7 +300,12 @@ def add_module_commands(sub: argparse._SubParsersAction, commands: dict[str, tup
             add_arguments, run = mod.add_arguments, mod.run
         except (ModuleNotFoundError, AttributeError) as exc:
             if isinstance(exc, ModuleNotFoundError) and not (exc.name or "").startswith(own_packages):
-                raise
+                missing = (exc.name or "an optional package").split(".")[0]
+                p.set_defaults(
+                    _unavailable=f"'{name}' needs {missing}, from the [{extra}] extra; install it with: pip install \"lpips-sat[{extra}]\"",
+                    _unavailable_code=EXIT_DATA,
+                )
+                continue
             p.set_defaults(_unavailable=f"'{name}' is not available in this installation ({module}: {exc})")
             continue
         add_arguments(p)
@@ -320,7 +328,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "_unavailable", None):
         print(f"{parser.prog}: error: {args._unavailable}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(args, "_unavailable_code", EXIT_USAGE)
     try:
         return int(args._run(args) or EXIT_OK)
     except PartialFailure as exc:
@@ -345,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="registry entries, shipped weights and their sha256 check", description=run_info.__doc__)
     add_info_arguments(p)
     p.set_defaults(_run=run_info)
-    add_module_commands(sub, TRAIN_COMMANDS, ("lpips_sat",))
+    add_module_commands(sub, TRAIN_COMMANDS, ("lpips_sat",), extra="train")
     return parser
 
 

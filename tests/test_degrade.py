@@ -14,8 +14,21 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from gapeval import cli
-from gapeval.degrade import (BandTransform, DegradeConfig, box_mtf, degrade_array, fit_band_transform, gaussian_kernel1d, gaussian_mtf,
-                             gaussian_sigma_for_mtf, get_profile, histogram_match, kernel_transfer, quantize, target_grid)
+from gapeval.degrade import (
+    BandTransform,
+    DegradeConfig,
+    box_mtf,
+    degrade_array,
+    fit_band_transform,
+    gaussian_kernel1d,
+    gaussian_mtf,
+    gaussian_sigma_for_mtf,
+    get_profile,
+    histogram_match,
+    kernel_transfer,
+    quantize,
+    target_grid,
+)
 from lpips_sat.errors import InputError
 
 UTM = CRS.from_epsg(32618)
@@ -268,8 +281,9 @@ def test_cli_errors_are_exit_code_1_with_a_clear_message(tmp_path, capsys):
     assert "finer" in capsys.readouterr().err
     assert cli.main(["degrade", "--hr", str(tmp_path / "missing"), "--out", str(tmp_path / "lr"), "--profile", "s2"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert cli.main(base + ["--hr-scale", "10000", "--mtf", "B04=abc"]) == 1
-    assert "Cannot parse" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a bad option value is a usage error, found while parsing (exit 2)
+        cli.main(base + ["--hr-scale", "10000", "--mtf", "B04=abc"])
+    assert exc.value.code == 2 and "Cannot parse" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli.main(base + ["--scale", "4", "--gsd", "10"])
     assert exc.value.code == 2

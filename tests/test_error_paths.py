@@ -17,10 +17,10 @@ from gapeval import cli as gcli
 from gapeval.reflectance import check_reflectance, was_scaled
 from lpips_sat import LPIPSSat, lpips_sat
 from lpips_sat.atomic import STALE_AFTER_S, atomic_path, is_stale_temporary, make_folder, remove_stale_temporaries, write_text_atomic
-from lpips_sat.errors import InputError, OutputError, WeightsError
 from lpips_sat.backbones import TAPS
+from lpips_sat.errors import InputError, OutputError, WeightsError
 from lpips_sat.options import check_device
-from lpips_sat.raster import raster_info, read_raster, write_raster
+from lpips_sat.raster import read_raster, write_raster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -216,6 +216,17 @@ def test_gap_on_a_binary_pairs_csv(tmp_path: Path, capsys: pytest.CaptureFixture
     (run_dir / "pairs.csv").write_text("key,psnr\na,1\n\x00b,2\n")
     code, _, err = run(argv, capsys)
     assert code == 1 and "NUL bytes" in err
+
+
+def test_binary_option_files_are_error_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """gapeval degrade --band-transform and gapeval gap --design on a binary file: exit 1 naming it, no traceback."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(128, 256)) * 4)
+    code, _, err = run(["degrade", "--hr", str(EXAMPLES / "hr"), "--out", str(tmp_path / "lr"), "--profile", "bicubic",
+                        "--band-transform", str(blob)], capsys)
+    assert code == 1 and "blob: not a band transform JSON" in err
+    code, _, err = run(["gap", "--design", str(blob), "--out", str(tmp_path / "g")], capsys)
+    assert code == 1 and "blob: not valid YAML" in err
 
 
 def test_gap_ignores_an_unreadable_summary_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib
 import math
 import os
@@ -46,6 +47,24 @@ def run(prog: str, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int,
     out, err = capsys.readouterr()
     assert "Traceback" not in err + out, err
     return code, out, err
+
+
+@functools.lru_cache(maxsize=2)
+def _parser(prog: str) -> argparse.ArgumentParser:
+    """The full parser of ``prog``, built once (argparse parsers can be reused)."""
+    return (gcli if prog == "gapeval" else lcli).build_parser()
+
+
+def parse_only(prog: str, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Exit code and stderr of ``prog argv`` through the shared dispatcher with a cached parser (for values that
+    must fail while parsing: nothing runs)."""
+    try:
+        code = lcli.dispatch(_parser(prog), argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
 
 
 def sub_commands() -> dict[tuple[str, str], argparse.ArgumentParser]:
@@ -235,7 +254,7 @@ def _bad_values(parse: Callable[[str], object]) -> list[str]:
 def test_every_numeric_option_refuses_bad_values_at_parse_time(prog: str, name: str, option: str, parse, capsys: pytest.CaptureFixture) -> None:
     prefix = {("gapeval", "train"): ["sr3"], ("gapeval", "study"): ["run"]}.get((prog, name), [])
     for value in _bad_values(parse):
-        code, _, err = run(prog, [name, *prefix, f"{option}={value}"], capsys)
+        code, err = parse_only(prog, [name, *prefix, f"{option}={value}"], capsys)
         assert code == 2, (option, value)
         assert f"argument {option}" in err and f"got {value!r}" in err, err  # the option's own message, not a later error
 
@@ -251,6 +270,20 @@ def test_the_reported_bad_values_of_gapeval_score_exit_2(option: str, value: str
     code, _, err = run("gapeval", argv, capsys)
     assert code == 2 and f"argument {option}: " in err and "error:" in err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["degrade", "--snr", "abc"], ["degrade", "--snr", "B04=-1"], ["degrade", "--mtf", "2"], ["degrade", "--mtf", "B04=0.3,default=nan"],
+     ["infer", "--shard", "5/2"], ["infer", "--shard", "x"], ["pairs", "--split", "nan,0.5,0.5"], ["pairs", "--scale", "inf"],
+     ["train", "sr3", "--channel-mult", "1,x"], ["infer", "--batch", "0"]],
+    ids=" ".join,
+)
+def test_other_option_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Options with their own parsers (band lists, shards, fractions) are checked at parse time too."""
+    code, err = parse_only("gapeval", argv, capsys)
+    option = next(a for a in argv if a.startswith("--"))
+    assert code == 2 and f"argument {option}:" in err
 
 
 def test_good_values_still_parse() -> None:
@@ -391,6 +424,23 @@ def test_train_into_a_file(sr3_checkpoint: Path, data: Path, capsys: pytest.Capt
     assert code == 1 and "a_file: is a file, not a folder" in err
 
 
+def test_a_corrupt_training_state_is_an_error_line(sr3_checkpoint: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Resuming ``gapeval train`` / ``lpips-sat pretrain --resume`` from a damaged state file: exit 1 naming it."""
+    garbage = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "sr3_state.safetensors").write_bytes(garbage)
+    argv = ["train", "sr3", "--lr", str(sr3_checkpoint / "lr"), "--hr", str(sr3_checkpoint / "hr"), "--out", str(tmp_path / "ck"), "--steps", "1",
+            "--patch", "8", "--width", "16", "--channel-mult", "1,2", "--layers-per-block", "1", "--attention-levels", "1", "--norm-groups", "8",
+            "--device", "cpu", "--lr-scale", "10000", "--hr-scale", "10000"]
+    code, _, err = run("gapeval", argv, capsys)
+    assert code == 1 and "sr3_state.safetensors: not a readable training state" in err
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt" / "checkpoint.safetensors").write_bytes(garbage)
+    code, _, err = run("lpips-sat", ["pretrain", "--data", f"{data / 'hr'}:s2-rgbn", "--out", str(tmp_path / "pt"), "--steps", "1",
+                                     "--batch", "2", "--crop", "32", "--jitter", "4", "--width-div", "8", "--resume"], capsys)
+    assert code == 1 and "checkpoint.safetensors: cannot resume from this training state" in err
+
+
 def test_degrade_interrupted_keeps_finished_files_and_resumes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture) -> None:
     from gapeval import degrade
@@ -451,9 +501,11 @@ def _data_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_sigint_exits_130_keeps_finished_pairs_and_resumes(data: Path, tmp_path: Path) -> None:
-    """A real SIGINT to ``gapeval score`` (each scene slowed to 0.4 s): exit 130, the finished rows stay in pairs.csv,
-    no temporary file is left, and ``--resume`` scores only the rest (no row lost or repeated)."""
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_sigint_exits_130_keeps_finished_pairs_and_resumes(workers: str, data: Path, tmp_path: Path) -> None:
+    """A real SIGINT to ``gapeval score`` (each scene slowed to 0.4 s; one thread, or three worker threads): exit 130,
+    the finished rows stay in pairs.csv, no temporary file is left, and ``--resume`` scores only the rest (no row lost
+    or repeated)."""
     target, pred = tmp_path / "hr", tmp_path / "pred"
     for folder in (target, pred):
         folder.mkdir()
@@ -464,8 +516,9 @@ def test_sigint_exits_130_keeps_finished_pairs_and_resumes(data: Path, tmp_path:
         shutil.copy(data / "pred" / "p" / f"{name}.tif", pred / f"s{i:02d}.tif")
     out = tmp_path / "out"
     argv = ["score", "--pred", f"p={pred}", "--target", str(target), "--out", str(out), "--weights", "random-tiny", "--no-progress"]
+    proc_argv = [*argv, "--workers", workers]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCORE, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCORE, *proc_argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while len(_data_rows(out / "pairs.csv")) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

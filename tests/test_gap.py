@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from scipy import ndimage
 
 from gapeval import cli
-from gapeval.gap import (Design, GapConfig, gap_analysis, high_frequency_energy, load_design, match, radial_psd, read_run)
+from gapeval.gap import Design, GapConfig, gap_analysis, high_frequency_energy, load_design, match, radial_psd, read_run
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, MissingFileError
 

@@ -42,7 +42,9 @@ def test_round_trip_gives_identical_distances_and_a_complete_folder(tmp_path) ->
     loaded = LPIPSSat.from_pretrained(folder)
     sr, hr = _pair()
     assert torch.equal(metric(sr, hr), loaded(sr, hr))
-    assert torch.equal(metric(sr, hr, spatial=True), loaded(sr, hr, spatial=True))
+    # spatial maps: equal to float32 rounding (a reloaded copy's buffers may sit at other alignments, which can pick
+    # another vector kernel for the last lanes; 6e-8 differences were seen)
+    torch.testing.assert_close(metric(sr, hr, spatial=True), loaded(sr, hr, spatial=True), rtol=0, atol=1e-6)
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["bands"] == list(metric.model_bands) and config["arch"] == "resnet18" and config["width_div"] == 8
     assert config["mean"] == [0.1] * 4 and config["std"] == [0.1] * 4

@@ -65,6 +65,7 @@ def test_lpips_sat_source_never_imports_gapeval() -> None:
     assert {m: d for m, d in offenders.items() if d} == {}
 
 
+@pytest.mark.slow
 def test_importing_lpips_sat_loads_no_gapeval_module() -> None:
     """Import every lpips_sat module (and build the CLI parser, which imports the training commands) in a fresh
     interpreter; ``gapeval`` must not appear in ``sys.modules``."""
@@ -135,3 +136,30 @@ def test_gapeval_without_the_eval_extra_names_it(argv, monkeypatch, capsys) -> N
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("gapeval: error:") and "scipy" in err and 'pip install "lpips-sat[eval]"' in err
+
+
+#: Simulates a base install (``pip install lpips-sat``: torch, torchvision (with Pillow), numpy, safetensors only).
+_BASE_INSTALL = r'''
+import sys
+for name in ("rasterio", "scipy", "matplotlib", "tqdm", "yaml", "huggingface_hub", "torchmetrics", "affine", "diffusers"):
+    sys.modules[name] = None  # what `import` and importlib.util.find_spec see for a package that is not installed
+from lpips_sat.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+def test_lpips_sat_in_a_base_install():
+    """``lpips-sat --help``, ``info`` and ``compare`` of .npy files work without any extra; the training commands
+    and GeoTIFF inputs name the extra to install (exit 1), never a traceback."""
+    examples = ROOT / "examples" / "hr" / "town.tif"
+    cases = [
+        (["--help"], 0, "compare"),
+        (["info"], 0, "lpips-sat-s2-rn18"),
+        (["pretrain", "--data", str(examples.parent), "--steps", "1", "--out", "/nonexistent/w.safetensors"], 1, 'pip install "lpips-sat['),
+        (["compare", str(examples), str(examples)], 1, 'pip install "lpips-sat[eval]"'),
+    ]
+    for argv, code, needle in cases:
+        out = subprocess.run([sys.executable, "-c", _BASE_INSTALL, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == code and needle in out.stdout + out.stderr, (argv, out.stderr)
+        assert "Traceback" not in out.stderr

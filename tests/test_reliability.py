@@ -387,3 +387,14 @@ def test_two_concurrent_runs_never_duplicate_rows(folders):
         assert "Traceback" not in err
     with open(folders / "out" / "pairs.csv", newline="") as fh:
         assert sorted(row["key"] for row in csv.DictReader(fh)) == ["fields", "town"]
+
+
+def test_an_all_black_prediction_is_not_blamed_on_a_scale(folders, metric):
+    x, r = scene()
+    put(folders / "pred" / "p" / "town.tif", np.zeros_like(x), r)
+    with pytest.raises(InputError, match="no scale was applied.*empty") as err:
+        score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric)
+    assert "drop --pred-scale" not in str(err.value)
+    with pytest.raises(InputError, match="drop --pred-scale"):  # divided although it was reflectance already
+        put(folders / "pred" / "p" / "town.tif", x, r)
+        score({"p": folders / "pred" / "p"}, folders / "hr", metric=metric, pred_scale=10000)

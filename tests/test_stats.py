@@ -8,8 +8,19 @@ import pytest
 import torch
 from scipy import linalg, stats
 
-from gapeval.stats import (bootstrap_ci, cohens_dz, frechet_distance, frechet_distance_features, holm, kernel_distance, mmd2_unbiased,
-                           paired_bootstrap_ci, paired_comparison, rank_biserial, wilcoxon_signed_rank)
+from gapeval.stats import (
+    bootstrap_ci,
+    cohens_dz,
+    frechet_distance,
+    frechet_distance_features,
+    holm,
+    kernel_distance,
+    mmd2_unbiased,
+    paired_bootstrap_ci,
+    paired_comparison,
+    rank_biserial,
+    wilcoxon_signed_rank,
+)
 from lpips_sat.errors import InputError
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+
 from common import TINY, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 

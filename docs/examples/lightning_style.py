@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lpips_sat.running import LPIPSSatMetric
+
 from common import STEPS, Progress, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from common import SIZE, STEPS, Progress, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 

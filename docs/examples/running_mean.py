@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lpips_sat.running import LPIPSSatMetric
+
 from common import make_metric, toy_pairs  # docs/examples/common.py
 
 

@@ -11,8 +11,8 @@ from gapeval.infer.base import PRECISIONS, SamplingOptions
 from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, select_shard
 from gapeval.infer.pipeline import run as run_pipeline
 from gapeval.infer.registry import get
-from lpips_sat.options import device, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 from lpips_sat.errors import InputError
+from lpips_sat.options import device, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,13 @@ def _batch(text: str) -> int | None:
     if text == "auto":
         return None
     return positive_int(text)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-embeds", default=None, help="sd-x4-upscaler: safetensors with prompt_embeds [negative_prompt_embeds]")
     parser.add_argument("--num-head-channels", type=positive_int, default=None, help="ldsr-s2: channels per attention head (not in LDM checkpoints; default 32)")
     parser.add_argument("--use-ema", action="store_true", help="ldsr-s2: use the checkpoint's EMA denoiser weights")
-    parser.add_argument("--shard", default=None, help="k/n: process files k, k+n, … of the sorted inputs; 'auto' reads RANK/WORLD_SIZE (torchrun, accelerate)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), help="k/n: process files k, k+n, … of the sorted inputs; 'auto' reads RANK/WORLD_SIZE (torchrun, accelerate)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs written by a different run")
     parser.add_argument("--no-tile-cache", dest="tile_cache", action="store_false", help="do not keep finished tiles under OUT/.partial for resuming")
 
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gapeval infer: error: {exc}", file=sys.stderr)
         return 2
     files = list_inputs(args.input)
-    k, n = parse_shard(args.shard)
+    k, n = args.shard
     mine = select_shard(files, k, n)
     options = SamplingOptions(steps=args.steps, eta=args.eta, sampler=args.sampler, temperature=args.temperature, guidance=args.guidance,
                               noise_level=args.noise_level, prompt=args.prompt, prompt_embeds=args.prompt_embeds, rgb_gain=args.rgb_gain,

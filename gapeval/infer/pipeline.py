@@ -279,7 +279,7 @@ class Pipeline:
         gain, off = band_gain_offset(info, used, c.scale)
         data = (raster.data[used] + np.float32(c.offset)) * gain[:, None, None] + off[:, None, None]
         scaled = was_scaled(c.scale, gain, off)
-        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale", scaled=scaled), path, "--scale")
+        check_not_tiny(check_reflectance(data, raster.valid, path, "--scale", scaled=scaled), path, "--scale", scaled=scaled)
         if fallback != "none":
             log.warning("%s: %s", path, fallback)
         data = fill_invalid(data, raster.valid)

@@ -32,9 +32,9 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

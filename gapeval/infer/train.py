@@ -172,7 +172,7 @@ def find_pairs(cfg: TrainConfig) -> list[Pair]:
             raster = read_raster(info.path, window=_centre(info, 64))
             data = raster.data[idx] * g[:, None, None] + o[:, None, None]
             scaled = was_scaled(cfg.lr_scale if flag == "--lr-scale" else cfg.hr_scale, g, o)
-            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag, scaled=scaled), info.path, flag)
+            check_not_tiny(check_reflectance(data, raster.valid, info.path, flag, scaled=scaled), info.path, flag, scaled=scaled)
         pairs.append(Pair(lr.path, hr.path, lr_idx, hr_idx, lr.height, lr.width, lg, lo, hg, ho))
     return pairs
 
@@ -405,24 +405,30 @@ class Trainer:
             return
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
-        saved = json.loads(meta.get("train_config", "{}"))
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
+            saved = json.loads(meta.get("train_config", "{}"))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise WeightsError(f"{path}: not a readable training state ({exc}); delete it to start over, or use another --out") from exc
         mine = json.loads(json.dumps(self.cfg.fixed()))
         diff = {k: (saved.get(k), mine[k]) for k in mine if saved.get(k) != mine[k]}
         if diff:
             raise InputError(f"{path}: the run in {self.cfg.out} was started with other settings {diff} (saved, now); use another --out or the same settings")
-        self.unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
-        params = list(self.unet.parameters())
-        state = {}
-        for i in range(len(params)):
-            if f"opt.{i}.step" in tensors:
-                state[i] = {"step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"].to(self.device),
-                            "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(self.device)}
-        self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        self.step = int(meta["step"])
+        try:
+            self.unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+            self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+            params = list(self.unet.parameters())
+            state = {}
+            for i in range(len(params)):
+                if f"opt.{i}.step" in tensors:
+                    state[i] = {"step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"].to(self.device),
+                                "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(self.device)}
+            self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+            self.step = int(meta["step"])
+        except (RuntimeError, KeyError, ValueError) as exc:  # tensors missing or of another shape: a damaged state file
+            raise WeightsError(f"{path}: cannot resume from this training state ({exc}); delete it to start over, or use another --out") from exc
         log.info("resumed %s at step %d", path, self.step)
 
     def save(self) -> None:

@@ -23,7 +23,6 @@ import numpy as np
 
 from gapeval.align import phase_correlation
 from gapeval.metrics.classical import _check, error_sums, sam_sums
-from lpips_sat.errors import InputError
 
 #: opensr-test's correctness parameters (lambda of improvement, omission, hallucination), opensr-test >= 0.2.
 CORRECTNESS_LAMBDAS = (0.8, 0.8, 0.4)

@@ -207,12 +207,12 @@ class SceneScorer:
         """
         plan, config = self.plan, self.config
         tgt = plan.target
-        check_not_tiny(self.maxima["target"], tgt.source.path, tgt.flag)
+        check_not_tiny(self.maxima["target"], tgt.source.path, tgt.flag, scaled=tgt.scaled)
         records = []
         for n in self.names:
             inp = plan.preds[n]
             if self.maxima[n] > -math.inf:
-                check_not_tiny(self.maxima[n], inp.source.path, inp.flag)
+                check_not_tiny(self.maxima[n], inp.source.path, inp.flag, scaled=inp.scaled)
             rec = {"pred_set": n, "key": plan.key, **self._metrics(n)}
             rec.update(
                 seconds=seconds,

@@ -34,10 +34,10 @@ from lpips_sat.options import nonnegative_float, nonnegative_int, open_fraction,
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
 from lpips_sat.hub import save_folder
-from lpips_sat.metric import normalize_channels
+from lpips_sat.metric import normalize_channels, standardize_per_image
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
-from lpips_sat.train.distortions import FAMILIES, HELDOUT_FAMILIES, MARGIN, TRAIN_FAMILIES, apply, crop_margin
+from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,16 @@ def load_judgments(path: Path, backbone_sha256: str) -> dict[str, dict[str, Trip
 class Featurizer:
     """Backbone + normalisation turning images into per-channel mean squared tap differences."""
 
-    def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float], input_norm: str = "global") -> None:
         self.backbone = backbone.eval()
         self.mean = torch.tensor(list(mean)).reshape(1, -1, 1, 1)
         self.std = torch.tensor(list(std)).reshape(1, -1, 1, 1)
+        self.input_norm = input_norm
 
     @torch.inference_mode()
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [normalize_channels(f) for f in self.backbone((x - self.mean) / self.std)]
+        z = standardize_per_image(x) if self.input_norm == "per-image" else (x - self.mean) / self.std
+        return [normalize_channels(f) for f in self.backbone(z)]
 
     @torch.inference_mode()
     def diffs(self, ref: torch.Tensor | list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -125,15 +127,25 @@ class Featurizer:
 
 
 def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Pixel-metric *distances* (lower = closer): MSE (ranks as PSNR), 1 - SSIM, SAM, L1 (torchmetrics)."""
+    """Pixel-metric *distances* (lower = closer): MSE (ranks as PSNR), 1 - SSIM, 1 - MS-SSIM, SAM, L1 (torchmetrics).
+
+    MS-SSIM: 3 scales with a 7-px Gaussian window and the first three weights of Wang et al. (2003),
+    renormalised, because 64-px patches are too small for the standard 5 scales of an 11-px window.
+    """
     try:
-        from torchmetrics.functional.image import spectral_angle_mapper, structural_similarity_index_measure
+        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, spectral_angle_mapper, structural_similarity_index_measure
     except ImportError as exc:  # pragma: no cover - optional dependency
         raise ImportError('lpips-sat calibrate scores its pixel-metric baselines with torchmetrics: pip install "lpips-sat[train]"') from exc
 
     ssim = structural_similarity_index_measure(x.double(), ref.double(), data_range=1.0, reduction="none")
+    betas = (0.0448, 0.2856, 0.3001)
+    betas = tuple(b / sum(betas) for b in betas)
+    # MS-SSIM's contrast-structure products are raised to fractional powers: clamp at 0 (negative on anti-correlated
+    # patches would give NaN)
+    msssim = multiscale_structural_similarity_index_measure(x.double().clamp_min(0), ref.double().clamp_min(0), data_range=1.0, kernel_size=7,
+                                                           betas=betas, reduction="none", normalize="relu")
     sam = spectral_angle_mapper(x.double().clamp_min(1e-6), ref.double().clamp_min(1e-6), reduction="none")
-    return {"psnr": (x - ref).pow(2).mean(dim=(1, 2, 3)), "ssim": 1 - ssim.float(), "sam": sam.reshape(x.shape[0], -1).mean(1).float() if sam.ndim > 1 else sam.float(),
+    return {"psnr": (x - ref).pow(2).mean(dim=(1, 2, 3)), "ssim": 1 - ssim.float(), "msssim": 1 - msssim.float(), "sam": sam.reshape(x.shape[0], -1).mean(1).float() if sam.ndim > 1 else sam.float(),
             "l1": (x - ref).abs().mean(dim=(1, 2, 3))}
 
 
@@ -234,9 +246,10 @@ def involves(t: Triplets, families: Sequence[str]) -> torch.Tensor:
     return torch.tensor([a in fam or b in fam for a, b in zip(t.fam_a, t.fam_b)])
 
 
-def choose_heads(t: Triplets, candidates: Sequence[float], channels: Sequence[int], seed: int, iters: int) -> tuple[dict, dict[str, float]]:
+def choose_heads(t: Triplets, candidates: Sequence[float], channels: Sequence[int], seed: int, iters: int,
+                 train_families: Sequence[str] = TRAIN_FAMILIES) -> tuple[dict, dict[str, float]]:
     """Pick head form (per channel / per tap) and L2 by leave-one-damage-family-out CV within the training families."""
-    damages = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "damage"]
+    damages = [f for f in train_families if FAMILIES[f].kind == "damage"]
     options = [{"groups": None, "l2": l2} for l2 in candidates] + [{"groups": list(channels), "l2": 0.0}]
     scores = {}
     for opt in options:
@@ -299,8 +312,10 @@ def read_judgments_csv(path: str | Path, featurizer: Featurizer) -> Triplets:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help="backbone .safetensors from `lpips-sat pretrain` (or full weights)")
-    p.add_argument("--data", action="append", required=True, metavar="DIR[:BANDS[:SCALE]]", help="training imagery (see pretrain)")
+    p.add_argument("--data", action="append", required=True, metavar="DIR[:BANDS[:SCALE[:OFFSET]]]", help="training imagery (see pretrain)")
     p.add_argument("--val-npy", action="append", default=[], help="held-out scenes as (time, rows, cols, 13) reflectance .npy")
+    p.add_argument("--val-scene", action="append", default=[], metavar="PATH[:BANDS[:SCALE[:OFFSET]]]",
+                   help="a whole held-out GeoTIFF scene (its own split, named after the file)")
     p.add_argument("--judgments", help="optional CSV of your own judgments: ref,a,b,p_a_closer")
     p.add_argument("--out", default="runs/calibrate")
     p.add_argument("--n-train", type=positive_int, default=6000)
@@ -310,8 +325,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=positive_int, default=1500)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--name", default="lpips-sat-s2-rn18")
+    p.add_argument("--protocol", default="v1", choices=sorted(PROTOCOLS), help="family split (distortions.PROTOCOLS)")
+    p.add_argument("--compare", action="append", default=[], metavar="WEIGHTS",
+                   help="shipped LPIPS-Sat weights (name or file) scored side by side with their own heads")
     p.add_argument("--threads", type=nonnegative_int, default=0)
-    p.add_argument("--reuse-judgments", action="store_true", help="reuse OUT/judgments.safetensors (same backbone!) instead of regenerating")
+    p.add_argument("--reuse-judgments", action="store_true",
+                   help="reuse featurised judgments cached in OUT/cache (per featuriser and protocol) instead of regenerating")
+
+
+@dataclass
+class _Compared:
+    """A shipped metric scored side by side: its featurizer and its own calibrated heads."""
+
+    name: str
+    featurizer: Featurizer
+    heads: torch.Tensor
+
+
+def _load_compared(text: str) -> _Compared:
+    from lpips_sat.registry import get_entry, weights_dir
+
+    path = Path(text)
+    name = path.name
+    if not path.is_file():
+        entry = get_entry(text)
+        path, name = weights_dir() / str(entry.file), entry.name
+    backbone, mean, std, meta = load_backbone(path)
+    tensors, _ = load_weights(path)
+    heads = torch.cat([tensors[f"heads.{i}.weight"].flatten() for i in range(len(TAPS))])
+    return _Compared(name, Featurizer(backbone, mean, std, meta.get("input_norm", "global")), heads)
+
+
+def _split_specs(protocol: str) -> dict[str, tuple[list[str], list[str], list[str], list[str], list[str]]]:
+    """Judgment sets per split kind: name -> (nuisances, damages, within, held_nuisances, held_damages)."""
+    train = PROTOCOLS[protocol]["train"]
+    nuis = [f for f in train if FAMILIES[f].kind == "nuisance"]
+    dams = [f for f in train if FAMILIES[f].kind == "damage"]
+    specs = {"train_families": (nuis, dams, list(train), [], [])}
+    for tag, proto in (("heldout_families", protocol), ("v1_heldout_families", "v1")):
+        if tag == "v1_heldout_families" and protocol == "v1":
+            continue
+        held = PROTOCOLS[proto]["heldout"]
+        seen = [f for f in FAMILIES if f in PROTOCOLS[proto]["train"] or f in held]
+        specs[tag] = ([f for f in seen if FAMILIES[f].kind == "nuisance"], [f for f in seen if FAMILIES[f].kind == "damage"], [],
+                      [f for f in held if FAMILIES[f].kind == "nuisance"], [f for f in held if FAMILIES[f].kind == "damage"])
+    return specs
+
+
+def _cache_key(args: argparse.Namespace, feat_id: str) -> str:
+    import hashlib
+
+    cfg = json.dumps([feat_id, args.protocol, args.n_train, args.n_val, args.seed, args.holdout, args.data, args.val_npy, args.val_scene, PATCH])
+    return hashlib.sha256(cfg.encode()).hexdigest()[:16]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -321,83 +386,133 @@ def run(args: argparse.Namespace) -> int:
     out = make_folder(args.out, "--out")
     remove_stale_temporaries(out)
     backbone, mean, std, bmeta = load_backbone(args.backbone)
+    input_norm = bmeta.get("input_norm", "global")
     torch.manual_seed(args.seed)
     random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)
-    featurizers = {"lpips_sat": Featurizer(backbone, mean, std), "random_backbone": Featurizer(random_backbone, mean, std)}
+    featurizers = {"lpips_sat": Featurizer(backbone, mean, std, input_norm), "random_backbone": Featurizer(random_backbone, mean, std, input_norm)}
+    feat_ids = {"lpips_sat": sha256_file(args.backbone), "random_backbone": f"random-{backbone.arch}-{args.seed}-{input_norm}"}
+    compared = [_load_compared(c) for c in args.compare]
+    for c in compared:
+        featurizers[f"compare:{c.name}"] = c.featurizer
+        feat_ids[f"compare:{c.name}"] = f"compare:{c.name}"
     train_imgs, val_imgs = [], []
     for text in args.data:
         for im in load_source(Source.parse(text)):
             tr, va = split_rows(im.data, args.holdout)
             train_imgs.append(tr)
             val_imgs.append(va)
+    splits = {"heldout_region": CropSampler(val_imgs, PATCH + 2 * MARGIN, args.seed + 1)}
     scenes = [s for path in args.val_npy for s in reference_scenes(path)]
-    nuis = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "nuisance"]
-    dams = [f for f in TRAIN_FAMILIES if FAMILIES[f].kind == "damage"]
-    all_nuis = [f for f in FAMILIES if FAMILIES[f].kind == "nuisance"]
-    all_dams = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
-    held_nuis = [f for f in HELDOUT_FAMILIES if FAMILIES[f].kind == "nuisance"]
-    held_dams = [f for f in HELDOUT_FAMILIES if FAMILIES[f].kind == "damage"]
-    cache = out / "judgments.safetensors"
-    if args.reuse_judgments and cache.exists():
-        sets = load_judgments(cache, sha256_file(args.backbone))
-        log.info("reusing featurised judgments from %s", cache)
-    else:
-        log.info("generating %d training judgments", args.n_train)
-        sets = {"train": make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed)}
-        splits = {"heldout_region": CropSampler(val_imgs, PATCH + 2 * MARGIN, args.seed + 1)}
-        if scenes:
-            splits["heldout_scenes"] = CropSampler(scenes, PATCH + 2 * MARGIN, args.seed + 2)
+    if scenes:
+        splits["heldout_scenes"] = CropSampler(scenes, PATCH + 2 * MARGIN, args.seed + 2)
+    for k, text in enumerate(args.val_scene):
+        for im in load_source(Source.parse(text)):
+            splits[f"heldout_scene_{Path(im.name).stem}"] = CropSampler([im.data], PATCH + 2 * MARGIN, args.seed + 3 + k)
+    specs = _split_specs(args.protocol)
+    train_families = list(PROTOCOLS[args.protocol]["train"])
+    nuis, dams = specs["train_families"][0], specs["train_families"][1]
+
+    cache_dir = out / "cache"
+    cache_dir.mkdir(exist_ok=True)
+    cached: dict[str, dict[str, Triplets]] = {}
+    if args.reuse_judgments:
+        for name, fid in feat_ids.items():
+            path = cache_dir / f"{_cache_key(args, fid)}.safetensors"
+            if path.exists():
+                cached[name] = {k: v["f"] for k, v in load_judgments(path, fid).items()}
+                log.info("reusing featurised judgments of %s from %s", name, path)
+    todo = {k: f for k, f in featurizers.items() if k not in cached}
+    base_path = cache_dir / f"{_cache_key(args, 'baselines')}.safetensors"
+    sets: dict[str, dict[str, Triplets]] = {}
+    if todo or not base_path.exists():
+        gen = todo or {"lpips_sat": featurizers["lpips_sat"]}
+        log.info("generating %d training judgments (featurisers: %s)", args.n_train, list(gen))
+        sets["train"] = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, train_families, gen, args.seed)
         for split, sampler in splits.items():
-            log.info("generating validation judgments on %s", split)
-            sets[f"{split}/train_families"] = make_judgments(sampler, args.n_val, nuis, dams, TRAIN_FAMILIES, featurizers, args.seed + 10)
-            # held-out families: every judgment involves at least one of them
-            a = make_judgments(sampler, args.n_val // 2, all_nuis, held_dams, held_dams, featurizers, args.seed + 20)
-            b = make_judgments(sampler, args.n_val // 2, held_nuis, all_dams, held_nuis, featurizers, args.seed + 30)
-            sets[f"{split}/heldout_families"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
-        save_judgments(cache, sets, sha256_file(args.backbone))
-    train = sets.pop("train")
-    val_sets = sets
+            for kind, (n_, d_, w_, hn, hd) in specs.items():
+                log.info("generating validation judgments on %s/%s", split, kind)
+                if kind == "train_families":
+                    sets[f"{split}/{kind}"] = make_judgments(sampler, args.n_val, n_, d_, w_, gen, args.seed + 10)
+                else:  # every judgment involves at least one held-out family
+                    a = make_judgments(sampler, args.n_val // 2, n_, hd, hd, gen, args.seed + 20)
+                    b = make_judgments(sampler, args.n_val // 2, hn, d_, hn, gen, args.seed + 30)
+                    sets[f"{split}/{kind}"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
+        for name in todo:
+            save_judgments(cache_dir / f"{_cache_key(args, feat_ids[name])}.safetensors", {k: {"f": v[name]} for k, v in sets.items()}, feat_ids[name])
+            cached[name] = {k: v[name] for k, v in sets.items()}
+        any_name = next(iter(gen))
+        save_judgments(base_path, {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
+    base = {k: v["f"] for k, v in load_judgments(base_path, "baselines").items()}
+    for set_name, t in base.items():  # every featuriser's triplets share the images, families and baselines
+        for name in featurizers:
+            c = cached[name][set_name]
+            c.fam_a, c.fam_b, c.base0, c.base1, c.p = t.fam_a, t.fam_b, t.base0, t.base1, t.p
+    train = {name: cached[name]["train"] for name in featurizers}
+    val_sets = {k: {name: cached[name][k] for name in featurizers} for k in base if k != "train"}
     if args.judgments:
         user = read_judgments_csv(args.judgments, featurizers["lpips_sat"])
         train["lpips_sat"] = Triplets.cat([train["lpips_sat"], user])
-    best, cv = choose_heads(train["lpips_sat"], args.l2, backbone.channels, args.seed, min(args.iters, 600))
+    best, cv = choose_heads(train["lpips_sat"], args.l2, backbone.channels, args.seed, min(args.iters, 600), train_families)
     best_l2 = best["l2"]
     heads = fit_heads(train["lpips_sat"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     rand_heads = fit_heads(train["random_backbone"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     ones = torch.ones_like(heads)
-    report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p), "heldout_families": list(HELDOUT_FAMILIES),
-                    "train_families": list(TRAIN_FAMILIES), "splits": {}}
+    held = PROTOCOLS[args.protocol]["heldout"]
+    report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
+                    "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
+                    "compared": [c.name for c in compared], "splits": {}}
+
+    def scores(t: Triplets, name: str) -> dict[str, float]:
+        row = {"LPIPS-Sat": twoafc(t.d0 @ heads, t.d1 @ heads, t.p), "LPIPS-Sat uncalibrated (ones)": twoafc(t.d0 @ ones, t.d1 @ ones, t.p)}
+        for c in compared:
+            ct = val[f"compare:{c.name}"]
+            row[c.name] = twoafc(ct.d0 @ c.heads, ct.d1 @ c.heads, ct.p)
+        rt = val["random_backbone"]
+        row["untrained backbone, calibrated heads"] = twoafc(rt.d0 @ rand_heads, rt.d1 @ rand_heads, rt.p)
+        row["untrained backbone, ones"] = twoafc(rt.d0 @ ones, rt.d1 @ ones, rt.p)
+        for b in ("psnr", "ssim", "msssim", "sam", "l1"):
+            row[{"msssim": "MS-SSIM"}.get(b, b.upper())] = twoafc(t.base0[b], t.base1[b], t.p)
+        return row
+
     for name, tri in val_sets.items():
-        t, r = tri["lpips_sat"], tri["random_backbone"]
-        row = {"LPIPS-Sat": twoafc(t.d0 @ heads, t.d1 @ heads, t.p), "LPIPS-Sat uncalibrated (ones)": twoafc(t.d0 @ ones, t.d1 @ ones, t.p),
-               "untrained backbone, calibrated heads": twoafc(r.d0 @ rand_heads, r.d1 @ rand_heads, r.p),
-               "untrained backbone, ones": twoafc(r.d0 @ ones, r.d1 @ ones, r.p)}
-        for base in ("psnr", "ssim", "sam", "l1"):
-            row[base.upper()] = twoafc(t.base0[base], t.base1[base], t.p)
+        t = tri["lpips_sat"]
+        val = tri
+        row = scores(t, name)
         per_family = {}
         for fam in sorted(set(t.fam_a) | set(t.fam_b)):
             m = involves(t, [fam])
-            s = t.subset(m)
-            per_family[fam] = {"n": int(m.sum()), "LPIPS-Sat": twoafc(s.d0 @ heads, s.d1 @ heads, s.p), "PSNR": twoafc(s.base0["psnr"], s.base1["psnr"], s.p),
-                               "SSIM": twoafc(s.base0["ssim"], s.base1["ssim"], s.p)}
+            sub = {k: v.subset(m) for k, v in tri.items()}
+            val = sub
+            per_family[fam] = {"n": int(m.sum()), **scores(sub["lpips_sat"], name)}
+        val = tri
         report["splits"][name] = {"n": len(t.p), "2afc": row, "per_family": per_family}
         log.info("%s: %s", name, {k: round(v, 3) for k, v in row.items()})
     tr = train["lpips_sat"]
     report["train_2afc"] = twoafc(tr.d0 @ heads, tr.d1 @ heads, tr.p)
     head_list = split_heads(heads, backbone.channels)
-    meta = {k: v for k, v in bmeta.items() if k in ("arch", "bands", "mean", "std", "width_div", "recipe", "data", "steps_done")}
-    meta.update({"name": args.name, "taps": json.dumps(list(TAPS)), "normalisation": "reflectance (DN/10000), then (x - mean) / std per band",
-                 "calibration": json.dumps({"l2": best_l2, "head_form": report["head_form"], "n_train": report["n_train"], "seed": args.seed, "heldout_families": list(HELDOUT_FAMILIES)}),
-                 "source": "lpips-sat: trained on the shared Sentinel-2 L1C stack (CC0, Copernicus) and NAIP (public domain)",
-                 "licence": "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016", "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives",
-                 "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"})
+    meta = {k: v for k, v in bmeta.items() if k in ("arch", "bands", "mean", "std", "width_div", "recipe", "data", "steps_done", "input_norm")}
+    sources = "the shipped Sentinel-2 L1C stack (CC0, Copernicus) and NAIP (public domain)"
+    licence = "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016"
+    if args.protocol != "v1":
+        sources = "Sentinel-2 L1C/L2A scenes of shared/data (Copernicus; 2016, 2017, 2024) and NAIP (public domain)"
+        licence = "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016, 2017, 2024"
+    meta.update({"name": args.name, "taps": json.dumps(list(TAPS)),
+                 "normalisation": "reflectance (DN/10000), then per image and band (x - mean) / sqrt(var + 1e-6)" if input_norm == "per-image"
+                 else "reflectance (DN/10000), then (x - mean) / std per band",
+                 "calibration": json.dumps({"l2": best_l2, "head_form": report["head_form"], "n_train": report["n_train"], "seed": args.seed,
+                                            "protocol": args.protocol, "heldout_families": list(held)}),
+                 "source": f"lpips-sat: trained on {sources}", "licence": licence,
+                 "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives"
+                 + ("; real cross-acquisition positives and a metric ranking term" if args.protocol != "v1" else ""),
+                 "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"
+                 + (", per-image band standardisation (gain/offset tolerant)" if input_norm == "per-image" else "")})
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     tensors.update({f"heads.{i}.weight": h for i, h in enumerate(head_list)})
     full32 = out / f"{args.name}.fp32.safetensors"
     save_weights(full32, tensors, meta, dtype=torch.float32)
     sha16 = save_weights(out / f"{args.name}.safetensors", tensors, meta, dtype=torch.float16)
     report["fp16_max_abs_diff"] = _fp16_check(full32, out / f"{args.name}.safetensors", val_imgs)
-    report["properties"] = property_checks(out / f"{args.name}.safetensors", val_imgs + scenes)
+    report["properties"] = property_checks(full32, val_imgs + scenes)
     report["sha256_fp16"] = sha16
     report["sha256_fp32"] = sha256_file(full32)
     report["model_folder"] = str(save_folder(out / args.name, tensors, meta))  # hub layout: LPIPSSat.from_pretrained / push_to_hub

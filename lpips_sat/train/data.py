@@ -1,7 +1,9 @@
 """Imagery for training and validation: GeoTIFF folders -> 4-band reflectance arrays -> random crops.
 
-A source is ``FOLDER[:BANDS[:SCALE]]``: ``BANDS`` a preset of :mod:`lpips_sat.bands` (default ``s2-l1c-13``),
-``SCALE`` the divisor to reflectance (default 10000) or ``moments``, which maps each band of an 8-bit aerial
+A source is ``PATH[:BANDS[:SCALE[:OFFSET]]]``: ``PATH`` a folder of GeoTIFFs or one GeoTIFF, ``BANDS`` a preset of
+:mod:`lpips_sat.bands` (default ``s2-l1c-13``), ``OFFSET`` DN subtracted before scaling (``1000`` for Sentinel-2
+products of processing baseline >= 04.00, whose reflectance is (DN - 1000) / 10000), ``SCALE`` the divisor to
+reflectance (default 10000) or ``moments``, which maps each band of an 8-bit aerial
 image (NAIP) affinely onto the mean/std of :data:`S2_MOMENTS` — texture donors, not radiometric truth.
 Every raster's bottom ``holdout`` fraction of rows is reserved for validation (held-out region).
 """
@@ -19,7 +21,7 @@ import torch
 
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError
-from lpips_sat.raster import open_geotiff
+from lpips_sat.raster import open_geotiff, require
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,12 @@ class Source:
     folder: Path
     bands: str = "s2-l1c-13"
     scale: str = "10000"
+    offset: str = "0"
 
     @classmethod
     def parse(cls, text: str) -> "Source":
         parts = text.split(":")
-        src = cls(Path(parts[0]), *parts[1:3])
+        src = cls(Path(parts[0]), *parts[1:4])
         if not src.folder.exists():
             raise MissingFileError(f"Training data folder {src.folder} does not exist")
         return src
@@ -62,9 +65,12 @@ def _file_sha256(path: Path) -> str:
 
 def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image]:
     """Read every GeoTIFF of ``src.folder`` into reflectance arrays with ``bands``."""
-    from rasterio.errors import RasterioIOError
+    RasterioIOError = require("rasterio.errors", f"{src.folder}: reading GeoTIFF training data").RasterioIOError  # noqa: N806
 
-    files = sorted(p for p in src.folder.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+    if src.folder.is_file():
+        files = [src.folder]
+    else:
+        files = sorted(p for p in src.folder.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
     if not files:
         raise InputError(f"{src.folder}: no GeoTIFF files to train on")
     idx = band_indices(src.bands, bands)
@@ -81,9 +87,12 @@ def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image
         if src.scale == "moments":
             arr = _moment_match(arr, nodata, path)
         else:
+            invalid = (arr == nodata).all(0) if nodata is not None else None
+            if float(src.offset):
+                arr -= float(src.offset)
             arr /= float(src.scale)
-            if nodata is not None:
-                arr[:, (arr * float(src.scale) == nodata).all(0)] = np.nan
+            if invalid is not None:
+                arr[:, invalid] = np.nan
         if not np.isfinite(arr).all():
             arr = _fill_nan(arr)
         out.append(Image(path.name, arr, _file_sha256(path)))

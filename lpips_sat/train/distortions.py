@@ -219,6 +219,115 @@ def stripes(x, s, g):
     return x * col
 
 
+def _nearest_updown(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Average ``f`` x ``f`` blocks, then repeat each value ``f`` x ``f`` times (nearest upsampling); edges kept."""
+    h, w = x.shape[-2:]
+    hh, ww = h // f * f, w // f * f
+    out = x.clone()
+    small = F.avg_pool2d(x[..., :hh, :ww], f)
+    out[..., :hh, :ww] = small.repeat_interleave(f, -2).repeat_interleave(f, -1)
+    return out
+
+
+def pixelate(x, s, g):
+    """Blockiness of a naive nearest-neighbour upsampling: x2 (s < 1/3), x3, x4 (s >= 2/3)."""
+    out = torch.empty_like(x)
+    for i, v in enumerate(s.tolist()):
+        out[i] = _nearest_updown(x[i : i + 1], 2 + min(2, int(3 * v)))[0]
+    return out
+
+
+def median(x, s, g):
+    """Median filter 3x3 (s < 0.5) or 5x5: the painterly loss of fine structure of median/denoise filters."""
+    out = torch.empty_like(x)
+    for i, v in enumerate(s.tolist()):
+        k = 3 if v < 0.5 else 5
+        r = k // 2
+        xp = F.pad(x[i : i + 1], (r, r, r, r), mode="reflect")
+        patches = F.unfold(xp.reshape(-1, 1, *xp.shape[-2:]), k)  # (C, k*k, H*W)
+        out[i] = patches.median(dim=1).values.reshape(x.shape[1:])
+    return out
+
+
+#: JPEG luminance quantisation table (ITU-T T.81, Annex K, table K.1).
+_JPEG_Q = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float64)
+
+
+def jpeg(x, s, g):
+    """JPEG-like coding: 8x8 DCT coefficients quantised with the JPEG luminance table (quality 60 .. 10).
+
+    Values are scaled per patch and band to 0..255 first, as an 8-bit encoder would see them.
+    """
+    n, c, h, w = x.shape
+    hh, ww = h // 8 * 8, w // 8 * 8
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    span = (hi - lo).clamp_min(1e-6)
+    y = ((x - lo) / span * 255.0 - 128.0).double()
+    d = _dct_matrix()
+    blocks = y[..., :hh, :ww].reshape(n, c, hh // 8, 8, ww // 8, 8).permute(0, 1, 2, 4, 3, 5)
+    coef = d @ blocks @ d.T
+    quality = 60 - 50 * s.double()
+    scale = torch.where(quality < 50, 50 / quality, 2 - quality / 50)  # the IJG quality scaling
+    q = (_JPEG_Q[None] * scale[:, None, None]).clamp_min(1.0).reshape(n, 1, 1, 1, 8, 8)
+    coef = torch.round(coef / q) * q
+    rec = (d.T @ coef @ d).permute(0, 1, 2, 4, 3, 5).reshape(n, c, hh, ww)
+    out = y.clone()
+    out[..., :hh, :ww] = rec
+    return ((out + 128.0) / 255.0 * span.double() + lo.double()).to(x.dtype)
+
+
+def seams(x, s, g):
+    """Tiling seams of a tiled SR inference: each 16-32 px tile gets its own small gain/offset (1-6 %)."""
+    n, c, h, w = x.shape
+    out = x.clone()
+    for i, v in enumerate(s.tolist()):
+        tile = int(torch.randint(16, 33, (1,), generator=g))
+        oy, ox = (int(t) for t in torch.randint(0, tile, (2,), generator=g))
+        amp = 0.01 + 0.05 * v
+        level = float(x[i].mean())
+        for y0 in range(-oy, h, tile):
+            for x0 in range(-ox, w, tile):
+                ys, xs = slice(max(0, y0), max(0, y0 + tile)), slice(max(0, x0), max(0, x0 + tile))
+                gn = 1 + amp * (2 * torch.rand(c, 1, 1, generator=g) - 1)
+                off = amp * level * (2 * torch.rand(c, 1, 1, generator=g) - 1)
+                out[i, :, ys, xs] = x[i, :, ys, xs] * gn.to(x) + off.to(x)
+    return out
+
+
+def aliasing(x, s, g):
+    """Decimation by 2-3 px without a low-pass filter, then bicubic upsampling: aliased, jaggy detail."""
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    for i, v in enumerate(s.tolist()):
+        f = 2 if v < 0.5 else 3
+        o = int(torch.randint(0, f, (1,), generator=g))
+        small = x[i : i + 1, :, o::f, o::f]
+        out[i] = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return out
+
+
+def gan_texture(x, s, g):
+    """GAN-like hallucinated texture: band-pass noise (2-4 px blobs), modulated by local detail, added in all bands."""
+    n, c, h, w = x.shape
+    z = torch.randn(n, 1, h, w, generator=g).to(x)
+    bp = gaussian_blur(z, 0.8) - gaussian_blur(z, 2.0)
+    bp = bp / bp.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    detail = (x - gaussian_blur(x, 1.5)).abs().mean(1, keepdim=True)
+    detail = gaussian_blur(detail, 2.0) + 0.002
+    return x + _per(x, 0.5 + 2.0 * s) * detail * bp
+
+
+def stripes_rows(x, s, g):
+    """Row-wise striping (push-broom along-track banding): per-row gain noise 1-6 %."""
+    n, c, h, w = x.shape
+    row = 1 + _per(x, 0.01 + 0.05 * s).reshape(n, 1, 1, 1) * torch.randn(n, c, h, 1, generator=g).to(x)
+    return x * row
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("shift", "nuisance", shift, "translation by 0.25-2 px in a random direction (Fourier shift)"),
     Family("warp", "nuisance", warp, "rotation up to 1 deg and scale up to 1 % (bicubic resampling)"),
@@ -238,11 +347,32 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("blocking", "damage", blocking, "8x8 block DCT truncation (JPEG-like blocking)"),
     Family("checkerboard", "damage", checkerboard, "GAN-like 2-px checkerboard scaled by local detail"),
     Family("stripes", "damage", stripes, "detector striping: per-column gain noise 1-6 %"),
+    Family("pixelate", "damage", pixelate, "nearest-neighbour pixelation (block mean, repeated) by x2, x3 or x4"),
+    Family("median", "damage", median, "median filter 3x3 or 5x5"),
+    Family("jpeg", "damage", jpeg, "8-bit JPEG-like coding: 8x8 DCT quantised with the JPEG table, quality 60-10"),
+    Family("seams", "damage", seams, "tiling seams: 16-32 px tiles with their own gain/offset (1-6 %)"),
+    Family("aliasing", "damage", aliasing, "decimation by 2-3 without low-pass, bicubic upsampling"),
+    Family("gan_texture", "damage", gan_texture, "band-pass noise texture scaled by local detail (0.5-2.5x)"),
+    Family("stripes_rows", "damage", stripes_rows, "row striping: per-row gain noise 1-6 %"),
 )}
 
-#: Families never used for calibration or pretraining: validation only.
-HELDOUT_FAMILIES: tuple[str, ...] = ("haze", "blocking", "checkerboard", "stripes")
-TRAIN_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
+#: Protocols: which families a model may see in pretraining and calibration ("train") and which are kept for
+#: validation only ("heldout"). v1 is the protocol of ``lpips-sat-s2-rn18``, frozen; v2 trains on the blockiness,
+#: quantisation and striping kinds v1 missed and holds out six other families, all different in kind from the
+#: training ones (a nuisance, a periodic GAN artefact, compression, tiling, aliasing, texture hallucination).
+PROTOCOLS: dict[str, dict[str, tuple[str, ...]]] = {
+    "v1": {"heldout": ("haze", "blocking", "checkerboard", "stripes"),
+           "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
+                     "landcover", "sharpen", "ringing", "posterize", "omission")},
+    "v2": {"heldout": ("haze", "checkerboard", "jpeg", "seams", "aliasing", "gan_texture"),
+           "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
+                     "landcover", "sharpen", "ringing", "posterize", "omission", "blocking", "stripes", "pixelate",
+                     "median", "stripes_rows")},
+}
+
+#: Families never used for calibration or pretraining of v1: validation only (kept for the v1 recipe).
+HELDOUT_FAMILIES: tuple[str, ...] = PROTOCOLS["v1"]["heldout"]
+TRAIN_FAMILIES: tuple[str, ...] = PROTOCOLS["v1"]["train"]
 
 
 def apply(name: str, context: torch.Tensor, severity: torch.Tensor | float, g: torch.Generator) -> torch.Tensor:

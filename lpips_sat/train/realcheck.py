@@ -1,0 +1,212 @@
+"""Real-imagery checks of a metric: a cross-acquisition 2AFC test and the gain-versus-blur response.
+
+**Cross-acquisition check** (the issue-16 proxy for a real S2 <-> PlanetScope pair, built from what exists here):
+two acquisitions of one place from the co-registered NAIP stack (different years, cameras and seasons; origins agree
+to < 1 px), each harmonised to Sentinel-2 band statistics (per-band moment matching, :data:`S2_MOMENTS`) and
+area-averaged to the scale under test (``--scales``: factor 2 gives 10 m from the 5 m files). The other year is also
+given the per-band radiometric ratios measured between PlanetScope and S2 on a co-located tile (CONTEXT.md: R 1.20,
+G 1.02, B 1.21, NIR 0.96). Only the held-out bottom ``--holdout`` rows are used, and only patches whose band-mean
+correlation between the years is at least ``--min-corr`` (so the pair differs by acquisition, not land-cover change).
+For each patch, the question is whether the other acquisition is closer to the reference than each damaged copy of
+the reference: Gaussian blur sigma 1 px, 3x pixelation, 3x3 median, posterisation (steps of 0.02 reflectance) and
+10 % column striping (a random tenth of the columns scaled by 0.9 or 1.1).
+
+**Gain versus blur**: on real held-out Sentinel-2 patches, how often a band-common gain of 0.9 or 1.1 is judged closer
+than a sigma = 1 px Gaussian blur, with the median distances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from lpips_sat.errors import InputError
+from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
+from lpips_sat.train.distortions import _nearest_updown, gaussian_blur, median
+
+log = logging.getLogger(__name__)
+
+#: PlanetScope / Sentinel-2 per-band median ratios (R, G, B, NIR) on a co-located tile (CONTEXT.md).
+PS_OVER_S2 = (1.20, 1.02, 1.21, 0.96)
+
+
+def _stripes10(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    n, c, h, w = x.shape
+    pick = torch.rand(n, 1, 1, w, generator=g) < 0.10
+    sign = torch.where(torch.rand(n, 1, 1, w, generator=g) < 0.5, -1.0, 1.0)
+    return x * (1 + 0.1 * sign * pick.float())
+
+
+#: The damaged copies of the reference, each a function of (batch, generator).
+DAMAGES: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "blur_sigma1": lambda x, g: gaussian_blur(x, 1.0),
+    "pixelate_x3": lambda x, g: _nearest_updown(x, 3),
+    "median_3x3": lambda x, g: median(x, torch.zeros(x.shape[0]), g),
+    "posterize_0.02": lambda x, g: torch.round(x / 0.02) * 0.02,
+    "stripes_10pct_columns": _stripes10,
+}
+
+
+def area_average(x: np.ndarray, f: int) -> np.ndarray:
+    """(C, H, W) -> (C, H // f, W // f) by averaging f x f blocks (the S2 pixel as an area mean)."""
+    if f == 1:
+        return x
+    c, h, w = x.shape
+    return x[:, : h // f * f, : w // f * f].reshape(c, h // f, f, w // f, f).mean(axis=(2, 4))
+
+
+def acquisition_pairs(stacks: Sequence[np.ndarray], patch: int, stride: int, min_corr: float) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """(reference, other acquisition) patch pairs: the earlier acquisition is the reference, every pair of acquisitions
+    is used, and a patch is kept when the band-mean correlation of its two versions reaches ``min_corr``."""
+    h = min(s.shape[1] for s in stacks)
+    w = min(s.shape[2] for s in stacks)
+    refs, others, which = [], [], []
+    for i in range(len(stacks)):
+        for j in range(i + 1, len(stacks)):
+            for y in range(0, h - patch + 1, stride):
+                for x in range(0, w - patch + 1, stride):
+                    a = stacks[i][:, y : y + patch, x : x + patch]
+                    b = stacks[j][:, y : y + patch, x : x + patch]
+                    r = float(np.corrcoef(a.mean(0).ravel(), b.mean(0).ravel())[0, 1])
+                    if r >= min_corr:
+                        refs.append(a)
+                        others.append(b)
+                        which.append((i, j))
+    if not refs:
+        raise InputError(f"no patch pair reaches a band-mean correlation of {min_corr}")
+    return torch.from_numpy(np.stack(refs)).float(), torch.from_numpy(np.stack(others)).float(), which
+
+
+def _metrics(names: Sequence[str], baselines: bool = True) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    from lpips_sat.metric import LPIPSSat
+    from lpips_sat.train.calibrate import baseline_distances
+
+    out: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+    for name in names:
+        m = LPIPSSat(name)
+        out[m.name] = lambda a, b, m=m: m(a, b)
+    for base, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("msssim", "MS-SSIM")) if baselines else ():
+        out[label] = lambda a, b, base=base: baseline_distances(a, b)[base]
+    return out
+
+
+@torch.inference_mode()
+def cross_acquisition(metrics: dict[str, Callable], ref: torch.Tensor, other: torch.Tensor, seed: int = 0, chunk: int = 64) -> dict:
+    """2AFC: fraction of (patch, damage) cases where the other acquisition is closer than the damaged reference."""
+    g = torch.Generator().manual_seed(seed)
+    damaged = {k: torch.cat([f(ref[i : i + chunk], g) for i in range(0, len(ref), chunk)]) for k, f in DAMAGES.items()}
+    result: dict[str, dict[str, float]] = {}
+    for name, fn in metrics.items():
+        d_other = torch.cat([fn(ref[i : i + chunk], other[i : i + chunk]) for i in range(0, len(ref), chunk)])
+        row = {}
+        for k, dmg in damaged.items():
+            d_dmg = torch.cat([fn(ref[i : i + chunk], dmg[i : i + chunk]) for i in range(0, len(ref), chunk)])
+            row[k] = float(torch.where(d_other < d_dmg, 1.0, torch.where(d_other > d_dmg, 0.0, 0.5)).mean())
+        row["all"] = float(np.mean([row[k] for k in DAMAGES]))
+        result[name] = row
+    return result
+
+
+@torch.inference_mode()
+def gain_versus_blur(metrics: dict[str, Callable], patches: torch.Tensor) -> dict:
+    """Median distance of gains 0.9 / 1.1 and of a sigma = 1 px blur, and how often each gain scores below the blur."""
+    out = {}
+    blurred = gaussian_blur(patches, 1.0)
+    for name, fn in metrics.items():
+        d_blur = fn(patches, blurred)
+        row = {"median_blur_sigma1": float(d_blur.median())}
+        for gain in (0.9, 1.1):
+            d = fn(patches, patches * gain)
+            row[f"median_gain_{gain}"] = float(d.median())
+            row[f"gain_{gain}_below_blur"] = float((d < d_blur).float().mean())
+        out[name] = row
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", action="append", required=True, help="LPIPS-Sat weights (registry name or file); repeat to compare")
+    p.add_argument("--pairs", required=True, metavar="DIR[:BANDS[:SCALE]]", help="co-registered acquisitions of one place (NAIP stack)")
+    p.add_argument("--val-npy", action="append", default=[], help="held-out S2 scenes (.npy) for the gain-versus-blur check")
+    p.add_argument("--val-scene", action="append", default=[], metavar="PATH[:BANDS[:SCALE[:OFFSET]]]", help="held-out S2 GeoTIFF scenes (same)")
+    p.add_argument("--holdout", type=float, default=0.25, help="bottom fraction of rows used (the pretraining held-out region)")
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 1], help="area-averaging factors (2: 10 m from 5 m NAIP; 1: 5 m)")
+    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--stride", type=int, default=16)
+    p.add_argument("--min-corr", type=float, default=0.8)
+    p.add_argument("--max-pairs", type=int, default=500, help="random subsample (seeded) of the passing patch pairs per scale")
+    p.add_argument("--no-ratios", action="store_true", help="do not apply the PlanetScope/S2 band ratios to the other acquisition")
+    p.add_argument("--n-gain", type=int, default=256, help="real patches for the gain-versus-blur check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-baselines", action="store_true", help="score only the --weights (PSNR, SSIM, MS-SSIM left out)")
+    p.add_argument("--out", required=True, help="JSON file to write; an existing one made with the same settings gains the new metrics' rows")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metrics = _metrics(args.weights, not args.no_baselines)
+    images = load_source(Source.parse(args.pairs))
+    held = [split_rows(im.data, args.holdout)[1] for im in images]
+    report: dict = {"damages": list(DAMAGES), "ratios": None if args.no_ratios else list(PS_OVER_S2), "min_corr": args.min_corr,
+                    "patch": args.patch, "stride": args.stride, "holdout": args.holdout, "files": [im.name for im in images], "scales": {},
+                    "seed": args.seed, "max_pairs": args.max_pairs}
+    for f in args.scales:
+        stacks = [area_average(h, f) for h in held]
+        ref, other, which = acquisition_pairs(stacks, args.patch, args.stride, args.min_corr)
+        n_pass = len(ref)
+        if n_pass > args.max_pairs:
+            keep = torch.randperm(n_pass, generator=torch.Generator().manual_seed(args.seed))[: args.max_pairs]
+            ref, other, which = ref[keep], other[keep], [which[int(i)] for i in keep]
+        if not args.no_ratios:
+            other = other * torch.tensor(PS_OVER_S2).reshape(1, -1, 1, 1)
+        log.info("scale x%d: %d of %d passing patch pairs, %d year pairs", f, len(ref), n_pass, len(set(which)))
+        report["scales"][f"x{f}"] = {"n_pairs": len(ref), "n_passing": n_pass, "n_year_pairs": len(set(which)),
+                                     "2afc": cross_acquisition(metrics, ref, other, args.seed)}
+    scenes = [s for path in args.val_npy for s in reference_scenes(path)]
+    for text in args.val_scene:
+        scenes += [im.data for im in load_source(Source.parse(text))]
+    if scenes:
+        patches = CropSampler(scenes, 64, args.seed).sample(args.n_gain)
+        report["gain_versus_blur"] = {"n_patches": args.n_gain, "patch": 64, "results": gain_versus_blur(metrics, patches)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = ("damages", "ratios", "min_corr", "patch", "stride", "holdout", "files")
+    if out.exists():  # same settings and seed: the same patches, so rows of other metrics can be merged in
+        old = json.loads(out.read_text())
+        if all(old.get(k) == report.get(k) for k in settings) and old.get("seed") == args.seed and old.get("max_pairs") == args.max_pairs:
+            for scale, s in report["scales"].items():
+                if scale in old["scales"]:
+                    old["scales"][scale]["2afc"].update(s["2afc"])
+                else:
+                    old["scales"][scale] = s
+            if "gain_versus_blur" in report:
+                if "gain_versus_blur" in old and old["gain_versus_blur"]["n_patches"] == report["gain_versus_blur"]["n_patches"]:
+                    old["gain_versus_blur"]["results"].update(report["gain_versus_blur"]["results"])
+                else:
+                    old["gain_versus_blur"] = report["gain_versus_blur"]
+            report = old
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lpips_sat.train.realcheck``."""
+    import sys
+
+    from lpips_sat.train import module_main
+
+    return module_main(sys.modules[__name__], "lpips-sat realcheck", argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
