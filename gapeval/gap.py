@@ -434,10 +434,10 @@ def _summary_value(run: Run, *names: str) -> Any:
 
 def load_reflectance(path: Path, *, bands: str | Sequence[str] | None, scale: float | None, wanted: Sequence[str], flag: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` as reflectance in the ``wanted`` band order (NaN where invalid) with gapeval's shared readers."""
-    from gapeval.bands import select_bands
     from gapeval.grids import grid_of
     from gapeval.reflectance import check_reflectance, was_scaled
     from gapeval.sources import RasterSource
+    from lpips_sat.bands import select_bands
     from lpips_sat.raster import band_gain_offset, raster_info
 
     info = raster_info(path)

@@ -1,4 +1,4 @@
-"""Band names, sensor presets and band mapping: the one table every other module uses.
+"""Band names, sensor presets, band mapping and the band order of input files: the one home every other module uses.
 
 Canonical band names are the Sentinel-2 MSI band ids (``B01`` … ``B12``, ``B8A``). Other sensors'
 bands are named by the Sentinel-2 band closest in wavelength, so a PlanetScope "red" is ``B04``.
@@ -7,9 +7,12 @@ Centre wavelengths (nm) are the Sentinel-2A values from ESA's MSI spectral respo
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from typing import Protocol, Sequence
 
 from lpips_sat.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 #: Sentinel-2 band id -> (centre wavelength in nm, native resolution in m).
 S2_BANDS: dict[str, tuple[float, int]] = {
@@ -102,3 +105,77 @@ def nearest_band(band: str, available: Sequence[str]) -> str:
         raise InputError("No bands available to fill from")
     target = S2_BANDS[canonical(band)][0]
     return min(available, key=lambda b: abs(S2_BANDS[canonical(b)][0] - target))
+
+
+class BandFile(Protocol):
+    """What the band-order functions read of a file: ``lpips_sat.raster.RasterInfo`` or ``Raster``."""
+
+    @property
+    def path(self) -> object: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def descriptions(self) -> tuple[str | None, ...]: ...
+
+
+def described_order(info: BandFile) -> tuple[str | None, ...] | None:
+    """The file's band order from its band descriptions, when every band has a recognised band name; else ``None``."""
+    if info.descriptions and all(info.descriptions):
+        try:
+            return resolve(list(info.descriptions))
+        except InputError:
+            return None
+    return None
+
+
+def order_assumed(info: BandFile, declared: str | Sequence[str | None] | None) -> bool:
+    """Whether :func:`band_order` would have to assume the order: nothing declared and no usable band names."""
+    return declared is None and described_order(info) is None
+
+
+def band_order(
+    info: BandFile, declared: str | Sequence[str | None] | None, wanted: Sequence[str], flag: str, *, strict: bool = False
+) -> tuple[str | None, ...]:
+    """Band names of ``info``'s file, in file order.
+
+    From ``declared`` (a preset such as ``planetscope-4b`` or names) if given, else from the file's band
+    descriptions when they are all band names, else assumed to be ``wanted`` when the band count matches
+    (a warning; the caller reports it, see :func:`order_assumed`), unless ``strict``. ``flag`` is the option that
+    declares it, quoted in errors.
+    Raises:
+        InputError: declared order of the wrong length, unknown order with a different band count, or an order that
+            would be assumed while ``strict``.
+    """
+    hint = f"declare the file's band order with {flag} (a preset such as s2-rgbn, s2-l1c-13, planetscope-4b, planetscope-8b, naip, or names)"
+    if declared is not None:
+        try:
+            order = resolve(declared)
+        except InputError as exc:
+            raise InputError(f"{flag} {declared!r}: {exc}") from exc
+        if len(order) != info.count:
+            raise InputError(
+                f"{info.path}: {flag} declares {len(order)} bands ({', '.join(map(str, order))}) but the file has {info.count}"
+            )
+        return order
+    described = described_order(info)
+    if described is not None:
+        return described
+    if info.count == len(wanted) and not strict:
+        logger.info("%s: no band names; assuming the %d bands are %s (declare with %s)", info.path, info.count, ",".join(wanted), flag)
+        return tuple(wanted)
+    if info.count == len(wanted):
+        raise InputError(f"{info.path}: has no band names and --strict-bands refuses to assume they are {','.join(wanted)}; {hint}")
+    raise InputError(
+        f"{info.path}: has {info.count} bands without band names, but the metric needs {len(wanted)} ({', '.join(wanted)}); {hint}"
+    )
+
+
+def select_bands(
+    info: BandFile, declared: str | Sequence[str | None] | None, wanted: Sequence[str], flag: str, *, strict: bool = False
+) -> list[int]:
+    """0-based band indices of ``info``'s file that give ``wanted`` in order (see :func:`band_order`)."""
+    order = band_order(info, declared, wanted, flag, strict=strict)
+    try:
+        return band_indices(order, wanted)
+    except InputError as exc:
+        raise InputError(f"{info.path}: {exc} (set {flag})") from exc

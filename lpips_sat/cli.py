@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lpips_sat.backbones import TAPS
-from lpips_sat.bands import PRESETS, band_indices, canonical, resolve
+from lpips_sat.bands import PRESETS, band_indices, band_order, order_assumed
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure, WeightsError
 from lpips_sat.options import device, positive_float, resolve_device
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
@@ -60,34 +60,18 @@ def read_image(path: str | Path, *, scale: float | None = None) -> tuple[np.ndar
     return raster.data, raster
 
 
-def file_bands(raster: Any, declared: str | None, n_model: int, model_bands: Sequence[str]) -> tuple[str | None, ...]:
+def file_bands(raster: Raster, declared: str | None, model_bands: Sequence[str]) -> tuple[str | None, ...]:
     """The band order of a file: ``--bands`` if given, else the file's band descriptions, else the model's order.
 
-    The model's own order is assumed only when the file has exactly the model's band count; anything else
-    must be declared.
+    The model's own order is assumed only when the file has exactly the model's band count (a console warning);
+    anything else must be declared (:func:`lpips_sat.bands.band_order`).
     """
-    n = raster.data.shape[0]
-    if declared:
-        bands = resolve(declared)
-        source = f"--bands {declared}"
-    else:
-        try:
-            described = tuple(canonical(d) for d in raster.descriptions) if raster.descriptions and all(raster.descriptions) else None
-        except InputError:
-            described = None
-        if described is not None and len(described) == n:
-            bands, source = described, "band descriptions"
-        elif n == n_model:
-            bands, source = tuple(model_bands), "the model's band order (no --bands given)"
-        else:
-            raise InputError(f"{raster.path}: {n} bands and no usable band descriptions; pass --bands (a preset such as "
-                             f"{', '.join(sorted(PRESETS))}, or names like B04,B03,B02,B08)")
-    if len(bands) != n:
-        raise InputError(f"{raster.path}: file has {n} bands but {source} names {len(bands)}")
-    if source.startswith("the model's"):  # an assumption changes the distance if wrong: say it on the console
+    declared = declared or None
+    bands = band_order(raster, declared, model_bands, "--bands")
+    if order_assumed(raster, declared):  # an assumption changes the distance if wrong: say it on the console
         print(f"lpips-sat compare: warning: {raster.path} has no band names; assuming {','.join(map(str, bands))} "
               "(declare the order with --bands)", file=sys.stderr)
-    log.info("%s: bands %s from %s", raster.path, list(bands), source)
+    log.info("%s: bands %s", raster.path, list(bands))
     return bands
 
 
@@ -143,7 +127,7 @@ def run_compare(args: argparse.Namespace) -> int:
     metric = LPIPSSat(args.weights or DEFAULT_NAME, input_range=args.input_range).to(args.device)
     tensors, used = [], []
     for arr, raster in ((a_arr, ra), (b_arr, rb)):
-        bands = file_bands(raster, args.bands, len(metric.model_bands), metric.model_bands)
+        bands = file_bands(raster, args.bands, metric.model_bands)
         try:
             order = band_indices(bands, metric.model_bands)
         except InputError as exc:

@@ -58,6 +58,11 @@ class Raster:
     descriptions: tuple[str | None, ...] = ()
 
     @property
+    def count(self) -> int:
+        """Number of bands (as :attr:`RasterInfo.count`)."""
+        return int(self.data.shape[0])
+
+    @property
     def shape(self) -> tuple[int, int]:
         return int(self.data.shape[1]), int(self.data.shape[2])
 

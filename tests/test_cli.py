@@ -141,7 +141,7 @@ def test_compare_npy_and_png(tiny, tmp_path, capsys) -> None:
     ("missing", "does not exist"),
     ("dn-as-reflectance", "--input-range"),
     ("size", "resample/crop"),
-    ("bands", "pass --bands"),
+    ("bands", "band order with --bands"),
     ("nodata", "nodata/NaN/inf"),
     ("scale-and-dn", "--scale and --input-range dn"),
     ("weights", "Unknown weights"),

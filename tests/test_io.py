@@ -1,5 +1,5 @@
 """Reading inputs: lpips_sat.raster (files, scale), gapeval.folders (pairing), gapeval.grids (half-pixel check),
-gapeval.bands, gapeval.reflectance, gapeval.windows and gapeval.sources (windowed/resampled reads), atomic writes."""
+lpips_sat.bands (band order), gapeval.reflectance, gapeval.windows and gapeval.sources (windowed/resampled reads), atomic writes."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from affine import Affine
 from PIL import Image
 from rasterio.windows import Window
 
-from gapeval.bands import select_bands
 from gapeval.folders import list_images, pair_folders
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
 from gapeval.reflectance import check_not_tiny, check_reflectance
 from gapeval.sources import RasterSource, RasterWriter
 from gapeval.windows import expand_window, fixed_size_window, iter_windows, window_slices
-from lpips_sat.bands import DEFAULT_BANDS, S2_L1C_13
+from lpips_sat.bands import DEFAULT_BANDS, S2_L1C_13, select_bands
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.raster import band_gain_offset, raster_info, read_raster, write_raster
 

@@ -4,7 +4,7 @@
     LPIPS_SAT_EXAMPLE_TINY=1 python docs/examples/basicsr_registry.py
 
 BasicSR builds losses with ``LOSS_REGISTRY.get(opt.pop("type"))(**opt)`` and calls them as
-``loss(pred, target)``. ``Registry`` below is a ten-line stand-in for ``basicsr.utils.registry.Registry``;
+``loss(pred, target)``. ``common.Registry`` is a ten-line stand-in for ``basicsr.utils.registry.Registry``;
 in a BasicSR project, decorate the same class with ``@LOSS_REGISTRY.register()`` from ``basicsr.utils.registry``
 and put the options in the ``train:`` section of the YAML file:
 
@@ -18,33 +18,10 @@ and put the options in the ``train:`` section of the YAML file:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from common import TINY, TinySR, make_metric, toy_pairs  # docs/examples/common.py
-
-
-class Registry:
-    """Name -> class map filled by a decorator (the pattern of ``basicsr.utils.registry.Registry``)."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self._items = name, {}
-
-    def register(self) -> Callable[[type], type]:
-        def deco(cls: type) -> type:
-            if cls.__name__ in self._items:
-                raise KeyError(f"{cls.__name__} is already registered in {self.name}")
-            self._items[cls.__name__] = cls
-            return cls
-        return deco
-
-    def get(self, name: str) -> type:
-        if name not in self._items:
-            raise KeyError(f"No {name!r} in registry {self.name}; known: {sorted(self._items)}")
-        return self._items[name]
-
+from common import TINY, Registry, TinySR, make_metric, toy_pairs  # docs/examples/common.py
 
 LOSS_REGISTRY = Registry("loss")
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the integration examples: the metric choice, toy Sentinel-2-like data, a tiny SR network.
+"""Shared pieces of the integration examples: the metric choice, toy Sentinel-2-like data, a tiny SR network, a registry.
 
 ``LPIPS_SAT_EXAMPLE_TINY=1`` switches every example to a tiny random-weight metric, small images and a few
 steps (this is how the test-suite runs them); without it they use the shipped weights (``LPIPSSat()``).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -101,3 +102,23 @@ class Progress:
         print(f"step {done:4d}/{self.total}  {text}  {_duration(elapsed)} elapsed, ETA {_duration(eta)}", flush=True)
         self.last = now
         return True
+
+
+class Registry:
+    """Name -> class map filled by a decorator (the pattern of ``basicsr.utils.registry.Registry``, which pyiqa reuses)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self._items = name, {}
+
+    def register(self) -> Callable[[type], type]:
+        def deco(cls: type) -> type:
+            if cls.__name__ in self._items:
+                raise KeyError(f"{cls.__name__} is already registered in {self.name}")
+            self._items[cls.__name__] = cls
+            return cls
+        return deco
+
+    def get(self, name: str) -> type:
+        if name not in self._items:
+            raise KeyError(f"No {name!r} in registry {self.name}; known: {sorted(self._items)}")
+        return self._items[name]

@@ -19,33 +19,10 @@ be reflectance 0..1.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from common import TINY, make_metric, toy_pairs  # docs/examples/common.py
-
-
-class Registry:
-    """Name -> class map filled by a decorator (the pattern of ``pyiqa.utils.registry.Registry``)."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self._items = name, {}
-
-    def register(self) -> Callable[[type], type]:
-        def deco(cls: type) -> type:
-            if cls.__name__ in self._items:
-                raise KeyError(f"{cls.__name__} is already registered in {self.name}")
-            self._items[cls.__name__] = cls
-            return cls
-        return deco
-
-    def get(self, name: str) -> type:
-        if name not in self._items:
-            raise KeyError(f"No {name!r} in registry {self.name}; known: {sorted(self._items)}")
-        return self._items[name]
-
+from common import TINY, Registry, make_metric, toy_pairs  # docs/examples/common.py
 
 ARCH_REGISTRY = Registry("arch")
 DEFAULT_CONFIGS: dict[str, dict] = {}

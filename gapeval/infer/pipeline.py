@@ -3,7 +3,7 @@
 For each input GeoTIFF (this process's ``--shard`` of the sorted list):
 
 1. read it with :func:`lpips_sat.raster.read_raster`, check it is georeferenced, select the adapter's bands
-   (:func:`gapeval.bands.band_order`: ``--bands``, else the file's band descriptions), convert to reflectance
+   (:func:`lpips_sat.bands.band_order`: ``--bands``, else the file's band descriptions), convert to reflectance
    ``(pixel + offset) / scale`` (``--scale``, else the file's scale metadata; :func:`gapeval.reflectance.check_reflectance`
    refuses digital numbers), fill nodata with the band mean (nodata is masked again on output);
 2. cut overlapping tiles (:mod:`gapeval.infer.tiling`), run them through the adapter in batches with one seeded
@@ -35,14 +35,13 @@ from affine import Affine
 
 import gapeval
 from gapeval.align import histogram_match
-from gapeval.bands import band_order
 from gapeval.folders import list_images
 from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
 from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
 from lpips_sat.atomic import atomic_path, make_folder, remove_stale_temporaries, write_text_atomic
-from lpips_sat.bands import band_indices
+from lpips_sat.bands import band_indices, band_order
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure
 from lpips_sat.raster import RASTER_SUFFIXES, Raster, band_gain_offset, raster_info, read_raster, write_raster
 

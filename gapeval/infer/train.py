@@ -38,14 +38,13 @@ import torch
 import torch.nn.functional as F
 from affine import Affine
 
-from gapeval.bands import select_bands
 from gapeval.grids import Grid
 from gapeval.infer.base import Adapter, SamplingOptions, ValueMap, autocast, resolve_precision
 from gapeval.infer.checkpoints import save_safetensors
 from gapeval.infer.pipeline import list_inputs
 from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
 from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_atomic
-from lpips_sat.bands import resolve
+from lpips_sat.bands import resolve, select_bands
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
 from lpips_sat.raster import band_gain_offset, raster_info, read_raster
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapeval.bands import order_assumed, select_bands
 from gapeval.folders import Pairing
 from gapeval.grids import Grid, check_same_grid, grid_of, lr_ratio
 from gapeval.metrics.opensr import check_scale
 from gapeval.reflectance import was_scaled
 from gapeval.scoring.config import ScoreConfig
 from gapeval.sources import RasterSource
+from lpips_sat.bands import order_assumed, select_bands
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE
 from lpips_sat.raster import RasterInfo, band_gain_offset, is_virtual, raster_info
