@@ -354,6 +354,9 @@ def load_design(path: str | Path) -> Design:
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected a mapping with 'comparisons' (and optional 'runs', 'conditions')")
     base = path.parent
+    for key, kind in (("runs", dict), ("conditions", dict), ("comparisons", list)):
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            raise InputError(f"{path}: '{key}' must be a {'mapping' if kind is dict else 'list'}, got {type(doc[key]).__name__} {doc[key]!r}")
     runs = {str(k): str(base / str(v)) for k, v in (doc.get("runs") or {}).items()}
     comps = []
     for i, c in enumerate(doc.get("comparisons") or []):
@@ -362,6 +365,9 @@ def load_design(path: str | Path) -> Design:
         comps.append((str(c.get("name") or f"{c['a']} - {c['b']}"), str(c["a"]), str(c["b"])))
     if not comps:
         raise InputError(f"{path}: no comparisons; add e.g. comparisons: [{{a: model/real, b: model/synthetic}}]")
+    bad = [k for k, v in (doc.get("conditions") or {}).items() if v is not None and not isinstance(v, dict)]
+    if bad:
+        raise InputError(f"{path}: conditions of {bad[0]!r} must be a mapping of attributes (e.g. {{model: bicubic, input: real}})")
     conditions = {str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in (doc.get("conditions") or {}).items()}
     return Design(runs, comps, conditions)
 

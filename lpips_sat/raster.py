@@ -99,6 +99,8 @@ def _existing_suffix(path: Path) -> str:
         if path.suffix.lower() not in RASTER_SUFFIXES:
             raise InputError(f"{path}: only GeoTIFF/COG ({', '.join(RASTER_SUFFIXES)}) can be read through GDAL's virtual file systems")
         return path.suffix.lower()
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise MissingFileError(f"{path}: file does not exist")
     suffix = path.suffix.lower()

@@ -227,6 +227,21 @@ def test_binary_option_files_are_error_lines(tmp_path: Path, capsys: pytest.Capt
     assert code == 1 and "blob: not a band transform JSON" in err
     code, _, err = run(["gap", "--design", str(blob), "--out", str(tmp_path / "g")], capsys)
     assert code == 1 and "blob: not valid YAML" in err
+    for text, needle in (("runs: 5\ncomparisons: [{a: x, b: y}]\n", "'runs' must be a mapping"),
+                         ("comparisons: 3\n", "'comparisons' must be a list"),
+                         ("comparisons: [{a: x, b: y}]\nconditions: {x: 1}\n", "conditions of 'x' must be a mapping")):
+        (tmp_path / "d.yaml").write_text(text)
+        code, _, err = run(["gap", "--design", str(tmp_path / "d.yaml"), "--out", str(tmp_path / "g")], capsys)
+        assert code == 1 and needle in err, err
+
+
+def test_a_folder_given_as_an_image_is_called_a_folder(tmp_path: Path) -> None:
+    import lpips_sat.cli
+
+    code = lpips_sat.cli.main(["compare", str(tmp_path), str(EXAMPLES / "hr" / "town.tif")])
+    assert code == 1
+    with pytest.raises(InputError, match="is a folder, not an image file"):
+        read_raster(tmp_path)
 
 
 def test_gap_ignores_an_unreadable_summary_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,7 +10,6 @@ Every raster's bottom ``holdout`` fraction of rows is reserved for validation (h
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.raster import open_geotiff, require
+from lpips_sat.registry import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,6 @@ class Image:
     name: str
     data: np.ndarray
     sha256: str
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image]:
@@ -95,7 +87,7 @@ def load_source(src: Source, bands: Sequence[str] = DEFAULT_BANDS) -> list[Image
                 arr[:, invalid] = np.nan
         if not np.isfinite(arr).all():
             arr = _fill_nan(arr)
-        out.append(Image(path.name, arr, _file_sha256(path)))
+        out.append(Image(path.name, arr, sha256_file(path)))
         log.info("loaded %s %s", path, arr.shape)
     return out
 
