@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from lpips_sat.registry import sha256_file, weights_dir, write_index
+from lpips_sat.registry import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,15 +100,17 @@ def main() -> None:
     report = json.loads((args.calibrate / "report.json").read_text())
     fp16_ok = report["fp16_max_abs_diff"] <= 1e-3
     src = args.calibrate / (f"{args.name}.safetensors" if fp16_ok else f"{args.name}.fp32.safetensors")
-    dst = weights_dir() / f"{args.name}.safetensors"
+    dst = ROOT / "weights" / f"{args.name}.safetensors"  # this checkout's weights/, whichever lpips_sat is installed
     shutil.copyfile(src, dst)
     sha = sha256_file(dst)
     with safe_open(str(dst), framework="pt") as fh:
         meta = dict(fh.metadata())
     entry = {"name": args.name, "file": dst.name, "sha256": sha, "dtype": "float16" if fp16_ok else "float32", "metadata": meta}
-    index = weights_dir() / "index.json"
+    index = ROOT / "weights" / "index.json"
     entries = [e for e in (json.loads(index.read_text()) if index.exists() else []) if e["name"] != args.name]
-    write_index(entries + [entry])
+    tmp = index.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entries + [entry], indent=2) + "\n")
+    tmp.replace(index)
     if report.get("protocol", "v1") != "v1":
         from ship_card_v2 import write_card_v2
 
