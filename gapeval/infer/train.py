@@ -343,7 +343,7 @@ class ResShiftFamily(Family):
         return F.mse_loss(pred.float(), x0)
 
     def save_model(self, path, net, config, step) -> None:
-        from gapeval.infer.resshift import save_checkpoint, ShiftSchedule
+        from gapeval.infer.resshift import ShiftSchedule, save_checkpoint
 
         save_checkpoint(path, net, None, ShiftSchedule(**config["schedule"]), config["bands"], ValueMap(**config["value_map"]),
                         scale=config["scale"], metadata={"step": str(step), "weights": "ema"})
