@@ -489,10 +489,11 @@ class Trainer:
             if progress:
                 progress(self.step, loss)
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                self.save()
+                # logs first: rows past the saved state are cut on resume, rows missing before it could not be redone
                 write_text_atomic(log_path, "\n".join(lines) + "\n")
                 if val_lines:
                     write_text_atomic(val_path, "\n".join(val_lines) + "\n")
+                self.save()
         if not self.model_path.is_file():
             self.save()
         return self.model_path
