@@ -233,14 +233,21 @@ def estimate_shift(moving: np.ndarray, reference: np.ndarray, valid: np.ndarray 
     m = np.where(mask, mov.astype(np.float64).mean(axis=0), np.nan)
     r = np.where(mask, ref.astype(np.float64).mean(axis=0), np.nan)
     dy, dx, quality = _phase_peak(r, m, upsample=upsample, window=True, normalization=PHASE_NORM)
-    deform = np.zeros(4)
+    fine = None
     if refine or affine:
         fine = _refine(ref.astype(np.float64), mask, mov.astype(np.float64), mask, _base(mask.shape), dy, dx, affine=affine, min_valid=min_valid)
-        if fine is not None and math.hypot(fine[0] - dy, fine[1] - dx) <= REFINE_MAX_MOVE:
-            dy, dx = fine[0], fine[1]
-            deform = np.asarray(fine[2:]) if affine else deform
-        elif affine:
-            raise AlignmentError("the affine least-squares fit did not converge; use align 'shift'")
+    return _refined_shift(dy, dx, quality, fine, max_move=REFINE_MAX_MOVE, affine=affine)
+
+
+def _refined_shift(dy: float, dx: float, quality: float, fine: Sequence[float] | None, *, max_move: float, affine: bool) -> Shift:
+    """The phase-correlation shift ``(dy, dx)``, replaced by the least-squares fit ``fine`` (dy, dx, deformation) when one
+    converged within ``max_move`` px of it; an affine fit that did not converge is an error."""
+    deform = np.zeros(4)
+    if fine is not None and math.hypot(fine[0] - dy, fine[1] - dx) <= max_move:
+        dy, dx = fine[0], fine[1]
+        deform = np.asarray(fine[2:]) if affine else deform
+    elif affine:
+        raise AlignmentError("the affine least-squares fit did not converge; use align 'shift'")
     return Shift(_snap(dy), _snap(dx), float(quality), tuple(float(v) for v in deform))  # type: ignore[arg-type]
 
 
@@ -292,15 +299,10 @@ def estimate_shift_scaled(hr: np.ndarray, lr: np.ndarray, scale: int, *, origin:
     r = np.where(joint, lr_b.mean(axis=0), np.nan)
     dy, dx, quality = _phase_peak(r, m, upsample=upsample, window=True, normalization=PHASE_NORM)
     dy, dx = dy * scale, dx * scale
-    deform = np.zeros(4)
+    fine = None
     if refine or affine:
         fine = _refine(lr_b, lr_mask, box, box_mask, base, dy, dx, affine=affine, min_valid=min_valid)
-        if fine is not None and math.hypot(fine[0] - dy, fine[1] - dx) <= REFINE_MAX_MOVE * scale:
-            dy, dx = fine[0], fine[1]
-            deform = np.asarray(fine[2:]) if affine else deform
-        elif affine:
-            raise AlignmentError("the affine least-squares fit did not converge; use align 'shift'")
-    return Shift(_snap(dy), _snap(dx), float(quality), tuple(float(v) for v in deform))  # type: ignore[arg-type]
+    return _refined_shift(dy, dx, quality, fine, max_move=REFINE_MAX_MOVE * scale, affine=affine)
 
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from gapeval.report import CSS, html_table, md_table
-from lpips_sat.atomic import atomic_path, write_text_atomic
+from lpips_sat.atomic import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,11 @@ def _pyplot():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = atomic_path(path)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            os.chmod(tmp, 0o644)
     finally:
-        if tmp.exists():
-            tmp.unlink()
         _pyplot().close(fig)
     return path
 

@@ -79,9 +79,9 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------ stale temporaries

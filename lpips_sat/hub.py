@@ -14,7 +14,6 @@ folder need nothing beyond the base install. This module does not import :mod:`l
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from lpips_sat.atomic import make_folder
+from lpips_sat.atomic import make_folder, write_text_atomic
 from lpips_sat.backbones import distance_upper_bound
 from lpips_sat.errors import LPIPSSatError, MissingFileError, OfflineError, WeightsError
 from lpips_sat.registry import save_weights
@@ -107,12 +106,6 @@ def model_card(config: Mapping[str, Any], metadata: Mapping[str, str], *, licens
     return "\n".join(head + body)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *,
                 license: str | None = None, tags: Sequence[str] = (), datasets: Sequence[str] = (), dtype: torch.dtype = torch.float32) -> Path:
     """Write a hub model folder (each file atomically) from weights-file ``tensors`` (``backbone.*``, ``heads.{i}.weight``)
@@ -130,10 +123,10 @@ def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadat
         raise WeightsError("cannot save a model folder without heads.{i}.weight tensors (use all-ones heads for an uncalibrated metric)")
     kind = "ones" if all(bool((h == 1).all()) for h in heads) else "calibrated"
     config = build_config(metadata, sha256=sha, heads=kind, score_range=(0.0, distance_upper_bound(heads)))
-    _atomic_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     card = model_card(config, metadata, license=license or hub_licence(metadata.get("licence", "")),
                       tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])), datasets=list(datasets))
-    _atomic_text(folder / CARD_NAME, card)
+    write_text_atomic(folder / CARD_NAME, card)
     return folder
 
 

@@ -299,16 +299,11 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta
     """Write float32 tensors + metadata atomically as safetensors; return the file's sha256."""
     from safetensors.torch import save_file
 
-    from lpips_sat.atomic import atomic_path
+    from lpips_sat.atomic import atomic_file
 
     path = Path(path)
-    tmp = atomic_path(path)
-    try:
+    with atomic_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return sha256_file(path)
 
 

@@ -40,7 +40,7 @@ from gapeval.infer.base import Adapter, is_out_of_memory
 from gapeval.infer.checkpoints import CheckpointSource
 from gapeval.infer.tiling import Blender, Tile, TileGrid, padded_size, upsample_mask
 from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
-from lpips_sat.atomic import atomic_path, make_folder, remove_stale_temporaries, write_text_atomic
+from lpips_sat.atomic import atomic_file, make_folder, remove_stale_temporaries, write_text_atomic
 from lpips_sat.bands import band_indices, band_order
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure
 from lpips_sat.raster import RASTER_SUFFIXES, Raster, band_gain_offset, raster_info, read_raster, write_raster
@@ -189,11 +189,8 @@ class TileCache:
     def save(self, tile: Tile, sample: int, out: np.ndarray) -> None:
         if not self.enabled:
             return
-        target = self._path(tile, sample)
-        tmp = atomic_path(target)
-        with open(tmp, "wb") as fh:
+        with atomic_file(self._path(tile, sample)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, out.astype(np.float32, copy=False))
-        os.replace(tmp, target)
 
     def clear(self) -> None:
         if self.enabled and self.folder.is_dir():

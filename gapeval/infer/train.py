@@ -343,7 +343,7 @@ class ResShiftFamily(Family):
         return F.mse_loss(pred.float(), x0)
 
     def save_model(self, path, net, config, step) -> None:
-        from gapeval.infer.resshift import save_checkpoint, ShiftSchedule
+        from gapeval.infer.resshift import ShiftSchedule, save_checkpoint
 
         save_checkpoint(path, net, None, ShiftSchedule(**config["schedule"]), config["bands"], ValueMap(**config["value_map"]),
                         scale=config["scale"], metadata={"step": str(step), "weights": "ema"})
@@ -489,10 +489,11 @@ class Trainer:
             if progress:
                 progress(self.step, loss)
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                self.save()
+                # logs first: rows past the saved state are cut on resume, rows missing before it could not be redone
                 write_text_atomic(log_path, "\n".join(lines) + "\n")
                 if val_lines:
                     write_text_atomic(val_path, "\n".join(val_lines) + "\n")
+                self.save()
         if not self.model_path.is_file():
             self.save()
         return self.model_path

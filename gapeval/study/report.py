@@ -36,6 +36,8 @@ def _f(x: Any, d: int = 4) -> str:
 
 
 def _ci(st: dict[str, Any]) -> str:
+    if not st.get("n"):
+        return "n/a"
     return f"{_f(st['mean'])} [{_f(st['ci_low'])}, {_f(st['ci_high'])}]"
 
 
@@ -211,7 +213,9 @@ def _sections(study: Study, cell, metrics, gap, control, conv) -> list[tuple[str
         head = ["training domain", "test input"] + [LABELS.get(k, k) for k in shown_cells] + ["SR clipped to [0, 1]"]
         body = [[r.split("/")[1], r.split("/")[2]] + [_ci(cell[r][k]) if k in cell[r] else "" for k in shown_cells] + [_clipped(study, r)]
                 for r in runs]
-        tabs.append((f"{m.label}" + (" (checkpoint, not trained here)" if not m.trained else ""), head, body))
+        note = "" if m.trained else (" (reference: bicubic upsampling of the input, no model)" if m.adapter == "bicubic"
+                                     else " (checkpoint, not trained here)")
+        tabs.append((m.label + note, head, body))
     out.append(("2 × 2 results per model (mean [bootstrap 95 % CI] over test scenes)",
                 "sample std: per-pixel standard deviation over the samples (reflectance), averaged per scene.", tabs))
     shown = [k for k in metrics if k != "sample_std"]

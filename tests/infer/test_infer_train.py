@@ -140,3 +140,26 @@ def test_sr3_schedule_overrides_reach_the_sampler(pairs: tuple[Path, Path], tmp_
     clipped = load_adapter("sr3", str(train(cfg)), SamplingOptions(steps=2))[0]
     plain = load_adapter("sr3", str(train(TrainConfig(*pairs, tmp_path / "p", steps=1, **TINY))), SamplingOptions(steps=2))[0]
     assert clipped.scheduler.config.clip_sample is True and plain.scheduler.config.clip_sample is False
+
+
+def test_logs_survive_an_interruption_while_the_checkpoint_is_written(pairs: tuple[Path, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the state file and the model file: the resumed run still has one loss row per step."""
+    import gapeval.infer.train as tr
+
+    train(TrainConfig(*pairs, tmp_path / "o", steps=2, **TINY))
+    real, calls = tr.save_safetensors, []
+
+    def flaky(path, tensors, meta):
+        calls.append(Path(path).name)
+        if len(calls) == 2:  # the state of step 4 is on disk, the model file is not
+            raise KeyboardInterrupt
+        return real(path, tensors, meta)
+
+    monkeypatch.setattr(tr, "save_safetensors", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(*pairs, tmp_path / "o", steps=4, **TINY))
+    monkeypatch.setattr(tr, "save_safetensors", real)
+    train(TrainConfig(*pairs, tmp_path / "o", steps=6, **TINY))
+    rows = (tmp_path / "o" / "train_log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
