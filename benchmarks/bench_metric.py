@@ -16,6 +16,7 @@ Cells: 64, 256 and 512 px, batch 1 and 8, in one run. Contenders of a cell run o
 from __future__ import annotations
 
 import copy
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -37,10 +38,12 @@ OVERHEAD_CELLS = ((64, 8), (256, 1), (256, 8), (512, 1))
 
 
 def default_input_norm() -> str:
-    """The input normalisation of the shipped default weights (v2: per-image band standardisation)."""
+    """The input normalisation of the weights being benchmarked: the shipped default, or ``BENCH_WEIGHTS=NAME``
+    (e.g. ``lpips-sat-s2-rn18-v2``, whose per-image band standardisation costs more than v1's fixed one)."""
     from lpips_sat.registry import DEFAULT_NAME, get_entry
 
-    return str(get_entry(DEFAULT_NAME).extra.get("input_norm", "global"))
+    name = os.environ.get("BENCH_WEIGHTS", DEFAULT_NAME)
+    return str(get_entry(name).extra.get("input_norm", "global"))
 
 
 @lru_cache(maxsize=1)
