@@ -169,6 +169,15 @@ def test_smoke_study_resumes_after_interruptions_with_identical_tables(tmp_path:
     assert json.loads((tmp_path / "b" / "tables.json").read_text()) == straight
 
 
+@pytest.mark.parametrize("shard", ["3/3", "-1/2", "1/0", "a/b"])
+def test_a_bad_shard_is_a_usage_error_at_parse_time(shard: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like ``gapeval infer --shard``: checked by argparse (exit 2), before the study file is even read."""
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "run", "does-not-exist.yaml", "--shard", shard])
+    assert exc.value.code == 2
+    assert "--shard" in capsys.readouterr().err and "does not exist" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not NAIP.is_dir(), reason="needs ../shared/data/naip")
 def test_shards_split_the_training_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,8 @@ def _batch(text: str) -> int | None:
     return positive_int(text)
 
 
-def _shard(text: str) -> tuple[int, int]:
+def shard_arg(text: str) -> tuple[int, int]:
+    """``--shard k/n|auto`` as an argparse type (checked at parse time: a bad value is a usage error, exit 2)."""
     try:
         return parse_shard(text)
     except InputError as exc:
@@ -60,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-embeds", default=None, help="sd-x4-upscaler: safetensors with prompt_embeds [negative_prompt_embeds]")
     parser.add_argument("--num-head-channels", type=positive_int, default=None, help="ldsr-s2: channels per attention head (not in LDM checkpoints; default 32)")
     parser.add_argument("--use-ema", action="store_true", help="ldsr-s2: use the checkpoint's EMA denoiser weights")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), help="k/n: process files k, k+n, … of the sorted inputs; 'auto' reads RANK/WORLD_SIZE (torchrun, accelerate)")
+    parser.add_argument("--shard", type=shard_arg, default=(0, 1), help="k/n: process files k, k+n, … of the sorted inputs; 'auto' reads RANK/WORLD_SIZE (torchrun, accelerate)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs written by a different run")
     parser.add_argument("--no-tile-cache", dest="tile_cache", action="store_false", help="do not keep finished tiles under OUT/.partial for resuming")
 

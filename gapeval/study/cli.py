@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gapeval.infer.cli_infer import shard_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny networks, few steps and tiles (minutes on a CPU; checks the pipeline only)")
     p.add_argument("--out", type=Path, help="output folder (default: the YAML's 'out', else runs/study_NAME[_smoke])")
     p.add_argument("--stop-after", choices=["data", "train", "infer", "score", "gap"], help="stop after this stage (a later run continues)")
-    p.add_argument("--shard", help="k/n or auto (RANK/WORLD_SIZE of torchrun/accelerate): run every n-th train/infer stage; "
+    p.add_argument("--shard", type=shard_arg, help="k/n or auto (RANK/WORLD_SIZE of torchrun/accelerate): run every n-th train/infer stage; "
                    "needs --stop-after train|infer (see docs/study.md, several GPUs)")
 
 
@@ -30,11 +32,9 @@ def run(args: argparse.Namespace) -> int:
         out = (cfg.path.parent / str(given)) if given else Path("runs") / f"study_{cfg.name}"
         if cfg.smoke:
             out = out.with_name(out.name + "_smoke")
-    from gapeval.infer.pipeline import parse_shard
-
-    tables = run_study(cfg, out, stop_after=args.stop_after, shard=parse_shard(args.shard))
+    tables = run_study(cfg, out, stop_after=args.stop_after, shard=args.shard or (0, 1))
     if not tables:
-        print(f"gapeval study: stopped after {args.stop_after}" + (f" (shard {args.shard})" if args.shard else "") + f"; rerun to continue in {out}")
+        print(f"gapeval study: stopped after {args.stop_after}" + (f" (shard {args.shard[0]}/{args.shard[1]})" if args.shard else "") + f"; rerun to continue in {out}")
         return 0
     print(f"gapeval study: report {out / 'report.html'} (Markdown: {out / 'report.md'}, numbers: {out / 'tables.json'})")
     return 0
