@@ -481,11 +481,14 @@ def test_a_usage_error_as_a_process(data: Path, tmp_path: Path) -> None:
 
 
 SLOW_SCORE = """
-import sys, time
+import itertools, sys, time
 from gapeval.scoring import scene
 real = scene.score_scene
+calls = itertools.count()  # thread-safe enough under the GIL
 def slow(*args, **kwargs):
-    time.sleep(0.4)
+    # the first scenes finish quickly; the rest take 2 s each, so the SIGINT sent once two rows exist always finds the
+    # run unfinished, however loaded the machine (the test process can be starved of CPU for seconds)
+    time.sleep(0.4 if next(calls) < 3 else 2.0)
     return real(*args, **kwargs)
 scene.score_scene = slow
 from gapeval.cli import main
