@@ -48,6 +48,22 @@ def read(path: Path) -> tuple[np.ndarray, dict, Affine, object, tuple]:
 # LDM (CompVis / opensr-model) layouts, enumerated from the module definitions independently of the key map
 # --------------------------------------------------------------------------------------------------
 
+def infer_32px_tile(tmp_path: Path, model: str, checkpoint: Path, *extra: str, seed: int = 0,
+                    input_folder: bool = False) -> tuple[np.ndarray, dict, Affine, object, tuple]:
+    """Write one 32 px Sentinel-2 DN tile (``tmp_path/lr/tile.tif``, bands B04,B03,B02,B08), run ``gapeval infer`` on it
+    (the tile or, with ``input_folder``, its folder) on the CPU with ``extra`` options, assert exit 0, and return
+    :func:`read` of ``tmp_path/out/tile.tif``."""
+    from gapeval.cli import main
+
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    scene = write_tif(folder / "tile.tif", s2_dn(size=32, seed=seed), descriptions=("B04", "B03", "B02", "B08"))
+    out = tmp_path / "out"
+    assert main(["infer", "--model", model, "--input", str(folder if input_folder else scene), "--out", str(out), "--checkpoint",
+                 str(checkpoint), *extra, "--tile", "32", "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
+    return read(out / "tile.tif")
+
+
 def ldm_unet_shapes(cin: int, cout: int, mc: int, mult: tuple[int, ...], nres: int, attn: set[int]) -> dict[str, tuple[int, ...]]:
     """Names and shapes of an ``openaimodel.UNetModel`` state dict (legacy attention, no scale-shift norm)."""
     temb, s = 4 * mc, {}

@@ -19,9 +19,8 @@ from hub_layouts import (
     legacy_names,
     sd_x4_folder,
 )
-from infer_helpers import TRANSFORM, read, s2_dn, write_tif
+from infer_helpers import TRANSFORM, infer_32px_tile
 
-from gapeval.cli import main
 from gapeval.infer.base import SamplingOptions
 from gapeval.infer.checkpoints import rename_legacy_attention, select_hub_files
 from gapeval.infer.registry import get, load_adapter
@@ -50,12 +49,6 @@ def test_full_size_legacy_names_map_back_exactly(cls, config, total, legacy, exa
     assert {k: tuple(v.shape) for k, v in renamed.items()} == {k: tuple(v.shape) for k, v in own.items()}
 
 
-def _scene(tmp_path: Path) -> Path:
-    folder = tmp_path / "lr"
-    folder.mkdir()
-    return write_tif(folder / "tile.tif", s2_dn(size=32, seed=3), descriptions=("B04", "B03", "B02", "B08"))
-
-
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 @pytest.mark.parametrize("model", ["ldm-sr-x4", "sd-x4-upscaler"])
 def test_hub_layout_loads_strictly_and_runs(model: str, fmt: str, tmp_path: Path) -> None:
@@ -70,11 +63,7 @@ def test_hub_layout_loads_strictly_and_runs(model: str, fmt: str, tmp_path: Path
     for module, part in ((adapter.unet, "unet"), (vae, vae_part)):
         loaded = module.state_dict()
         assert set(loaded) == set(current[part]) and all(torch.equal(loaded[k], current[part][k]) for k in loaded)
-    scene = _scene(tmp_path)
-    out = tmp_path / "out"
-    assert main(["infer", "--model", model, "--input", str(scene.parent), "--out", str(out), "--checkpoint", str(folder), "--steps", "2",
-                 "--tile", "32", "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
-    data, tags, transform, crs, desc = read(out / "tile.tif")
+    data, tags, transform, crs, desc = infer_32px_tile(tmp_path, model, folder, "--steps", "2", seed=3, input_folder=True)
     assert data.shape == (4, 128, 128) and np.isfinite(data).all() and desc == ("B04", "B03", "B02", "B08")
     assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618" and tags["model"] == model
 
@@ -149,10 +138,6 @@ def test_hub_id_fetches_only_the_selected_files(monkeypatch: pytest.MonkeyPatch,
 
 def test_ldsr_lightning_layout_runs_on_a_32px_tile(ldsr_ckpt: Path, tmp_path: Path) -> None:
     """The fourth published layout (opensr-model Lightning .ckpt, tiny, real key names) through the same 32 px check."""
-    scene = _scene(tmp_path)
-    out = tmp_path / "out"
-    assert main(["infer", "--model", "ldsr-s2", "--input", str(scene), "--out", str(out), "--checkpoint", str(ldsr_ckpt), "--steps", "2",
-                 "--tile", "32", "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
-    data, tags, transform, crs, desc = read(out / "tile.tif")
+    data, tags, transform, crs, desc = infer_32px_tile(tmp_path, "ldsr-s2", ldsr_ckpt, "--steps", "2", seed=3)
     assert data.shape == (4, 128, 128) and np.isfinite(data).all() and desc == ("B04", "B03", "B02", "B08")
     assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618" and tags["model"] == "ldsr-s2"

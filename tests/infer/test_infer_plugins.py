@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from infer_helpers import TRANSFORM, read, s2_dn, write_tif
+from infer_helpers import TRANSFORM, infer_32px_tile, s2_dn, write_tif
 
 from gapeval.cli import main
 from gapeval.infer import registry
@@ -71,13 +71,7 @@ def test_plugin_runs_through_gapeval_infer(plugins: Path, tmp_path: Path, capsys
     torch.manual_seed(0)
     ckpt = tmp_path / "my_esrgan.safetensors"
     save_file({k: v.contiguous() for k, v in my_sr_plugin.TinyRRDBNet().state_dict().items()}, str(ckpt))
-    lr_dir = tmp_path / "lr"
-    lr_dir.mkdir()
-    scene = write_tif(lr_dir / "tile.tif", s2_dn(size=32, seed=1), descriptions=("B04", "B03", "B02", "B08"))
-    out = tmp_path / "out"
-    assert main(["infer", "--model", "my-esrgan", "--input", str(scene), "--out", str(out), "--checkpoint", str(ckpt), "--tile", "32",
-                 "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
-    data, tags, transform, crs, _ = read(out / "tile.tif")
+    data, tags, transform, crs, _ = infer_32px_tile(tmp_path, "my-esrgan", ckpt, seed=1)
     assert data.shape == (4, 128, 128) and np.isfinite(data).all() and tags["model"] == "my-esrgan" and tags["sampler"].startswith("none")
     assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618"
     # the pipeline output is the network applied to the tile (one 32 px tile, no overlap, no histogram matching)

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from infer_helpers import DATA, TRANSFORM, ldm_autoencoder_shapes, random_state, read, s2_dn, write_tif
+from infer_helpers import DATA, TRANSFORM, infer_32px_tile, ldm_autoencoder_shapes, random_state
 
-from gapeval.cli import main
 from gapeval.infer import resshift as rs
 from gapeval.infer.base import SamplingOptions
 from gapeval.infer.registry import load_adapter
@@ -79,13 +78,7 @@ def test_published_layout_loads_strictly_and_runs(tmp_path: Path) -> None:
     folder = _published_folder(tmp_path / "ckpt", wrap="module.")
     adapter, _ = load_adapter("resshift", str(folder), SamplingOptions())
     assert adapter.steps == 4 and adapter.schedule == rs.PRESETS["resshift-v3"][0]
-    lr_dir = tmp_path / "lr"
-    lr_dir.mkdir()
-    scene = write_tif(lr_dir / "tile.tif", s2_dn(size=32, seed=7), descriptions=("B04", "B03", "B02", "B08"))
-    out = tmp_path / "out"
-    assert main(["infer", "--model", "resshift", "--input", str(scene), "--out", str(out), "--checkpoint", str(folder), "--tile", "32",
-                 "--overlap", "0", "--device", "cpu", "--scale", "10000"]) == 0
-    data, tags, transform, crs, desc = read(out / "tile.tif")
+    data, tags, transform, crs, desc = infer_32px_tile(tmp_path, "resshift", folder, seed=7)
     assert data.shape == (4, 128, 128) and np.isfinite(data).all() and desc == ("B04", "B03", "B02", "B08")
     assert transform == TRANSFORM @ TRANSFORM.scale(0.25) and crs.to_string() == "EPSG:32618" and tags["steps"] == "4"
 
