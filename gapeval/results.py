@@ -132,14 +132,17 @@ def parse_row(row: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def jsonable(obj: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists, numpy scalars -> Python numbers."""
+def jsonable(obj: Any, digits: int | None = None) -> Any:
+    """NaN/inf -> None (strict JSON), tuples -> lists, numpy scalars -> Python numbers; floats rounded to ``digits``
+    decimals when given (stable files for diffs, e.g. the study's tables.json)."""
     if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
+        return [jsonable(v, digits) for v in obj]
     if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
+        if not np.isfinite(obj):
+            return None
+        return float(obj) if digits is None else round(float(obj), digits)
     if isinstance(obj, np.integer):
         return int(obj)
     return obj

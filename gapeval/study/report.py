@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from lpips_sat.atomic import write_text_atomic
 from gapeval.plots import _pyplot, _save, forest_plot
 from gapeval.report import CSS, md_table
 from gapeval.report import html_table as _html_table
+from gapeval.results import jsonable
 from gapeval.stats import summarize
+from lpips_sat.atomic import write_text_atomic
 
 #: The runner's :class:`gapeval.study.runner.Study` (not imported: the runner imports this module).
 Study = Any
@@ -107,7 +108,7 @@ def write_study_report(study: Study) -> dict[str, Any]:
     tables = {"study": cfg.name, "smoke": cfg.smoke, "tiles": view.get("tiles"), "cells": cell,
               "gaps": [_gap_row(c) for c in gap["comparisons"]], "controls": [_gap_row(c) for c in (control or {}).get("comparisons", [])],
               "convergence": conv, "n_tests": gap["n_tests"]}
-    write_text_atomic(out / "tables.json", json.dumps(_plain(tables), indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out / "tables.json", json.dumps(jsonable(tables, digits=10), indent=1, sort_keys=True) + "\n")
 
     figures: list[tuple[str, str]] = []
     fp = forest_plot(gap["comparisons"], metrics, fig_dir / "gaps_forest.png")
@@ -148,18 +149,6 @@ def write_study_report(study: Study) -> dict[str, Any]:
     parts.append("</body></html>")
     write_text_atomic(out / "report.html", "\n".join(parts))
     return json.loads((out / "tables.json").read_text())
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return round(float(obj), 10) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _gap_row(c: dict[str, Any]) -> dict[str, Any]:
