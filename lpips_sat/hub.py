@@ -121,8 +121,10 @@ def save_folder(folder: str | Path, tensors: Mapping[str, torch.Tensor], metadat
     heads = [tensors[k] for k in sorted(k for k in tensors if k.startswith("heads."))]
     if not heads:
         raise WeightsError("cannot save a model folder without heads.{i}.weight tensors (use all-ones heads for an uncalibrated metric)")
-    kind = "ones" if all(bool((h == 1).all()) for h in heads) else "calibrated"
-    config = build_config(metadata, sha256=sha, heads=kind, score_range=(0.0, distance_upper_bound(heads)))
+    texture = [tensors[k] for k in sorted(k for k in tensors if k.startswith("texture_heads."))]
+    kind = "ones" if all(bool((h == 1).all()) for h in heads) and not texture else "calibrated"
+    upper = distance_upper_bound(heads) + (distance_upper_bound(texture) if texture else 0.0)
+    config = build_config(metadata, sha256=sha, heads=kind, score_range=(0.0, upper))
     write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     card = model_card(config, metadata, license=license or hub_licence(metadata.get("licence", "")),
                       tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])), datasets=list(datasets))

@@ -53,6 +53,7 @@ class _Parts:
     name: str
     sha256: str | None
     metadata: dict
+    texture_heads: list[torch.Tensor] | None = None
 
 
 def normalize_channels(feat: torch.Tensor, eps: float = 1e-10, inplace: bool = False) -> torch.Tensor:
@@ -77,6 +78,20 @@ STD_FLOOR = 1e-3
 INPUT_NORMS = ("global", "per-image")
 
 
+def input_floor(metadata: dict, name: str = "weights") -> float:
+    """The std floor of a weights file: its ``input_floor`` metadata (v3 and later), else :data:`STD_FLOOR` (v2)."""
+    text = metadata.get("input_floor")
+    if text is None:
+        return STD_FLOOR
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise WeightsError(f"{name}: input_floor must be a positive number in the weights metadata, got {text!r}")
+    return value
+
+
 def standardize_per_image(x: torch.Tensor, floor: float = STD_FLOOR) -> torch.Tensor:
     """Per image and band, ``(x - mean) / sqrt(var + floor^2)`` over H, W (population variance).
 
@@ -86,6 +101,19 @@ def standardize_per_image(x: torch.Tensor, floor: float = STD_FLOOR) -> torch.Te
     faster than ``var_mean`` plus arithmetic on a 8x4x256x256 batch, same numbers to 4e-7).
     """
     return F.instance_norm(x.float(), eps=floor * floor)
+
+
+def texture_stats(feat: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) features -> (N, 2C): each channel's spatial mean, then its spatial standard deviation."""
+    var, mean = torch.var_mean(feat, dim=(2, 3), correction=0)
+    return torch.cat([mean, torch.sqrt(var + 1e-12)], dim=1)
+
+
+def texture_distance(fa: torch.Tensor, fb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N,) ``sum_c w_c ((mu_a - mu_b)^2 + (sigma_a - sigma_b)^2)``; ``weights`` is (1, C)."""
+    d = (texture_stats(fa) - texture_stats(fb)).pow(2)
+    c = fa.shape[1]
+    return ((d[:, :c] + d[:, c:]) * weights.float()).sum(1)
 
 
 def band_stats(x: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +181,10 @@ class LPIPSSat(nn.Module):
         channels = self.backbone.channels
         heads = parts.heads if parts.heads is not None else [torch.ones(1, c, 1, 1) for c in channels]
         self.heads = nn.ParameterList([nn.Parameter(h.reshape(1, c, 1, 1).float(), requires_grad=False) for h, c in zip(heads, channels)])
-        if any(bool((h < 0).any()) for h in self.heads):
+        self.texture_heads = None
+        if parts.texture_heads is not None:
+            self.texture_heads = nn.ParameterList([nn.Parameter(h.reshape(1, c).float(), requires_grad=False) for h, c in zip(parts.texture_heads, channels)])
+        if any(bool((h < 0).any()) for h in (*self.heads, *(self.texture_heads or []))):
             raise WeightsError(f"{parts.name}: calibration heads must be non-negative")
         self.model_bands = tuple(parts.model_bands)
         self.bands = resolve(bands) if bands is not None else self.model_bands
@@ -166,6 +197,7 @@ class LPIPSSat(nn.Module):
         self.input_norm = str(parts.metadata.get("input_norm", "global"))
         if self.input_norm not in INPUT_NORMS:
             raise WeightsError(f"{parts.name}: unknown input_norm {self.input_norm!r} in the weights metadata; known: {INPUT_NORMS}")
+        self.input_floor = input_floor(parts.metadata, parts.name)
         self.requires_grad_(False)
         self.eval()
 
@@ -235,16 +267,19 @@ class LPIPSSat(nn.Module):
 
     @classmethod
     def random(cls, arch: str = "resnet18", *, width_div: int = 8, model_bands: Sequence[str] = DEFAULT_BANDS, seed: int = 0,
-               input_norm: str = "global", **kwargs) -> "LPIPSSat":
-        """A random-weight metric (tiny by default) for tests and benchmarks; nothing is loaded from disk."""
+               input_norm: str = "global", texture: bool = False, **kwargs) -> "LPIPSSat":
+        """A random-weight metric (tiny by default) for tests and benchmarks; nothing is loaded from disk.
+
+        ``texture=True`` adds random texture heads (the v3 distance form, :meth:`distance`)."""
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             backbone = ResNetTaps(arch, in_chans=len(model_bands), width_div=width_div)
         heads = [torch.rand(1, c, 1, 1, generator=gen) for c in backbone.channels]
         n = len(model_bands)
+        texture_heads = [torch.rand(1, c, generator=gen) for c in backbone.channels] if texture else None
         parts = _Parts(backbone, heads, tuple(model_bands), [0.1] * n, [0.1] * n, name=f"random-{arch}-div{width_div}-seed{seed}", sha256=None,
-                       metadata={"arch": arch, "input_norm": input_norm})
+                       metadata={"arch": arch, "input_norm": input_norm}, texture_heads=texture_heads)
         return cls(parts, **kwargs)
 
     # ---------------------------------------------------------------- hub model folders (lpips_sat.hub)
@@ -281,6 +316,7 @@ class LPIPSSat(nn.Module):
         """The tensors (``backbone.*``, ``heads.{i}.weight``) and safetensors metadata that reproduce this metric."""
         tensors = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
         tensors.update({f"heads.{i}.weight": h.detach() for i, h in enumerate(self.heads)})
+        tensors.update({f"texture_heads.{i}.weight": h.detach() for i, h in enumerate(self.texture_heads or [])})
         meta = {str(k): str(v) for k, v in self.metadata.items()}
         mean, std = self._norm
         meta.update({"name": self.name, "arch": self.backbone.arch, "width_div": str(self.backbone.width_div), "taps": json.dumps(list(TAPS)),
@@ -319,7 +355,7 @@ class LPIPSSat(nn.Module):
         """Validate ``x`` and turn it into normalised backbone input (float32, model band order)."""
         x = self.reflectance(x, name)
         if self.input_norm == "per-image":
-            return standardize_per_image(x)
+            return standardize_per_image(x, self.input_floor)
         return (x - self.mean) / self.std
 
     def reflectance(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
@@ -384,18 +420,28 @@ class LPIPSSat(nn.Module):
 
         Per tap ``l``: ``d_l = mean_hw sum_c w_lc (f_a - f_b)^2``; with ``spatial=True`` each tap's map is
         bilinearly upsampled to ``size`` and the result has shape (N, 1, H, W).
+
+        Weights with texture heads ``t`` (v3) add, per tap, the texture term of DISTS (Ding et al. 2020, eq. 7-8) in
+        squared form: ``sum_c t_lc ((mu_a - mu_b)^2 + (sigma_a - sigma_b)^2)`` over each channel's spatial mean and
+        standard deviation. It ignores *where* a texture is (sub-pixel shifts, another acquisition's small changes)
+        and sees new texture (stripes, blocks, quantisation contours). In a spatial map it is spread evenly over
+        the image, so the map still averages to the distance.
         """
         parts = []
         graph = torch.is_grad_enabled() and any(f.requires_grad for f in (*feats_a, *feats_b))
-        for fa, fb, head in zip(feats_a, feats_b, self.heads):
+        textures = self.texture_heads if self.texture_heads is not None else [None] * len(self.heads)
+        for fa, fb, head, tex in zip(feats_a, feats_b, self.heads, textures):
+            texture = texture_distance(fa, fb, tex) if tex is not None else None
             diff = fa - fb
             per_pixel = F.conv2d(diff.pow(2) if graph else diff.square_(), head.float())  # in place without a graph: one buffer less
             if spatial:
                 if size is None:
                     raise InputError("distance(spatial=True) needs size=(H, W)")
-                parts.append(F.interpolate(per_pixel, size=size, mode="bilinear", align_corners=False))
+                part = F.interpolate(per_pixel, size=size, mode="bilinear", align_corners=False)
+                parts.append(part if texture is None else part + texture.reshape(-1, 1, 1, 1))
             else:
-                parts.append(per_pixel.mean(dim=(2, 3)).squeeze(1))
+                part = per_pixel.mean(dim=(2, 3)).squeeze(1)
+                parts.append(part if texture is None else part + texture)
         return torch.stack(parts).sum(0), parts
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, spatial: bool | None = None, per_layer: bool = False,
@@ -419,7 +465,7 @@ class LPIPSSat(nn.Module):
             if ra.shape != rb.shape:
                 raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
             if self.input_norm == "per-image":
-                a, b = standardize_per_image(ra), standardize_per_image(rb)
+                a, b = standardize_per_image(ra, self.input_floor), standardize_per_image(rb, self.input_floor)
             else:
                 a, b = (ra - self.mean) / self.std, (rb - self.mean) / self.std
             if radiometry:
@@ -446,9 +492,11 @@ class LPIPSSat(nn.Module):
         """``(0, upper)``: every distance (and every value of a spatial map) lies in this interval.
 
         ``upper = 2 * sum over taps of the largest head weight`` (:func:`lpips_sat.backbones.distance_upper_bound`);
-        it is reached only by disjoint feature supports, so real distances stay far below it.
+        it is reached only by disjoint feature supports, so real distances stay far below it. Texture heads add the
+        same bound of their own: per channel ``mu^2 + sigma^2 = mean_hw f^2``, so each image's (mu, sigma) vector
+        has norm <= 1 in the non-negative orthant and two of them are at most sqrt(2) apart.
         """
-        return 0.0, distance_upper_bound(self.heads)
+        return 0.0, distance_upper_bound(self.heads) + (distance_upper_bound(self.texture_heads) if self.texture_heads is not None else 0.0)
 
     def extra_repr(self) -> str:
         norm = "" if self.normalize is None else f", normalize={self.normalize}"
@@ -495,9 +543,13 @@ def _parts_from_weights(weights: str | Path, sha256: str | None = None) -> _Part
     state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
     load_strict(backbone, state, text)
     head_keys = [f"heads.{i}.weight" for i in range(len(TAPS))]
-    extra = sorted(set(tensors) - set(head_keys) - {f"backbone.{k}" for k in state})
-    missing = [k for k in head_keys if k not in tensors]
+    texture_keys = [f"texture_heads.{i}.weight" for i in range(len(TAPS))]
+    has_texture = any(k in tensors for k in texture_keys)
+    expected = head_keys + (texture_keys if has_texture else [])
+    extra = sorted(set(tensors) - set(expected) - {f"backbone.{k}" for k in state})
+    missing = [k for k in expected if k not in tensors]
     if missing or extra:
         raise WeightsError(f"{text}: missing head tensors {missing} / unexpected tensors {extra}")
     heads = [tensors[k] for k in head_keys]
-    return _Parts(backbone, heads, bands, json.loads(meta["mean"]), json.loads(meta["std"]), name, sha, meta)
+    texture_heads = [tensors[k] for k in texture_keys] if has_texture else None
+    return _Parts(backbone, heads, bands, json.loads(meta["mean"]), json.loads(meta["std"]), name, sha, meta, texture_heads)

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
-from lpips_sat.options import nonnegative_float, nonnegative_int, open_fraction, positive_int
+from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
 from lpips_sat.hub import save_folder
-from lpips_sat.metric import normalize_channels, standardize_per_image
+from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standardize_per_image, texture_stats
 from lpips_sat.registry import load_weights, save_weights, sha256_file
-from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
+from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
 from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin
 
 log = logging.getLogger(__name__)
@@ -106,24 +106,37 @@ def load_judgments(path: Path, backbone_sha256: str) -> dict[str, dict[str, Trip
 
 
 class Featurizer:
-    """Backbone + normalisation turning images into per-channel mean squared tap differences."""
+    """Backbone + normalisation turning images into per-channel mean squared tap differences.
 
-    def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float], input_norm: str = "global") -> None:
+    With ``texture=True`` (the v3 distance form) each row also holds, after the ``sum C`` LPIPS columns, the ``sum C``
+    per-channel texture differences ``(mu_a - mu_b)^2 + (sigma_a - sigma_b)^2`` (:func:`lpips_sat.metric.texture_distance`).
+    """
+
+    def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float], input_norm: str = "global",
+                 floor: float = STD_FLOOR, texture: bool = False) -> None:
         self.backbone = backbone.eval()
         self.mean = torch.tensor(list(mean)).reshape(1, -1, 1, 1)
         self.std = torch.tensor(list(std)).reshape(1, -1, 1, 1)
         self.input_norm = input_norm
+        self.floor = floor
+        self.texture = texture
 
     @torch.inference_mode()
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = standardize_per_image(x) if self.input_norm == "per-image" else (x - self.mean) / self.std
+        z = standardize_per_image(x, self.floor) if self.input_norm == "per-image" else (x - self.mean) / self.std
         return [normalize_channels(f) for f in self.backbone(z)]
 
     @torch.inference_mode()
     def diffs(self, ref: torch.Tensor | list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Per-channel mean squared tap differences; ``ref`` may be its precomputed :meth:`taps`."""
         fr = ref if isinstance(ref, list) else self.taps(ref)
-        return torch.cat([(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, self.taps(x))], dim=1)
+        fx = self.taps(x)
+        cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)]
+        if self.texture:
+            for a, b in zip(fr, fx):
+                d = (texture_stats(a) - texture_stats(b)).pow(2)
+                cols.append(d[:, : a.shape[1]] + d[:, a.shape[1] :])
+        return torch.cat(cols, dim=1)
 
 
 def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,6 +200,55 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
             out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
         done += m
     return {k: Triplets.cat(v) for k, v in out.items()}
+
+
+#: Family label of a real cross-acquisition nuisance (two acquisitions of one place, see :func:`make_pair_judgments`).
+ACQUISITION = "acquisition"
+
+def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequence[str], featurizers: dict[str, Featurizer], seed: int,
+                        chunk: int = 64) -> dict[str, Triplets]:
+    """``n`` real-nuisance judgments: a = another acquisition of the same place (with the PlanetScope/S2 band ratios),
+    b = the reference with a damage (severity 0.35-1), ``p = 1`` that a is closer; a and b are swapped at random.
+
+    ``stacks`` maps an area-averaging factor to a :class:`PairSampler` at that scale (factor 2: 10 m from 5 m NAIP,
+    factor 1: 5 m, the SR-output scale), drawn with equal probability per chunk.
+    """
+    g = torch.Generator().manual_seed(seed)
+    ratios = torch.tensor(PS_OVER_S2).reshape(1, -1, 1, 1)
+    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
+    factors = sorted(stacks)
+    for k, sampler in enumerate(stacks.values()):
+        sampler.rng = np.random.default_rng([seed, k])
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        sampler = stacks[factors[int(torch.randint(0, len(factors), (1,), generator=g))]]
+        ctx_ref, ctx_other = sampler.sample(m, PATCH + 2 * MARGIN)
+        ref, other = crop_margin(ctx_ref), crop_margin(ctx_other) * ratios
+        dmg, fb = [], []
+        for i in range(m):
+            name = damages[int(torch.randint(0, len(damages), (1,), generator=g))]
+            dmg.append(crop_margin(apply(name, ctx_ref[i : i + 1], 0.35 + 0.65 * float(torch.rand(1, generator=g)), g)))
+            fb.append(name)
+        dmg_t = torch.cat(dmg)
+        swap = torch.rand(m, generator=g) < 0.5
+        a2 = torch.where(swap[:, None, None, None], dmg_t, other)
+        b2 = torch.where(swap[:, None, None, None], other, dmg_t)
+        fam_a = [fb[i] if swap[i] else ACQUISITION for i in range(m)]
+        fam_b = [ACQUISITION if swap[i] else fb[i] for i in range(m)]
+        p = (~swap).float()
+        base0, base1 = baseline_distances(ref, a2), baseline_distances(ref, b2)
+        for name, feat in featurizers.items():
+            fr = feat.taps(ref)
+            out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
+        done += m
+    return {k: Triplets.cat(v) for k, v in out.items()}
+
+
+def pair_samplers(text: str, holdout: float, part: int, factors: Sequence[int], min_corr: float, seed: int) -> dict[int, PairSampler]:
+    """:class:`PairSampler` per area-averaging factor over the training (``part=0``) or held-out (1) rows of a stack."""
+    rows = [split_rows(im.data, holdout)[part] for im in load_source(Source.parse(text))]
+    return {f: PairSampler([area_average(r, f) for r in rows], min_corr, seed + f) for f in factors}
 
 
 class RankNet(nn.Module):
@@ -329,6 +391,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="append", default=[], metavar="WEIGHTS",
                    help="shipped LPIPS-Sat weights (name or file) scored side by side with their own heads")
     p.add_argument("--threads", type=nonnegative_int, default=0)
+    p.add_argument("--pairs", metavar="DIR[:BANDS[:SCALE]]",
+                   help="co-registered acquisitions of one place (NAIP years): real cross-acquisition nuisance judgments "
+                        "(training rows for training, held-out rows for the heldout_region/acquisition split)")
+    p.add_argument("--n-pairs", type=nonnegative_int, default=0, help="training judgments from --pairs (added to --n-train)")
+    p.add_argument("--pair-scales", type=positive_int, nargs="+", default=[2, 1],
+                   help="area-averaging factors of the --pairs stack (2: 10 m from 5 m NAIP; 1: 5 m, the SR-output scale)")
+    p.add_argument("--pair-min-corr", type=number(float, -1, 1), default=0.8,
+                   help="minimum band-mean correlation of a real pair's two crops (land-cover change is no nuisance)")
+    p.add_argument("--form", default="lpips", choices=["lpips", "lpips+texture"],
+                   help="distance form: lpips (v1, v2) or lpips+texture (v3: a DISTS-style texture term per tap, its own heads)")
     p.add_argument("--reuse-judgments", action="store_true",
                    help="reuse featurised judgments cached in OUT/cache (per featuriser and protocol) instead of regenerating")
 
@@ -352,8 +424,10 @@ def _load_compared(text: str) -> _Compared:
         path, name = weights_dir() / str(entry.file), entry.name
     backbone, mean, std, meta = load_backbone(path)
     tensors, _ = load_weights(path)
-    heads = torch.cat([tensors[f"heads.{i}.weight"].flatten() for i in range(len(TAPS))])
-    return _Compared(name, Featurizer(backbone, mean, std, meta.get("input_norm", "global")), heads)
+    texture = "texture_heads.0.weight" in tensors
+    keys = [f"heads.{i}.weight" for i in range(len(TAPS))] + ([f"texture_heads.{i}.weight" for i in range(len(TAPS))] if texture else [])
+    heads = torch.cat([tensors[k].flatten() for k in keys])
+    return _Compared(name, Featurizer(backbone, mean, std, meta.get("input_norm", "global"), input_floor(meta, name), texture), heads)
 
 
 def _split_specs(protocol: str) -> dict[str, tuple[list[str], list[str], list[str], list[str], list[str]]]:
@@ -375,7 +449,10 @@ def _split_specs(protocol: str) -> dict[str, tuple[list[str], list[str], list[st
 def _cache_key(args: argparse.Namespace, feat_id: str) -> str:
     import hashlib
 
-    cfg = json.dumps([feat_id, args.protocol, args.n_train, args.n_val, args.seed, args.holdout, args.data, args.val_npy, args.val_scene, PATCH])
+    cfg = [feat_id, args.protocol, args.n_train, args.n_val, args.seed, args.holdout, args.data, args.val_npy, args.val_scene, PATCH]
+    if args.pairs:
+        cfg += [args.pairs, args.n_pairs, args.pair_scales, args.pair_min_corr]
+    cfg = json.dumps(cfg)
     return hashlib.sha256(cfg.encode()).hexdigest()[:16]
 
 
@@ -387,10 +464,14 @@ def run(args: argparse.Namespace) -> int:
     remove_stale_temporaries(out)
     backbone, mean, std, bmeta = load_backbone(args.backbone)
     input_norm = bmeta.get("input_norm", "global")
+    floor = input_floor(bmeta, str(args.backbone))
     torch.manual_seed(args.seed)
     random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)
-    featurizers = {"lpips_sat": Featurizer(backbone, mean, std, input_norm), "random_backbone": Featurizer(random_backbone, mean, std, input_norm)}
-    feat_ids = {"lpips_sat": sha256_file(args.backbone), "random_backbone": f"random-{backbone.arch}-{args.seed}-{input_norm}"}
+    texture = args.form == "lpips+texture"
+    featurizers = {"lpips_sat": Featurizer(backbone, mean, std, input_norm, floor, texture),
+                   "random_backbone": Featurizer(random_backbone, mean, std, input_norm, floor, texture)}
+    form_tag = (f"-floor{floor:g}" if floor != STD_FLOOR else "") + ("-texture" if texture else "")
+    feat_ids = {"lpips_sat": sha256_file(args.backbone) + form_tag, "random_backbone": f"random-{backbone.arch}-{args.seed}-{input_norm}" + form_tag}
     compared = [_load_compared(c) for c in args.compare]
     for c in compared:
         featurizers[f"compare:{c.name}"] = c.featurizer
@@ -428,6 +509,15 @@ def run(args: argparse.Namespace) -> int:
         gen = todo or {"lpips_sat": featurizers["lpips_sat"]}
         log.info("generating %d training judgments (featurisers: %s)", args.n_train, list(gen))
         sets["train"] = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, train_families, gen, args.seed)
+        if args.pairs:
+            log.info("generating %d real cross-acquisition judgments from %s", args.n_pairs, args.pairs)
+            if args.n_pairs:
+                real = make_pair_judgments(pair_samplers(args.pairs, args.holdout, 0, args.pair_scales, args.pair_min_corr, args.seed),
+                                           args.n_pairs, dams, gen, args.seed + 40)
+                sets["train"] = {k: Triplets.cat([sets["train"][k], real[k]]) for k in gen}
+            every = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
+            sets["heldout_region/acquisition"] = make_pair_judgments(
+                pair_samplers(args.pairs, args.holdout, 1, args.pair_scales, args.pair_min_corr, args.seed + 100), args.n_val, every, gen, args.seed + 50)
         for split, sampler in splits.items():
             for kind, (n_, d_, w_, hn, hd) in specs.items():
                 log.info("generating validation judgments on %s/%s", split, kind)
@@ -452,7 +542,8 @@ def run(args: argparse.Namespace) -> int:
     if args.judgments:
         user = read_judgments_csv(args.judgments, featurizers["lpips_sat"])
         train["lpips_sat"] = Triplets.cat([train["lpips_sat"], user])
-    best, cv = choose_heads(train["lpips_sat"], args.l2, backbone.channels, args.seed, min(args.iters, 600), train_families)
+    groups = list(backbone.channels) * (2 if texture else 1)  # per-tap option: one weight per tap and term
+    best, cv = choose_heads(train["lpips_sat"], args.l2, groups, args.seed, min(args.iters, 600), train_families)
     best_l2 = best["l2"]
     heads = fit_heads(train["lpips_sat"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     rand_heads = fit_heads(train["random_backbone"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
@@ -460,6 +551,7 @@ def run(args: argparse.Namespace) -> int:
     held = PROTOCOLS[args.protocol]["heldout"]
     report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
                     "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
+                    "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0,
                     "compared": [c.name for c in compared], "splits": {}}
 
     def scores(t: Triplets, name: str) -> dict[str, float]:
@@ -489,25 +581,30 @@ def run(args: argparse.Namespace) -> int:
         log.info("%s: %s", name, {k: round(v, 3) for k, v in row.items()})
     tr = train["lpips_sat"]
     report["train_2afc"] = twoafc(tr.d0 @ heads, tr.d1 @ heads, tr.p)
-    head_list = split_heads(heads, backbone.channels)
-    meta = {k: v for k, v in bmeta.items() if k in ("arch", "bands", "mean", "std", "width_div", "recipe", "data", "steps_done", "input_norm")}
+    head_list = split_heads(heads, groups)
+    meta = {k: v for k, v in bmeta.items() if k in ("arch", "bands", "mean", "std", "width_div", "recipe", "data", "steps_done", "input_norm", "input_floor")}
     sources = "the shipped Sentinel-2 L1C stack (CC0, Copernicus) and NAIP (public domain)"
     licence = "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016"
     if args.protocol != "v1":
         sources = "Sentinel-2 L1C/L2A scenes of shared/data (Copernicus; 2016, 2017, 2024) and NAIP (public domain)"
         licence = "weights: CC-BY-4.0; contains modified Copernicus Sentinel data 2016, 2017, 2024"
     meta.update({"name": args.name, "taps": json.dumps(list(TAPS)),
-                 "normalisation": "reflectance (DN/10000), then per image and band (x - mean) / sqrt(var + 1e-6)" if input_norm == "per-image"
+                 "normalisation": f"reflectance (DN/10000), then per image and band (x - mean) / sqrt(var + {floor:g}^2)" if input_norm == "per-image"
                  else "reflectance (DN/10000), then (x - mean) / std per band",
                  "calibration": json.dumps({"l2": best_l2, "head_form": report["head_form"], "n_train": report["n_train"], "seed": args.seed,
-                                            "protocol": args.protocol, "heldout_families": list(held)}),
+                                            "protocol": args.protocol, "heldout_families": list(held), "form": args.form,
+                                            "n_pairs": args.n_pairs if args.pairs else 0}),
                  "source": f"lpips-sat: trained on {sources}", "licence": licence,
                  "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives"
                  + ("; real cross-acquisition positives and a metric ranking term" if args.protocol != "v1" else ""),
                  "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"
-                 + (", per-image band standardisation (gain/offset tolerant)" if input_norm == "per-image" else "")})
+                 + (", per-image band standardisation (gain/offset tolerant)" if input_norm == "per-image" else "")
+                 + (", LPIPS + DISTS-style texture term per tap" if texture else "")})
+    if texture:
+        meta["distance_form"] = args.form
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    tensors.update({f"heads.{i}.weight": h for i, h in enumerate(head_list)})
+    tensors.update({f"heads.{i}.weight": h for i, h in enumerate(head_list[: len(TAPS)])})
+    tensors.update({f"texture_heads.{i}.weight": h.reshape(1, -1) for i, h in enumerate(head_list[len(TAPS) :])})
     full32 = out / f"{args.name}.fp32.safetensors"
     save_weights(full32, tensors, meta, dtype=torch.float32)
     sha16 = save_weights(out / f"{args.name}.safetensors", tensors, meta, dtype=torch.float16)

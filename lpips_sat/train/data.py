@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 #: Measured on the shared Sentinel-2 L1C stack (B04, B03, B02, B08), see docs/model_card.md.
 S2_MOMENTS = ((0.0743, 0.0268), (0.0946, 0.0206), (0.1186, 0.0177), (0.1087, 0.0970))
 
+#: PlanetScope / Sentinel-2 per-band median ratios (R, G, B, NIR) on a co-located tile (CONTEXT.md): the radiometric
+#: difference between two real sensors, given to the other acquisition in real cross-acquisition judgments and checks.
+PS_OVER_S2 = (1.20, 1.02, 1.21, 0.96)
+
 
 @dataclass
 class Source:
@@ -144,3 +148,43 @@ class CropSampler:
             x = self.rng.integers(0, im.shape[2] - size + 1)
             out.append(im[:, y : y + size, x : x + size])
         return torch.stack(out)
+
+
+class PairSampler:
+    """Same-place crops from two different acquisitions of co-registered rasters (e.g. NAIP years)."""
+
+    def __init__(self, stacks: list[np.ndarray], min_corr: float, seed: int = 0) -> None:
+        if len(stacks) < 2:
+            raise InputError("--pairs needs at least two acquisitions of one place")
+        h = min(s.shape[1] for s in stacks)
+        w = min(s.shape[2] for s in stacks)
+        self.stacks = [torch.from_numpy(np.ascontiguousarray(s[:, :h, :w])) for s in stacks]
+        self.min_corr, self.rng = min_corr, np.random.default_rng(seed)
+
+    def sample(self, n: int, size: int, tries: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` (A, B) crop pairs of ``size``; the best-correlated of ``tries`` draws when none passes."""
+        h, w = self.stacks[0].shape[1:]
+        out_a, out_b = [], []
+        for _ in range(n):
+            best = None
+            for _ in range(tries):
+                i, j = self.rng.choice(len(self.stacks), size=2, replace=False)
+                y, x = int(self.rng.integers(0, h - size + 1)), int(self.rng.integers(0, w - size + 1))
+                a = self.stacks[i][:, y : y + size, x : x + size]
+                b = self.stacks[j][:, y : y + size, x : x + size]
+                r = float(torch.corrcoef(torch.stack([a.mean(0).flatten(), b.mean(0).flatten()]))[0, 1])
+                if best is None or r > best[0]:
+                    best = (r, a, b)
+                if r >= self.min_corr:
+                    break
+            out_a.append(best[1])
+            out_b.append(best[2])
+        return torch.stack(out_a), torch.stack(out_b)
+
+
+def area_average(x: np.ndarray, f: int) -> np.ndarray:
+    """(C, H, W) -> (C, H // f, W // f) by averaging f x f blocks (the S2 pixel as an area mean)."""
+    if f == 1:
+        return x
+    c, h, w = x.shape
+    return x[:, : h // f * f, : w // f * f].reshape(c, h // f, f, w // f, f).mean(axis=(2, 4))

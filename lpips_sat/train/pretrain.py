@@ -45,10 +45,10 @@ from lpips_sat.bands import DEFAULT_BANDS
 from lpips_sat.errors import InputError
 from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
 from lpips_sat.hub import save_folder
-from lpips_sat.metric import INPUT_NORMS, normalize_channels, standardize_per_image
+from lpips_sat.metric import INPUT_NORMS, STD_FLOOR, normalize_channels, standardize_per_image, texture_distance
 from lpips_sat.registry import get_entry, load_weights, save_weights, weights_dir
 from lpips_sat.train.checkpoint import load_state, save_state
-from lpips_sat.train.data import CropSampler, Source, load_source, split_rows
+from lpips_sat.train.data import CropSampler, PairSampler, Source, load_source, split_rows
 from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--protocol", default="v1", choices=sorted(PROTOCOLS), help="family split: which nuisances/damages training may use")
     p.add_argument("--input-norm", default="global", choices=INPUT_NORMS, help="global: (x - mean)/std of the data; per-image: per image and band")
+    p.add_argument("--input-floor", type=positive_float, default=STD_FLOOR,
+                   help="per-image: floor (reflectance) under each band's std, so flat patches do not amplify sensor noise")
     p.add_argument("--init", help="warm start: LPIPS-Sat weights (registry name or .safetensors) whose backbone is loaded strictly")
     p.add_argument("--pairs", metavar="DIR[:BANDS[:SCALE]]", help="folder of co-registered acquisitions of one place (same grid up to sub-pixel)")
     p.add_argument("--pair-fraction", type=fraction, default=0.25, help="fraction of anchors whose views come from two acquisitions")
     p.add_argument("--pair-min-corr", type=number(float, -1, 1), default=0.8, help="minimum band-mean correlation of the two acquisitions' crops")
     p.add_argument("--rank-weight", type=nonnegative_float, default=0.0, help="weight of the metric-aware ranking term (0: off)")
     p.add_argument("--rank-margin", type=nonnegative_float, default=0.5, help="log-ratio margin of the ranking term")
+    p.add_argument("--rank-form", default="lpips", choices=["lpips", "lpips+texture"],
+                   help="lpips+texture: the ranking term also holds for the texture term (v3 distance form), each a log-ratio hinge")
     p.add_argument("--width-div", type=positive_int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--stop-at", type=nonnegative_int, default=0, help=argparse.SUPPRESS)  # simulate an interruption (tests)
 
@@ -97,38 +101,6 @@ class Projector(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(feat.mean(dim=(2, 3))), dim=1)
-
-
-class PairSampler:
-    """Same-place crops from two different acquisitions of co-registered rasters (e.g. NAIP years)."""
-
-    def __init__(self, stacks: list[np.ndarray], min_corr: float, seed: int = 0) -> None:
-        if len(stacks) < 2:
-            raise InputError("--pairs needs at least two acquisitions of one place")
-        h = min(s.shape[1] for s in stacks)
-        w = min(s.shape[2] for s in stacks)
-        self.stacks = [torch.from_numpy(np.ascontiguousarray(s[:, :h, :w])) for s in stacks]
-        self.min_corr, self.rng = min_corr, np.random.default_rng(seed)
-
-    def sample(self, n: int, size: int, tries: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` (A, B) crop pairs of ``size``; the best-correlated of ``tries`` draws when none passes."""
-        h, w = self.stacks[0].shape[1:]
-        out_a, out_b = [], []
-        for _ in range(n):
-            best = None
-            for _ in range(tries):
-                i, j = self.rng.choice(len(self.stacks), size=2, replace=False)
-                y, x = int(self.rng.integers(0, h - size + 1)), int(self.rng.integers(0, w - size + 1))
-                a = self.stacks[i][:, y : y + size, x : x + size]
-                b = self.stacks[j][:, y : y + size, x : x + size]
-                r = float(torch.corrcoef(torch.stack([a.mean(0).flatten(), b.mean(0).flatten()]))[0, 1])
-                if best is None or r > best[0]:
-                    best = (r, a, b)
-                if r >= self.min_corr:
-                    break
-            out_a.append(best[1])
-            out_b.append(best[2])
-        return torch.stack(out_a), torch.stack(out_b)
 
 
 def _nuisance(v: torch.Tensor, nuisances: tuple[str, ...], k: int, g: torch.Generator) -> torch.Tensor:
@@ -181,6 +153,15 @@ def lpips_distance(taps: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor
     for t in taps:
         f = normalize_channels(t)
         total = total + (f[a] - f[b]).pow(2).sum(1).mean(dim=(1, 2))
+    return total
+
+
+def texture_term(taps: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor:
+    """Uncalibrated texture term (all-ones texture heads, sum over taps; :func:`lpips_sat.metric.texture_distance`)."""
+    total = 0.0
+    for t in taps:
+        f = normalize_channels(t)
+        total = total + texture_distance(f[a], f[b], torch.ones(1, f.shape[1]))
     return total
 
 
@@ -304,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             v1, v2_, trip = make_views_v2(sampler, pairs, args.batch, args.crop, args.jitter, args.hard_negatives,
                                           args.pair_fraction, nuisances, damages, g)
             batch = torch.cat([v1, v2_] + (list(trip) if trip is not None else []))
-            x = standardize_per_image(batch) if args.input_norm == "per-image" else (batch - mean_t) / std_t
+            x = standardize_per_image(batch, args.input_floor) if args.input_norm == "per-image" else (batch - mean_t) / std_t
             taps = backbone(x)
             z = projector(taps[-1])
             n = v1.shape[0]
@@ -317,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
                 d_neg = lpips_distance(taps, slice(o, o + m), slice(o + 2 * m, o + 3 * m))
                 r = rank_loss(d_pos, d_neg, args.rank_margin)
                 acc = float((d_pos < d_neg).float().mean())
+                if args.rank_form == "lpips+texture":
+                    t_pos = texture_term(taps, slice(o, o + m), slice(o + m, o + 2 * m))
+                    t_neg = texture_term(taps, slice(o, o + m), slice(o + 2 * m, o + 3 * m))
+                    r = r + rank_loss(t_pos, t_neg, args.rank_margin)
                 loss = info + args.rank_weight * r
             extra = f",{info.item():.5f},{r.item():.5f},{acc:.4f}"
         opt.zero_grad(set_to_none=True)
@@ -339,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {"arch": args.arch, "bands": json.dumps(list(DEFAULT_BANDS)), "mean": json.dumps(mean), "std": json.dumps(std),
             "width_div": str(args.width_div), "recipe": json.dumps(recipe), "steps_done": str(step), "data": json.dumps(provenance),
             "input_norm": args.input_norm}
+    if args.input_norm == "per-image" and args.input_floor != STD_FLOOR:
+        meta["input_floor"] = repr(args.input_floor)
     sha = save_weights(out / "backbone.safetensors", {f"backbone.{k}": v for k, v in backbone.state_dict().items()}, meta, dtype=torch.float32)
     print(f"backbone written to {out / 'backbone.safetensors'} (sha256 {sha}, {step} steps)")
     # the same backbone with all-ones heads (uncalibrated LPIPS) as a hub model folder: LPIPSSat.from_pretrained(out / "model")

@@ -27,13 +27,11 @@ import numpy as np
 import torch
 
 from lpips_sat.errors import InputError
-from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
+from lpips_sat.train.data import PS_OVER_S2, CropSampler, Source, area_average, load_source, reference_scenes, split_rows
 from lpips_sat.train.distortions import _nearest_updown, gaussian_blur, median
 
 log = logging.getLogger(__name__)
 
-#: PlanetScope / Sentinel-2 per-band median ratios (R, G, B, NIR) on a co-located tile (CONTEXT.md).
-PS_OVER_S2 = (1.20, 1.02, 1.21, 0.96)
 
 
 def _stripes10(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -51,14 +49,6 @@ DAMAGES: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "posterize_0.02": lambda x, g: torch.round(x / 0.02) * 0.02,
     "stripes_10pct_columns": _stripes10,
 }
-
-
-def area_average(x: np.ndarray, f: int) -> np.ndarray:
-    """(C, H, W) -> (C, H // f, W // f) by averaging f x f blocks (the S2 pixel as an area mean)."""
-    if f == 1:
-        return x
-    c, h, w = x.shape
-    return x[:, : h // f * f, : w // f * f].reshape(c, h // f, f, w // f, f).mean(axis=(2, 4))
 
 
 def acquisition_pairs(stacks: Sequence[np.ndarray], patch: int, stride: int, min_corr: float) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
