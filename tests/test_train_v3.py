@@ -90,6 +90,7 @@ def test_calibrate_texture_form_with_real_pairs_end_to_end(naip_pair, tmp_path):
     assert report["form"] == "lpips+texture" and report["n_pairs"] == 16 and report["n_train"] == 48
     acq = report["splits"]["heldout_region/acquisition"]
     assert acq["n"] == 16 and ACQUISITION in acq["per_family"]
+    assert {"LPIPS-Sat, LPIPS term only", "LPIPS-Sat, synthetic judgments only"} <= set(acq["2afc"])  # each lever measured alone
     m = LPIPSSat(tmp_path / "cal" / "toy-v3.safetensors")
     assert m.texture_heads is not None and m.input_floor == 0.004
     assert m.metadata["distance_form"] == "lpips+texture"

@@ -297,6 +297,24 @@ def fit_heads(t: Triplets, *, l2: float = 0.0, iters: int = 1500, lr: float = 1e
     return (expand @ w if expand is not None else w).detach()
 
 
+def lever_heads(t: Triplets, best: dict, *, seed: int, iters: int, n_lpips: int | None) -> dict[str, torch.Tensor]:
+    """Heads refitted with one lever removed (same form, L2 and recipe), so the report measures each lever alone.
+
+    * ``LPIPS term only``: the texture columns dropped (``n_lpips`` = number of LPIPS columns; texture form only);
+    * ``synthetic judgments only``: the real cross-acquisition judgments dropped (when there are any).
+    """
+    out: dict[str, torch.Tensor] = {}
+    groups = best["groups"]
+    if n_lpips is not None:
+        lp = Triplets(t.d0[:, :n_lpips], t.d1[:, :n_lpips], t.p, t.fam_a, t.fam_b, t.base0, t.base1)
+        w = fit_heads(lp, l2=best["l2"], groups=groups[: len(groups) // 2] if groups else None, seed=seed, iters=iters)
+        out["LPIPS-Sat, LPIPS term only"] = torch.cat([w, torch.zeros(t.d0.shape[1] - n_lpips)])
+    real = involves(t, [ACQUISITION])
+    if bool(real.any()):
+        out["LPIPS-Sat, synthetic judgments only"] = fit_heads(t.subset(~real), l2=best["l2"], groups=groups, seed=seed, iters=iters)
+    return out
+
+
 def twoafc(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> float:
     """2AFC agreement: ``p`` if d0 < d1, ``1 - p`` if d0 > d1, 0.5 on ties (Zhang et al. 2018)."""
     score = torch.where(d0 < d1, p, torch.where(d0 > d1, 1 - p, torch.full_like(p, 0.5)))
@@ -548,6 +566,7 @@ def run(args: argparse.Namespace) -> int:
     heads = fit_heads(train["lpips_sat"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     rand_heads = fit_heads(train["random_backbone"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     ones = torch.ones_like(heads)
+    levers = lever_heads(train["lpips_sat"], best, seed=args.seed, iters=args.iters, n_lpips=sum(backbone.channels) if texture else None)
     held = PROTOCOLS[args.protocol]["heldout"]
     report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
                     "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
@@ -560,6 +579,8 @@ def run(args: argparse.Namespace) -> int:
             ct = val[f"compare:{c.name}"]
             row[c.name] = twoafc(ct.d0 @ c.heads, ct.d1 @ c.heads, ct.p)
         rt = val["random_backbone"]
+        for label, h in levers.items():
+            row[label] = twoafc(t.d0 @ h, t.d1 @ h, t.p)
         row["untrained backbone, calibrated heads"] = twoafc(rt.d0 @ rand_heads, rt.d1 @ rand_heads, rt.p)
         row["untrained backbone, ones"] = twoafc(rt.d0 @ ones, rt.d1 @ ones, rt.p)
         for b in ("psnr", "ssim", "msssim", "sam", "l1"):
