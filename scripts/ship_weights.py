@@ -4,7 +4,8 @@ Usage: python scripts/ship_weights.py runs/pretrain runs/calibrate [--name lpips
        python scripts/ship_weights.py runs/pretrain runs/calibrate --name lpips-sat-s2-rn18-v2 --realcheck runs/realcheck.json
 
 A v1-protocol run writes docs/model_card_v1.md (the frozen card of ``lpips-sat-s2-rn18``); a v2-protocol run writes
-docs/model_card.md with v1 side by side (scored by the same calibrate run with ``--compare lpips-sat-s2-rn18``).
+docs/model_card.md with the earlier releases side by side (scored by the same calibrate run with ``--compare NAME``),
+see scripts/ship_card.py. The v2 card is frozen in docs/model_card_v2.md.
 Other entries of weights/index.json are kept; an entry of the same name is replaced.
 
 The fp16 file is shipped when its distances differ from fp32 by at most 1e-3 on real patches (measured by
@@ -112,9 +113,9 @@ def main() -> None:
     tmp.write_text(json.dumps(entries + [entry], indent=2) + "\n")
     tmp.replace(index)
     if report.get("protocol", "v1") != "v1":
-        from ship_card_v2 import write_card_v2
+        from ship_card import write_card
 
-        write_card_v2(args, report, meta, dst, sha, fp16_ok, ROOT)
+        write_card(args, report, meta, dst, sha, fp16_ok, ROOT)
         return
     steps, first, last = _loss_plot(args.pretrain / "loss.csv", ROOT / "docs" / "img" / "pretrain_loss.png")
     recipe = json.loads(meta["recipe"])

@@ -96,3 +96,26 @@ def test_calibrate_texture_form_with_real_pairs_end_to_end(naip_pair, tmp_path):
     assert m.metadata["distance_form"] == "lpips+texture"
     x = torch.rand(1, 4, 64, 64) * 0.2
     assert float(m(x, x)) == 0.0
+
+
+@pytest.mark.parametrize("name,year", [("m_4709963_se_14_1_20170827.tif", 2017), ("scene_2024-08-05.tif", None), ("x_12345678901.tif", None),
+                                       ("s2_l2a_accra_T30NZM_20240407_10m.tif", 2024)])
+def test_acquisition_year_from_file_names(name, year):
+    from lpips_sat.train.realcheck import acquisition_year
+
+    assert acquisition_year(name) == year
+
+
+def test_cross_acquisition_by_year_gap_groups():
+    from lpips_sat.train.realcheck import DAMAGES, cross_acquisition, gap_group
+
+    assert [gap_group(y) for y in (1, 2, 3, 5, 6, 11)] == ["1-2", "1-2", "3-5", "3-5", "6+", "6+"]
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(6, 4, 48, 48, generator=g) * 0.2 + 0.05
+    other = torch.cat([ref[:3], torch.rand(3, 4, 48, 48, generator=g)])  # identical, then unrelated noise
+    mse = {"mse": lambda a, b: (a - b).pow(2).mean(dim=(1, 2, 3))}
+    rows, by_gap = cross_acquisition(mse, ref, other, groups=["1-2"] * 3 + ["6+"] * 3)
+    assert set(rows["mse"]) == {*DAMAGES, "all"}
+    assert list(by_gap["mse"]) == ["1-2", "6+"]
+    assert by_gap["mse"]["1-2"] == 1.0 and by_gap["mse"]["6+"] == 0.0  # identical always closer; random never
+    assert abs(rows["mse"]["all"] - 0.5) < 1e-6

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,21 +87,48 @@ def _metrics(names: Sequence[str], baselines: bool = True) -> dict[str, Callable
     return out
 
 
+#: Year-gap groups of the cross-acquisition check (years between the two acquisitions).
+GAP_GROUPS = (("1-2", 1, 2), ("3-5", 3, 5), ("6+", 6, 10**6))
+
+
+def acquisition_year(name: str) -> int | None:
+    """The year of an acquisition from a file name holding its date as YYYYMMDD (NAIP: ``m_..._20170827.tif``)."""
+    found = re.findall(r"(?<!\d)((?:19|20)\d{2})[01]\d[0-3]\d(?!\d)", name)
+    return int(found[-1]) if found else None
+
+
+def gap_group(years: int) -> str:
+    return next(label for label, lo, hi in GAP_GROUPS if lo <= years <= hi) if years >= 1 else "0"
+
+
 @torch.inference_mode()
-def cross_acquisition(metrics: dict[str, Callable], ref: torch.Tensor, other: torch.Tensor, seed: int = 0, chunk: int = 64) -> dict:
-    """2AFC: fraction of (patch, damage) cases where the other acquisition is closer than the damaged reference."""
+def cross_acquisition(metrics: dict[str, Callable], ref: torch.Tensor, other: torch.Tensor, seed: int = 0, chunk: int = 64,
+                      groups: Sequence[str] | None = None) -> tuple[dict, dict]:
+    """2AFC: fraction of (patch, damage) cases where the other acquisition is closer than the damaged reference.
+
+    Returns ``(per metric: per damage and "all", per metric: per group "all")``; the second is empty without ``groups``
+    (one label per patch, e.g. the year gap of its two acquisitions).
+    """
     g = torch.Generator().manual_seed(seed)
     damaged = {k: torch.cat([f(ref[i : i + chunk], g) for i in range(0, len(ref), chunk)]) for k, f in DAMAGES.items()}
     result: dict[str, dict[str, float]] = {}
+    by_group: dict[str, dict[str, float]] = {}
     for name, fn in metrics.items():
         d_other = torch.cat([fn(ref[i : i + chunk], other[i : i + chunk]) for i in range(0, len(ref), chunk)])
-        row = {}
+        row, wins = {}, []
         for k, dmg in damaged.items():
             d_dmg = torch.cat([fn(ref[i : i + chunk], dmg[i : i + chunk]) for i in range(0, len(ref), chunk)])
-            row[k] = float(torch.where(d_other < d_dmg, 1.0, torch.where(d_other > d_dmg, 0.0, 0.5)).mean())
+            win = torch.where(d_other < d_dmg, 1.0, torch.where(d_other > d_dmg, 0.0, 0.5))
+            row[k] = float(win.mean())
+            wins.append(win)
         row["all"] = float(np.mean([row[k] for k in DAMAGES]))
         result[name] = row
-    return result
+        if groups is not None:
+            per_patch = torch.stack(wins).mean(0)
+            known = [lab for lab, _, _ in GAP_GROUPS]
+            labels = sorted(set(groups) - set(known)) + [lab for lab in known if lab in set(groups)]
+            by_group[name] = {lab: float(per_patch[[i for i, x in enumerate(groups) if x == lab]].mean()) for lab in labels}
+    return result, by_group
 
 
 @torch.inference_mode()
@@ -144,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = _metrics(args.weights, not args.no_baselines)
     images = load_source(Source.parse(args.pairs))
     held = [split_rows(im.data, args.holdout)[1] for im in images]
+    years = [acquisition_year(im.name) for im in images]
     report: dict = {"damages": list(DAMAGES), "ratios": None if args.no_ratios else list(PS_OVER_S2), "min_corr": args.min_corr,
                     "patch": args.patch, "stride": args.stride, "holdout": args.holdout, "files": [im.name for im in images], "scales": {},
                     "seed": args.seed, "max_pairs": args.max_pairs}
@@ -157,8 +186,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_ratios:
             other = other * torch.tensor(PS_OVER_S2).reshape(1, -1, 1, 1)
         log.info("scale x%d: %d of %d passing patch pairs, %d year pairs", f, len(ref), n_pass, len(set(which)))
-        report["scales"][f"x{f}"] = {"n_pairs": len(ref), "n_passing": n_pass, "n_year_pairs": len(set(which)),
-                                     "2afc": cross_acquisition(metrics, ref, other, args.seed)}
+        groups = None
+        if all(y is not None for y in years):
+            groups = [gap_group(abs(years[j] - years[i])) for i, j in which]
+        rows, by_gap = cross_acquisition(metrics, ref, other, args.seed, groups=groups)
+        report["scales"][f"x{f}"] = {"n_pairs": len(ref), "n_passing": n_pass, "n_year_pairs": len(set(which)), "2afc": rows}
+        if groups is not None:
+            report["scales"][f"x{f}"].update({"by_gap": by_gap, "n_by_gap": {g: groups.count(g) for g in next(iter(by_gap.values()))}})
     scenes = [s for path in args.val_npy for s in reference_scenes(path)]
     for text in args.val_scene:
         scenes += [im.data for im in load_source(Source.parse(text))]
@@ -174,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             for scale, s in report["scales"].items():
                 if scale in old["scales"]:
                     old["scales"][scale]["2afc"].update(s["2afc"])
+                    if "by_gap" in s and "by_gap" in old["scales"][scale]:
+                        old["scales"][scale]["by_gap"].update(s["by_gap"])
                 else:
                     old["scales"][scale] = s
             if "gain_versus_blur" in report:
