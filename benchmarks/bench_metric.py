@@ -37,13 +37,14 @@ CASES = [(mode, s, b, c) for mode, names in (("fwd", FWD), ("fwdbwd", FWDBWD)) f
 OVERHEAD_CELLS = ((64, 8), (256, 1), (256, 8), (512, 1))
 
 
-def default_input_norm() -> str:
-    """The input normalisation of the weights being benchmarked: the shipped default, or ``BENCH_WEIGHTS=NAME``
-    (e.g. ``lpips-sat-s2-rn18-v2``, whose per-image band standardisation costs more than v1's fixed one)."""
+def bench_form() -> dict[str, Any]:
+    """The input normalisation and distance form of the weights being benchmarked: the shipped default, or
+    ``BENCH_WEIGHTS=NAME`` (e.g. ``lpips-sat-s2-rn18-v2``, whose per-image band standardisation costs more than v1's
+    fixed one, or ``lpips-sat-s2-rn18-v3``, which adds a texture term per tap)."""
     from lpips_sat.registry import DEFAULT_NAME, get_entry
 
-    name = os.environ.get("BENCH_WEIGHTS", DEFAULT_NAME)
-    return str(get_entry(name).extra.get("input_norm", "global"))
+    extra = get_entry(os.environ.get("BENCH_WEIGHTS", DEFAULT_NAME)).extra
+    return {"input_norm": str(extra.get("input_norm", "global")), "texture": extra.get("distance_form") == "lpips+texture"}
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +52,7 @@ def nets() -> dict[str, Any]:
     """The metric, its backbone in torchvision's default layout, and the two lpips networks (all frozen, eval)."""
     import lpips
 
-    metric = LPIPSSat.random(width_div=1, input_norm=default_input_norm())
+    metric = LPIPSSat.random(width_div=1, **bench_form())
     bare = copy.deepcopy(metric.backbone).to(memory_format=torch.contiguous_format)
     out = {"metric": metric, "bare": bare}
     for net in ("vgg", "alex"):

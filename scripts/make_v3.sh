@@ -1,0 +1,38 @@
+#!/bin/bash
+# LPIPS-Sat v3 (issue 16): pretrain (warm start from v2) -> calibrate with the texture form and real judgments (v1, v2
+# scored side by side) -> the same calibration on v2's backbone (lever: what the further pretraining adds) -> real
+# checks -> ship + model card. Run from the repository root. The shipped run used DATA=/work/shared/data RUNS=/work/runs/v3.
+# Each step resumes: pretraining from its checkpoint (--resume), calibration from its featurised-judgment cache.
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs/v3}
+W=$DATA/s2_world
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# Training rasters (bottom 25 % rows held out); Accra (S2 L2A, Ghana) and the eo-learn scenes are held out entirely.
+TRAIN=(--data $DATA/s2
+       --data $W/s2_l1c_denmark_T33UUB_20170527_10m.tif:s2-rgbn
+       --data $W/s2_l1c_sharkbay_T49JGM_20171022_10m.tif:s2-rgbn
+       --data $W/s2_l2a_limassol_T36SVD_20240805_10m.tif:s2-l2a-7scl:10000:1000
+       --data $DATA/naip:naip:moments)
+HELD=(--val-npy $DATA/s2/s2_l1c_reference_scenes.npy
+      --val-scene $W/s2_l2a_accra_T30NZM_20240407_10m.tif:s2-l2a-7scl:10000:1000)
+
+python -m lpips_sat.train.pretrain "${TRAIN[@]}" \
+  --pairs $DATA/naip:naip:moments --pair-fraction 0.375 --pair-min-corr 0.8 \
+  --protocol v2 --input-norm per-image --init lpips-sat-s2-rn18-v2 --rank-weight 1.0 --rank-margin 0.5 --rank-form lpips+texture \
+  --threads 1 --checkpoint-every 10 --out $RUNS/pretrain --steps 4000 --batch 32 --lr 5e-4 \
+  --time-budget 55 --time-schedule --resume
+
+CAL=("${TRAIN[@]}" "${HELD[@]}" --protocol v2 --compare lpips-sat-s2-rn18 --compare lpips-sat-s2-rn18-v2 --n-train 3000 --n-val 800
+     --threads 1 --pairs $DATA/naip:naip:moments --n-pairs 1000 --form lpips+texture --name lpips-sat-s2-rn18-v3 --reuse-judgments)
+python -m lpips_sat.train.calibrate --backbone $RUNS/pretrain/backbone.safetensors "${CAL[@]}" --out $RUNS/calibrate
+# lever: v2's backbone (no further pretraining) with the v3 form and judgments
+python -m lpips_sat.train.calibrate --backbone weights/lpips-sat-s2-rn18-v2.safetensors "${CAL[@]}" --out $RUNS/cal_v2backbone
+
+# real checks: v1, v2, v3 and the pixel baselines on the same patches
+python -m lpips_sat.train.realcheck --weights lpips-sat-s2-rn18 --weights lpips-sat-s2-rn18-v2 \
+  --weights $RUNS/calibrate/lpips-sat-s2-rn18-v3.fp32.safetensors --pairs $DATA/naip:naip:moments "${HELD[@]}" \
+  --threads 2 --max-pairs 400 --n-gain 256 --out $RUNS/realcheck.json
+
+python scripts/ship_weights.py $RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v3 --realcheck $RUNS/realcheck.json \
+  --lever "v2 backbone, v3 form and judgments=$RUNS/cal_v2backbone"
