@@ -91,6 +91,15 @@ def test_calibrate_texture_form_with_real_pairs_end_to_end(naip_pair, tmp_path):
     acq = report["splits"]["heldout_region/acquisition"]
     assert acq["n"] == 16 and ACQUISITION in acq["per_family"]
     assert {"LPIPS-Sat, LPIPS term only", "LPIPS-Sat, synthetic judgments only"} <= set(acq["2afc"])  # each lever measured alone
+    # a second backbone on the same judgments: only its features are computed; the pixel baselines come from the cache
+    rc = calibrate.main(["--backbone", str(tmp_path / "cal" / "toy-v3.fp32.safetensors"), "--data", f"{naip_pair}:naip:moments",
+                         "--out", str(tmp_path / "cal"), "--protocol", "v2", "--form", "lpips+texture", "--pairs", f"{naip_pair}:naip:moments",
+                         "--n-pairs", "16", "--pair-scales", "1", "--pair-min-corr", "0.0", "--n-train", "32", "--n-val", "16", "--iters", "20",
+                         "--l2", "0", "--threads", "1", "--holdout", "0.5", "--name", "toy-v3b", "--reuse-judgments"])
+    assert rc == 0
+    again = json.loads((tmp_path / "cal" / "report.json").read_text())
+    for name, split in report["splits"].items():
+        assert {k: split["2afc"][k] for k in ("PSNR", "SSIM", "MS-SSIM")} == {k: again["splits"][name]["2afc"][k] for k in ("PSNR", "SSIM", "MS-SSIM")}
     m = LPIPSSat(tmp_path / "cal" / "toy-v3.safetensors")
     assert m.texture_heads is not None and m.input_floor == 0.004
     assert m.metadata["distance_form"] == "lpips+texture"

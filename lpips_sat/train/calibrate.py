@@ -163,8 +163,12 @@ def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Te
 
 
 def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damages: Sequence[str], within: Sequence[str],
-                   featurizers: dict[str, Featurizer], seed: int, chunk: int = 64, cross_fraction: float = 0.6) -> dict[str, Triplets]:
-    """Generate ``n`` synthetic judgments and featurise them with every featurizer (same images for all)."""
+                   featurizers: dict[str, Featurizer], seed: int, chunk: int = 64, cross_fraction: float = 0.6,
+                   baselines: bool = True) -> dict[str, Triplets]:
+    """Generate ``n`` synthetic judgments and featurise them with every featurizer (same images for all).
+
+    ``baselines=False`` skips the pixel-metric distances (most of the time: MS-SSIM/SSIM in float64), for a run that
+    reads them from an earlier run's cache of the same judgments."""
     g = torch.Generator().manual_seed(seed)
     sampler.rng = np.random.default_rng(seed)
     out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
@@ -194,7 +198,7 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
         fam_a = [fb[i] if swap[i] else fa[i] for i in range(m)]
         fam_b = [fa[i] if swap[i] else fb[i] for i in range(m)]
         p = (~swap).float()
-        base0, base1 = baseline_distances(ref, a2), baseline_distances(ref, b2)
+        base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
         for name, feat in featurizers.items():
             fr = feat.taps(ref)
             out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
@@ -206,7 +210,7 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
 ACQUISITION = "acquisition"
 
 def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequence[str], featurizers: dict[str, Featurizer], seed: int,
-                        chunk: int = 64) -> dict[str, Triplets]:
+                        chunk: int = 64, baselines: bool = True) -> dict[str, Triplets]:
     """``n`` real-nuisance judgments: a = another acquisition of the same place (with the PlanetScope/S2 band ratios),
     b = the reference with a damage (severity 0.35-1), ``p = 1`` that a is closer; a and b are swapped at random.
 
@@ -237,7 +241,7 @@ def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequenc
         fam_a = [fb[i] if swap[i] else ACQUISITION for i in range(m)]
         fam_b = [ACQUISITION if swap[i] else fb[i] for i in range(m)]
         p = (~swap).float()
-        base0, base1 = baseline_distances(ref, a2), baseline_distances(ref, b2)
+        base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
         for name, feat in featurizers.items():
             fr = feat.taps(ref)
             out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
@@ -523,37 +527,42 @@ def run(args: argparse.Namespace) -> int:
     todo = {k: f for k, f in featurizers.items() if k not in cached}
     base_path = cache_dir / f"{_cache_key(args, 'baselines')}.safetensors"
     sets: dict[str, dict[str, Triplets]] = {}
-    if todo or not base_path.exists():
+    need_base = not base_path.exists()
+    if todo or need_base:
         gen = todo or {"lpips_sat": featurizers["lpips_sat"]}
         log.info("generating %d training judgments (featurisers: %s)", args.n_train, list(gen))
-        sets["train"] = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, train_families, gen, args.seed)
+        sets["train"] = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, train_families, gen, args.seed, baselines=need_base)
         if args.pairs:
             log.info("generating %d real cross-acquisition judgments from %s", args.n_pairs, args.pairs)
             if args.n_pairs:
                 real = make_pair_judgments(pair_samplers(args.pairs, args.holdout, 0, args.pair_scales, args.pair_min_corr, args.seed),
-                                           args.n_pairs, dams, gen, args.seed + 40)
+                                           args.n_pairs, dams, gen, args.seed + 40, baselines=need_base)
                 sets["train"] = {k: Triplets.cat([sets["train"][k], real[k]]) for k in gen}
             every = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
             sets["heldout_region/acquisition"] = make_pair_judgments(
-                pair_samplers(args.pairs, args.holdout, 1, args.pair_scales, args.pair_min_corr, args.seed + 100), args.n_val, every, gen, args.seed + 50)
+                pair_samplers(args.pairs, args.holdout, 1, args.pair_scales, args.pair_min_corr, args.seed + 100), args.n_val, every, gen, args.seed + 50, baselines=need_base)
         for split, sampler in splits.items():
             for kind, (n_, d_, w_, hn, hd) in specs.items():
                 log.info("generating validation judgments on %s/%s", split, kind)
                 if kind == "train_families":
-                    sets[f"{split}/{kind}"] = make_judgments(sampler, args.n_val, n_, d_, w_, gen, args.seed + 10)
+                    sets[f"{split}/{kind}"] = make_judgments(sampler, args.n_val, n_, d_, w_, gen, args.seed + 10, baselines=need_base)
                 else:  # every judgment involves at least one held-out family
-                    a = make_judgments(sampler, args.n_val // 2, n_, hd, hd, gen, args.seed + 20)
-                    b = make_judgments(sampler, args.n_val // 2, hn, d_, hn, gen, args.seed + 30)
+                    a = make_judgments(sampler, args.n_val // 2, n_, hd, hd, gen, args.seed + 20, baselines=need_base)
+                    b = make_judgments(sampler, args.n_val // 2, hn, d_, hn, gen, args.seed + 30, baselines=need_base)
                     sets[f"{split}/{kind}"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
         for name in todo:
             save_judgments(cache_dir / f"{_cache_key(args, feat_ids[name])}.safetensors", {k: {"f": v[name]} for k, v in sets.items()}, feat_ids[name])
             cached[name] = {k: v[name] for k, v in sets.items()}
         any_name = next(iter(gen))
-        save_judgments(base_path, {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
+        if need_base:
+            save_judgments(base_path, {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
     base = {k: v["f"] for k, v in load_judgments(base_path, "baselines").items()}
     for set_name, t in base.items():  # every featuriser's triplets share the images, families and baselines
         for name in featurizers:
             c = cached[name][set_name]
+            if c.fam_a != t.fam_a or c.fam_b != t.fam_b or not torch.equal(c.p, t.p):
+                raise InputError(f"{base_path}: the cached judgments of {set_name} differ from the regenerated ones (other code or data?); "
+                                 "drop --reuse-judgments or the cache folder")
             c.fam_a, c.fam_b, c.base0, c.base1, c.p = t.fam_a, t.fam_b, t.base0, t.base1, t.p
     train = {name: cached[name]["train"] for name in featurizers}
     val_sets = {k: {name: cached[name][k] for name in featurizers} for k in base if k != "train"}
