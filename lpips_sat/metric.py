@@ -23,9 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpips_sat.backbones import TAPS, ResNetTaps, adapt_input_bands, distance_upper_bound, fill_bn_counters, infer_arch, load_strict, read_checkpoint, to_torchvision_keys
-from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat import hub
+from lpips_sat.backbones import (
+    TAPS,
+    ResNetTaps,
+    adapt_input_bands,
+    distance_upper_bound,
+    fill_bn_counters,
+    infer_arch,
+    load_strict,
+    read_checkpoint,
+    to_torchvision_keys,
+)
+from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
 from lpips_sat.registry import DEFAULT_NAME, REGISTRY, WeightsEntry, get_entry, load_weights, weights_dir
 
@@ -205,7 +215,7 @@ class LPIPSSat(nn.Module):
     @classmethod
     def from_backbone(cls, checkpoint: str | Path, *, arch: str | None = None, checkpoint_bands: str | Sequence[str] | None = None,
                       model_bands: str | Sequence[str] = DEFAULT_BANDS, mean: Sequence[float] | None = None,
-                      std: Sequence[float] | None = None, heads: str | Path | None = None, **kwargs) -> "LPIPSSat":
+                      std: Sequence[float] | None = None, heads: str | Path | None = None, **kwargs) -> LPIPSSat:
         """Build an (uncalibrated, all-ones heads) metric on a public ResNet checkpoint.
 
         Args:
@@ -267,7 +277,7 @@ class LPIPSSat(nn.Module):
 
     @classmethod
     def random(cls, arch: str = "resnet18", *, width_div: int = 8, model_bands: Sequence[str] = DEFAULT_BANDS, seed: int = 0,
-               input_norm: str = "global", texture: bool = False, **kwargs) -> "LPIPSSat":
+               input_norm: str = "global", texture: bool = False, **kwargs) -> LPIPSSat:
         """A random-weight metric (tiny by default) for tests and benchmarks; nothing is loaded from disk.
 
         ``texture=True`` adds random texture heads (the v3 distance form, :meth:`distance`)."""
@@ -285,7 +295,7 @@ class LPIPSSat(nn.Module):
     # ---------------------------------------------------------------- hub model folders (lpips_sat.hub)
     @classmethod
     def from_pretrained(cls, repo_or_dir: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
-                        force_download: bool = False, token: str | bool | None = None, local_files_only: bool = False, **kwargs) -> "LPIPSSat":
+                        force_download: bool = False, token: str | bool | None = None, local_files_only: bool = False, **kwargs) -> LPIPSSat:
         """Load a model folder written by :meth:`save_pretrained`, a hub repo holding one, or a registry name.
 
         Args:
@@ -346,7 +356,7 @@ class LPIPSSat(nn.Module):
         return hub.push_folder(lambda tmp: self.save_pretrained(tmp, license=license, tags=tags, datasets=datasets), repo_id, token=token,
                                private=private, commit_message=commit_message, branch=branch, create_pr=create_pr)
 
-    def train(self, mode: bool = True) -> "LPIPSSat":
+    def train(self, mode: bool = True) -> LPIPSSat:
         """The metric is always in eval mode (frozen BatchNorm statistics), also inside a training model."""
         return super().train(False)
 

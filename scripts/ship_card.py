@@ -38,7 +38,8 @@ CHANGES = {
         "- Backbone warm-started from v2 and trained further with the ranking term applied to both terms (real pairs as the",
         "  positive side of most ranking anchors). Same per-image standardisation and `radiometry` component as v2.",
     ],
-}SPLIT_ORDER = ("heldout_region", "heldout_scenes", "heldout_scene_")
+}
+SPLIT_ORDER = ("heldout_region", "heldout_scenes", "heldout_scene_")
 KIND_ORDER = ("train_families", "heldout_families", "v1_heldout_families")
 BASELINES = ("PSNR", "SSIM", "MS-SSIM", "untrained backbone, calibrated heads", "untrained backbone, ones")
 

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
-from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
 from lpips_sat.hub import save_folder
 from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standardize_per_image, texture_stats
+from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
 from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin
@@ -56,13 +56,13 @@ class Triplets:
     base0: dict[str, torch.Tensor] = field(default_factory=dict)
     base1: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def subset(self, mask: torch.Tensor) -> "Triplets":
+    def subset(self, mask: torch.Tensor) -> Triplets:
         idx = torch.nonzero(mask).flatten().tolist()
         return Triplets(self.d0[idx], self.d1[idx], self.p[idx], [self.fam_a[i] for i in idx], [self.fam_b[i] for i in idx],
                         {k: v[idx] for k, v in self.base0.items()}, {k: v[idx] for k, v in self.base1.items()})
 
     @staticmethod
-    def cat(items: Sequence["Triplets"]) -> "Triplets":
+    def cat(items: Sequence[Triplets]) -> Triplets:
         return Triplets(torch.cat([t.d0 for t in items]), torch.cat([t.d1 for t in items]), torch.cat([t.p for t in items]),
                         sum((t.fam_a for t in items), []), sum((t.fam_b for t in items), []),
                         {k: torch.cat([t.base0[k] for t in items]) for k in items[0].base0},
@@ -146,7 +146,11 @@ def baseline_distances(ref: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Te
     renormalised, because 64-px patches are too small for the standard 5 scales of an 11-px window.
     """
     try:
-        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, spectral_angle_mapper, structural_similarity_index_measure
+        from torchmetrics.functional.image import (
+            multiscale_structural_similarity_index_measure,
+            spectral_angle_mapper,
+            structural_similarity_index_measure,
+        )
     except ImportError as exc:  # pragma: no cover - optional dependency
         raise ImportError('lpips-sat calibrate scores its pixel-metric baselines with torchmetrics: pip install "lpips-sat[train]"') from exc
 

@@ -42,10 +42,9 @@ from torch import nn
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.bands import DEFAULT_BANDS
-from lpips_sat.errors import InputError
-from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
 from lpips_sat.hub import save_folder
 from lpips_sat.metric import INPUT_NORMS, STD_FLOOR, normalize_channels, standardize_per_image, texture_distance
+from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
 from lpips_sat.registry import get_entry, load_weights, save_weights, weights_dir
 from lpips_sat.train.checkpoint import load_state, save_state
 from lpips_sat.train.data import CropSampler, PairSampler, Source, load_source, split_rows
@@ -109,7 +108,7 @@ def _nuisance(v: torch.Tensor, nuisances: tuple[str, ...], k: int, g: torch.Gene
     return v
 
 
-def make_views_v2(sampler: CropSampler, pairs: "PairSampler | None", batch: int, crop: int, jitter: int, hard: float,
+def make_views_v2(sampler: CropSampler, pairs: PairSampler | None, batch: int, crop: int, jitter: int, hard: float,
                   pair_fraction: float, nuisances: tuple[str, ...], damages: tuple[str, ...], g: torch.Generator):
     """Views for v2: (view1, view2) InfoNCE pairs and (clean, nuisance, damaged) triplets of the first anchors.
 
@@ -136,7 +135,7 @@ def make_views_v2(sampler: CropSampler, pairs: "PairSampler | None", batch: int,
     if not n_hard:
         return views[0], views[1], None
     c0 = jitter // 2
-    centre = lambda t: t[:n_hard, :, c0 : c0 + crop + 2 * MARGIN, c0 : c0 + crop + 2 * MARGIN]  # noqa: E731
+    centre = lambda t: t[:n_hard, :, c0 : c0 + crop + 2 * MARGIN, c0 : c0 + crop + 2 * MARGIN]
     base_a, base_b = centre(ctx_a), centre(ctx_b)
     clean = crop_margin(base_a)
     nuis = crop_margin(_nuisance(base_b, nuisances, 1, g))
