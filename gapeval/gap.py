@@ -44,6 +44,7 @@ from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_a
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.metric import MIN_SIZE
 from lpips_sat.options import device, int_at_least, nonnegative_int, number, open_fraction, positive_float
+from lpips_sat.raster import gdal_path
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +420,9 @@ def high_frequency_energy(image: np.ndarray, valid: np.ndarray | None = None, *,
 
 # ---------------------------------------------------------------------------------------------- images
 def _resolve_path(text: str, run: Run) -> Path:
-    p = Path(text)
+    """A path cell of a run's pairs.csv as a file: absolute and remote paths (``/vsicurl/...``, or a URL, which
+    becomes one) as they are, relative ones under the run's folder or the working folder."""
+    p = Path(gdal_path(text))
     if p.is_absolute():
         return p
     for base in (run.directory, Path.cwd()):

@@ -29,6 +29,7 @@ from gapeval.scoring.plan import SceneInput, ScenePlan
 from gapeval.sources import RasterWriter
 from gapeval.windows import expand_window, fixed_size_window, iter_windows, union_window, window_slices
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
+from lpips_sat.raster import path_text
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +218,9 @@ class SceneScorer:
             rec.update(
                 seconds=seconds,
                 config_hash=config.hash(),
-                pred_path=str(inp.source.path),
-                target_path=str(tgt.source.path),
-                lr_path=str(plan.lr.source.path) if plan.lr else "",
+                pred_path=path_text(inp.source.path),
+                target_path=path_text(tgt.source.path),
+                lr_path=path_text(plan.lr.source.path) if plan.lr else "",
                 pred_sha256=inp.sha256,
                 target_sha256=tgt.sha256,
                 lr_sha256=plan.lr.sha256 if plan.lr else "",
