@@ -117,27 +117,36 @@ def split_spec(spec: str | Path) -> tuple[Path, str | None]:
 
 
 def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> Run:
-    """Read ``directory/pairs.csv`` (and ``summary.json`` if present) written by ``gapeval score``.
+    """Read ``directory/pairs.csv`` (and ``summary.json`` if present) written by ``gapeval score``; ``directory`` may
+    also name the table itself (a ``.csv`` file).
 
     A column is numeric when every non-empty cell parses as a float (``nan`` allowed); the scene key is the first of
     :data:`KEY_COLUMNS` present, else the first non-numeric column. When the table holds several prediction sets
     (column ``pred_set``), ``pred_set`` selects one (``DIR#SET`` on the command line). Rows whose ``status`` is not
     ``ok`` (pairs score skipped) keep their key but get NaN metrics.
     Raises:
-        MissingFileError: no folder or no ``pairs.csv``. InputError: empty table, no key column, duplicate keys,
-            an ambiguous or unknown prediction set.
+        MissingFileError: no folder or no ``pairs.csv``. InputError: a file (not ``.csv``) where the folder should be,
+            a folder where the table should be, empty table, no key column, duplicate keys, an ambiguous or unknown
+            prediction set.
     """
+    from gapeval.results import RESULTS_FOLDER, read_table, results_file
+
     if pred_set is None:
         directory, pred_set = split_spec(directory)
-    directory = Path(directory)
-    path = directory / PAIRS_FILE if directory.is_dir() or not directory.suffix else directory
-    if directory.suffix == ".csv":
-        directory = directory.parent
-    if not directory.exists():
-        raise MissingFileError(f"run {name!r}: results folder {directory} does not exist")
-    if not path.is_file():
-        raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
-    from gapeval.results import read_table
+    spec = Path(directory)
+    try:
+        if spec.suffix.lower() == ".csv":  # the table itself
+            if spec.is_dir():
+                raise InputError(f"{spec}: is a folder, expected the {PAIRS_FILE} file of {RESULTS_FOLDER} (or that folder)")
+            if not spec.exists():
+                raise MissingFileError(f"{spec}: does not exist; expected the {PAIRS_FILE} file of {RESULTS_FOLDER}")
+            directory, path = spec.parent, spec
+        else:
+            directory = spec
+            path = results_file(spec, PAIRS_FILE, expected=f"{RESULTS_FOLDER} (or its {PAIRS_FILE})",
+                                advice=f"run `gapeval score ... --out {spec}` first")
+    except (MissingFileError, InputError) as exc:
+        raise type(exc)(f"run {name!r}: {exc}") from exc
 
     fields, rows = read_table(path, advice=f"run {name!r} must name a results folder written by `gapeval score`")
     if not rows:
@@ -166,7 +175,7 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
     if dup:
         raise InputError(f"run {name!r}: {path} lists scene(s) {dup[:5]} more than once in column {key_col!r}")
     summary = {}
-    if (directory / SUMMARY_FILE).is_file():
+    if (directory / SUMMARY_FILE).exists():  # a folder there is warned about (unreadable), not taken as absent
         try:
             summary = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
             if not isinstance(summary, dict):
@@ -346,6 +355,8 @@ def load_design(path: str | Path) -> Design:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a design YAML file (runs, conditions, comparisons)")
     if not path.is_file():
         raise MissingFileError(f"{path}: design file does not exist")
     try:

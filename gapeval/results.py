@@ -480,6 +480,32 @@ def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
+#: What a results folder argument must name (the end of the "is a file" error).
+RESULTS_FOLDER = "a results folder written by `gapeval score --out`"
+
+
+def results_file(folder: str | Path, name: str = PAIRS_CSV, *, expected: str = RESULTS_FOLDER, advice: str = "") -> Path:
+    """``folder/name`` (``pairs.csv``, ``summary.json``) of a results folder, after checking that ``folder`` is a folder
+    and ``name`` a file in it, so the error says what is actually wrong (missing, or a file where a folder must be, or
+    the reverse); ``expected`` names what ``folder`` should be, ``advice`` ends the "does not exist" error of the file.
+
+    Raises:
+        MissingFileError: ``folder`` or ``folder/name`` does not exist. InputError: ``folder`` is a file, or
+            ``folder/name`` is a folder.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise MissingFileError(f"{folder}: does not exist; expected {expected}")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: is a file, expected {expected}")
+    path = folder / name
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected the {name} file that gapeval score writes")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: does not exist{'; ' + advice if advice else ''}")
+    return path
+
+
 def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder.
 
@@ -488,8 +514,7 @@ def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, A
     """
     out_dir = Path(out_dir)
     for name in (PAIRS_CSV, SUMMARY_JSON):
-        if not (out_dir / name).is_file():
-            raise MissingFileError(f"{out_dir / name} does not exist; run `gapeval score --out {out_dir}` first")
+        results_file(out_dir, name, advice=f"run `gapeval score --out {out_dir}` first")
     _, rows = read_table(out_dir / PAIRS_CSV)
     try:
         parsed = [parse_row(r) for r in rows]

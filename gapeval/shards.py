@@ -36,12 +36,13 @@ from gapeval.results import (
     parse_row,
     prepare_out_dir,
     read_records_complete,
+    results_file,
     summarize_rows,
     write_summary,
 )
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.cli import EXIT_PARTIAL
-from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.errors import InputError
 from lpips_sat.options import device
 
 #: Sub-folder of ``OUT`` holding the shards of a ``torchrun`` run.
@@ -83,8 +84,8 @@ def shard_dir(out: str | Path, k: int, n: int) -> Path:
 def _read_shard(folder: Path) -> tuple[list[str], list[list[str]], dict[str, Any]]:
     """Header, raw rows (strings, as written) and summary of one shard folder."""
     for name in (PAIRS_CSV, SUMMARY_JSON):
-        if not (folder / name).is_file():
-            raise MissingFileError(f"{folder / name} does not exist; is {folder} a finished `gapeval score --shard K/N` results folder?")
+        results_file(folder, name, expected="a results folder written by `gapeval score --shard K/N --out`",
+                     advice=f"is {folder} a finished `gapeval score --shard K/N` results folder?")
     try:
         summary = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (a binary file)
