@@ -54,7 +54,7 @@ SUMMARY_FILE = "summary.json"
 KEY_COLUMNS = ("pair", "key", "name", "rel_path", "relpath", "relative_path", "scene", "stem", "id", "file")
 #: Numeric columns that are bookkeeping, not quality metrics.
 NON_METRIC = re.compile(r"(^|_)(path|sha256|sha1|sha|hash|md5|bytes|width|height|rows|cols|index|idx|seed|seconds|time|time_s|"
-                        r"elapsed|valid_fraction|invalid_fraction|valid_frac|n_pixels|n_valid|count|band_count|n_bands|tiles|n_tiles|"
+                        r"elapsed|valid_fraction|invalid_fraction|invalid_px|valid_frac|n_pixels|n_valid|count|band_count|n_bands|tiles|n_tiles|"
                         r"patches|lr_ratio|scale|ratio_px)$"
                         r"|^(align|harm)_")  # corrections score applied (--align/--harmonize), not quality
 #: Per-band columns (``psnr_B04``) are only tested with ``per_band=True``.

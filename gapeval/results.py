@@ -70,6 +70,8 @@ def columns(config: ScoreConfig) -> list[str]:
     """Column order of ``pairs.csv`` for ``config`` (per-band columns use the metric's band names)."""
     cols = list(LEAD_COLUMNS) + ["psnr", "ssim", "sam_deg", "ergas", "rmse", "mae"]
     cols += [f"{m}_{b}" for m in ("psnr", "ssim", "rmse", "mae") for b in config.bands]
+    if config.with_lr:
+        cols += list(LR_INVALID_COLUMNS)
     if config.with_lr and config.protocol == "opensr-test":
         cols += [*OPENSR_COLUMNS.values(), OPENSR_TILES]
     elif config.with_lr:
@@ -101,10 +103,15 @@ ALIGN_COLUMNS = ("align_dy", "align_dx", "align_residual_px", "align_quality", "
 RAW_PREFIX, RAW_METRICS = "raw_", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")
 
 
+#: With an LR input: its invalid (NaN/inf/nodata) pixels, which the LR-consistency metrics leave out (count on the LR
+#: grid, and the fraction of its pixels); bookkeeping of the input, listed per file in ``summary.json`` ``lr_invalid``.
+LR_INVALID_COLUMNS = ("lr_invalid_px", "lr_invalid_fraction")
+
+
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
     return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)
-            and not c.startswith(("align_", "harm_"))]
+            and c not in LR_INVALID_COLUMNS and not c.startswith(("align_", "harm_"))]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -450,6 +457,17 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> di
         if corrections:  # what --align/--harmonize applied (bookkeeping, not metrics)
             out[name]["corrections"] = {c: summarize(np.array([r[c] for r in ok], dtype=float)) for c in corrections}
             out[name]["n_not_alignable"] = sum(r["status"] == "not_alignable" for r in mine)
+    return out
+
+
+def lr_invalid_files(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """LR inputs with invalid pixels, each once, in row order: ``{lr_path: {"key", "invalid_px", "invalid_fraction"}}``
+    (``summary.json`` ``lr_invalid``; those pixels are left out of the LR-consistency metrics of their scene)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        n = r.get("lr_invalid_px")
+        if r.get("lr_path") and n is not None and np.isfinite(n) and n > 0 and r["lr_path"] not in out:
+            out[r["lr_path"]] = {"key": r["key"], "invalid_px": int(n), "invalid_fraction": float(r["lr_invalid_fraction"])}
     return out
 
 

@@ -40,6 +40,7 @@ from gapeval.results import (
     columns,
     format_cell,
     format_table,
+    lr_invalid_files,
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
@@ -312,6 +313,7 @@ def _summary(
         "pred_sets": summarize_rows(records, cols),
         "skipped": skipped,
         "unpaired": pairing.unpaired,
+        "lr_invalid": lr_invalid_files(records),
         "columns": list(cols),
         "alignment": alignment_note(config, cols),
     }
@@ -511,12 +513,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _warn(result: ScoreResult) -> None:
-    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid prediction pixels."""
+    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid LR and prediction pixels."""
     for role, item in result.summary["inputs"]["assumed_band_order"].items():
         files = item["files"]
         print(
             f"warning: {len(files)} {role} file(s) have no band names; their bands were assumed to be {','.join(item['order'])} "
             f"(e.g. {files[0]}; recorded in summary.json). Declare them with --{role}-bands, or refuse them with --strict-bands",
+            file=sys.stderr,
+        )
+    for path, item in result.summary.get("lr_invalid", {}).items():
+        print(
+            f"warning: {path}: {item['invalid_px']} LR pixels ({item['invalid_fraction']:.2%}) are invalid (NaN/inf/nodata); the "
+            f"LR-consistency metrics of scene {item['key']!r} leave them out (columns lr_invalid_px, lr_invalid_fraction; "
+            "summary.json lr_invalid)",
             file=sys.stderr,
         )
     holes = [r for r in result.records if r["pred_invalid_fraction"] > 0]

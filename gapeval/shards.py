@@ -33,6 +33,7 @@ from gapeval.results import (
     SUMMARY_JSON,
     ResultsLock,
     format_table,
+    lr_invalid_files,
     parse_row,
     prepare_out_dir,
     read_records_complete,
@@ -250,6 +251,7 @@ def _write_merged(folders: Sequence[Path], out: Path, header: list[str], rows: l
         skipped=[{"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]}
                  for r in records if r["status"] != "ok"],
         unpaired={label: sorted(keys) for label, keys in unpaired.items()},
+        lr_invalid=lr_invalid_files(records),
         shards={"count": n, "merged": {str(k): str(by_index[k]) for k in sorted(by_index)}, "missing": missing},
     )
     _copy_maps(folders, out)
