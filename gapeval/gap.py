@@ -41,6 +41,7 @@ import numpy as np
 from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
 from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_atomic
+from lpips_sat.cli import EXIT_USAGE
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.metric import MIN_SIZE
 from lpips_sat.options import device, int_at_least, nonnegative_int, number, open_fraction, positive_float
@@ -858,7 +859,7 @@ def run(args) -> int:
     else:
         print(f"gapeval gap: error: {len(runs)} run(s) given: pass --pairs A:B (or --design FILE), or exactly two --run "
               "(the gap is then first - second)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     config = GapConfig(metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None, per_band=args.per_band,
                        allow_unmatched=args.allow_unmatched, allow_mixed=args.allow_mixed, images=not args.no_images, pred_scale=args.pred_scale,
                        target_scale=args.target_scale, pred_bands=args.pred_bands, target_bands=args.target_bands, feature_tile=args.feature_tile, hf_cutoff=args.hf_cutoff, group_by=args.group_by,

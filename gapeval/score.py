@@ -52,7 +52,7 @@ from gapeval.scoring import runner
 from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
-from lpips_sat.cli import EXIT_PARTIAL
+from lpips_sat.cli import EXIT_PARTIAL, EXIT_USAGE
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
 from lpips_sat.options import device, int_at_least, number, positive_float, ratio_above_one
@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0 (2: usage), or raises an LPIPSSatError."""
     if args.protocol == "opensr-test" and not args.lr:
         print("gapeval score: error: --protocol opensr-test needs --lr DIR (every opensr-test value compares SR with LR)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     preds: dict[str, str] = {}
     for text in args.pred:
         name, path = _pred_arg(text)
@@ -437,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
     if dist is not None:
         if args.shard is not None:
             print("gapeval score: error: under torchrun the shard comes from RANK and WORLD_SIZE; drop --shard", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         rank, world, local = dist
         shards.check_merge_target(args.out, args.overwrite or args.resume)
         shard, out, report = (rank + 1, world), shards.shard_dir(args.out, rank + 1, world), False
