@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 import sys
 
-from lpips_sat.cli import add_module_commands, dispatch
+from lpips_sat.cli import EXIT_DATA, add_module_commands, dispatch
 
 #: sub-command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             'install them with: pip install "lpips-sat[eval]"',
             file=sys.stderr,
         )
-        return 1
+        return EXIT_DATA
     return dispatch(build_parser(), argv)
 
 

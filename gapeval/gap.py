@@ -41,9 +41,11 @@ import numpy as np
 from gapeval.metrics import direction
 from gapeval.stats import frechet_distance_features, holm, kernel_distance, paired_comparison, smallest_wilcoxon_p
 from lpips_sat.atomic import make_folder, remove_stale_temporaries, write_text_atomic
+from lpips_sat.cli import EXIT_USAGE
 from lpips_sat.errors import InputError, MissingFileError
 from lpips_sat.metric import MIN_SIZE
 from lpips_sat.options import device, int_at_least, nonnegative_int, number, open_fraction, positive_float
+from lpips_sat.raster import gdal_path
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ SUMMARY_FILE = "summary.json"
 KEY_COLUMNS = ("pair", "key", "name", "rel_path", "relpath", "relative_path", "scene", "stem", "id", "file")
 #: Numeric columns that are bookkeeping, not quality metrics.
 NON_METRIC = re.compile(r"(^|_)(path|sha256|sha1|sha|hash|md5|bytes|width|height|rows|cols|index|idx|seed|seconds|time|time_s|"
-                        r"elapsed|valid_fraction|invalid_fraction|valid_frac|n_pixels|n_valid|count|band_count|n_bands|tiles|n_tiles|"
+                        r"elapsed|valid_fraction|invalid_fraction|invalid_px|valid_frac|n_pixels|n_valid|count|band_count|n_bands|tiles|n_tiles|"
                         r"patches|lr_ratio|scale|ratio_px)$"
                         r"|^(align|harm)_")  # corrections score applied (--align/--harmonize), not quality
 #: Per-band columns (``psnr_B04``) are only tested with ``per_band=True``.
@@ -116,27 +118,36 @@ def split_spec(spec: str | Path) -> tuple[Path, str | None]:
 
 
 def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> Run:
-    """Read ``directory/pairs.csv`` (and ``summary.json`` if present) written by ``gapeval score``.
+    """Read ``directory/pairs.csv`` (and ``summary.json`` if present) written by ``gapeval score``; ``directory`` may
+    also name the table itself (a ``.csv`` file).
 
     A column is numeric when every non-empty cell parses as a float (``nan`` allowed); the scene key is the first of
     :data:`KEY_COLUMNS` present, else the first non-numeric column. When the table holds several prediction sets
     (column ``pred_set``), ``pred_set`` selects one (``DIR#SET`` on the command line). Rows whose ``status`` is not
     ``ok`` (pairs score skipped) keep their key but get NaN metrics.
     Raises:
-        MissingFileError: no folder or no ``pairs.csv``. InputError: empty table, no key column, duplicate keys,
-            an ambiguous or unknown prediction set.
+        MissingFileError: no folder or no ``pairs.csv``. InputError: a file (not ``.csv``) where the folder should be,
+            a folder where the table should be, empty table, no key column, duplicate keys, an ambiguous or unknown
+            prediction set.
     """
+    from gapeval.results import RESULTS_FOLDER, read_table, results_file
+
     if pred_set is None:
         directory, pred_set = split_spec(directory)
-    directory = Path(directory)
-    path = directory / PAIRS_FILE if directory.is_dir() or not directory.suffix else directory
-    if directory.suffix == ".csv":
-        directory = directory.parent
-    if not directory.exists():
-        raise MissingFileError(f"run {name!r}: results folder {directory} does not exist")
-    if not path.is_file():
-        raise MissingFileError(f"run {name!r}: {path} does not exist; run `gapeval score ... --out {directory}` first")
-    from gapeval.results import read_table
+    spec = Path(directory)
+    try:
+        if spec.suffix.lower() == ".csv":  # the table itself
+            if spec.is_dir():
+                raise InputError(f"{spec}: is a folder, expected the {PAIRS_FILE} file of {RESULTS_FOLDER} (or that folder)")
+            if not spec.exists():
+                raise MissingFileError(f"{spec}: does not exist; expected the {PAIRS_FILE} file of {RESULTS_FOLDER}")
+            directory, path = spec.parent, spec
+        else:
+            directory = spec
+            path = results_file(spec, PAIRS_FILE, expected=f"{RESULTS_FOLDER} (or its {PAIRS_FILE})",
+                                advice=f"run `gapeval score ... --out {spec}` first")
+    except (MissingFileError, InputError) as exc:
+        raise type(exc)(f"run {name!r}: {exc}") from exc
 
     fields, rows = read_table(path, advice=f"run {name!r} must name a results folder written by `gapeval score`")
     if not rows:
@@ -165,7 +176,7 @@ def read_run(name: str, directory: str | Path, pred_set: str | None = None) -> R
     if dup:
         raise InputError(f"run {name!r}: {path} lists scene(s) {dup[:5]} more than once in column {key_col!r}")
     summary = {}
-    if (directory / SUMMARY_FILE).is_file():
+    if (directory / SUMMARY_FILE).exists():  # a folder there is warned about (unreadable), not taken as absent
         try:
             summary = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
             if not isinstance(summary, dict):
@@ -345,6 +356,8 @@ def load_design(path: str | Path) -> Design:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a design YAML file (runs, conditions, comparisons)")
     if not path.is_file():
         raise MissingFileError(f"{path}: design file does not exist")
     try:
@@ -419,7 +432,9 @@ def high_frequency_energy(image: np.ndarray, valid: np.ndarray | None = None, *,
 
 # ---------------------------------------------------------------------------------------------- images
 def _resolve_path(text: str, run: Run) -> Path:
-    p = Path(text)
+    """A path cell of a run's pairs.csv as a file: absolute and remote paths (``/vsicurl/...``, or a URL, which
+    becomes one) as they are, relative ones under the run's folder or the working folder."""
+    p = Path(gdal_path(text))
     if p.is_absolute():
         return p
     for base in (run.directory, Path.cwd()):
@@ -844,7 +859,7 @@ def run(args) -> int:
     else:
         print(f"gapeval gap: error: {len(runs)} run(s) given: pass --pairs A:B (or --design FILE), or exactly two --run "
               "(the gap is then first - second)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     config = GapConfig(metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None, per_band=args.per_band,
                        allow_unmatched=args.allow_unmatched, allow_mixed=args.allow_mixed, images=not args.no_images, pred_scale=args.pred_scale,
                        target_scale=args.target_scale, pred_bands=args.pred_bands, target_bands=args.target_bands, feature_tile=args.feature_tile, hf_cutoff=args.hf_cutoff, group_by=args.group_by,

@@ -44,7 +44,7 @@ from gapeval.align import (
 )
 from gapeval.folders import list_images
 from gapeval.grids import Grid, same_crs
-from gapeval.reflectance import check_reflectance
+from gapeval.reflectance import check_not_tiny, check_reflectance, was_scaled
 from gapeval.results import append_line, read_records_complete
 from gapeval.sources import RasterSource
 from lpips_sat.atomic import make_folder, write_text_atomic
@@ -167,7 +167,8 @@ def scene_date(path: Path, tags: Mapping[str, str]) -> str:
 
 @dataclass
 class Scene:
-    """One input scene: header, data bands (0-based), optional mask band, reflectance scaling and date."""
+    """One input scene: header, data bands (0-based), optional mask band, reflectance scaling and date; ``scaled``:
+    a scale was applied (``--hr-scale``/``--lr-scale`` or the file's metadata, :func:`gapeval.reflectance.was_scaled`)."""
 
     path: Path
     info: RasterInfo
@@ -176,6 +177,7 @@ class Scene:
     gain: np.ndarray
     offset: np.ndarray
     date: str
+    scaled: bool = False
 
     @property
     def name(self) -> str:
@@ -206,7 +208,8 @@ def load_scenes(folder: str | Path, *, scale: float | None, mask_band: int | Non
         gain, offset = band_gain_offset(info, bands, scale)
         with rasterio.open(path) as ds:
             tags = ds.tags()
-        scenes.append(Scene(path, info, bands, None if mask_band is None else mask_band - 1, gain, offset, scene_date(path, tags)))
+        scenes.append(Scene(path, info, bands, None if mask_band is None else mask_band - 1, gain, offset, scene_date(path, tags),
+                            was_scaled(scale, gain, offset)))
     return scenes
 
 
@@ -284,7 +287,7 @@ class LRGrid:
 def prepare_lr(scene: Scene, config: PairsConfig) -> LRGrid:
     """Read an LR scene as reflectance; with ``lr_degrade`` degrade it onto ``lr_gsd`` first (reflectance out)."""
     data, valid = read_scene(scene)
-    check_reflectance(data, valid, scene.path, "--lr-scale")
+    check_plausible(data, valid, scene, "--lr-scale")
     transform = scene.info.transform
     if config.lr_degrade:
         from gapeval.degrade import degrade_array, file_rng, get_profile
@@ -296,6 +299,16 @@ def prepare_lr(scene: Scene, config: PairsConfig) -> LRGrid:
         valid = np.isfinite(data).all(axis=0)
         transform = out.transform
     return LRGrid(data.astype(np.float32), valid, transform, scene.info.crs)
+
+
+def check_plausible(data: np.ndarray, valid: np.ndarray, scene: Scene, flag: str) -> None:
+    """The scoring path's range checks of a scene's reflectance, told whether a scale was applied (so digital numbers,
+    reflectance divided by a DN scale and a corrupt file each get their own advice).
+
+    Raises:
+        InputError: see :func:`gapeval.reflectance.check_reflectance` and :func:`gapeval.reflectance.check_not_tiny`.
+    """
+    check_not_tiny(check_reflectance(data, valid, scene.path, flag, scaled=scene.scaled), scene.path, flag, scaled=scene.scaled)
 
 
 def _reflectance(data: np.ndarray, nodata: Any, profile: Any) -> np.ndarray:
@@ -703,7 +716,7 @@ def build_pairs(hr: str | Path, lr: str | Path, out: str | Path, config: PairsCo
             anchor = (lr_grid.transform.c, lr_grid.transform.f)
         scale = check_scale(lr_grid, high, config, low.path)
         work = prepare_hr(high, lr_grid, scale, halo)
-        check_reflectance(work.data, work.valid, high.path, "--hr-scale")
+        check_plausible(work.data, work.valid, high, "--hr-scale")
         n = config.tile // scale
         measured = []
         for t, origin in _tiles_of(lr_grid, work, scale, config, low, high):

@@ -70,6 +70,8 @@ def columns(config: ScoreConfig) -> list[str]:
     """Column order of ``pairs.csv`` for ``config`` (per-band columns use the metric's band names)."""
     cols = list(LEAD_COLUMNS) + ["psnr", "ssim", "sam_deg", "ergas", "rmse", "mae"]
     cols += [f"{m}_{b}" for m in ("psnr", "ssim", "rmse", "mae") for b in config.bands]
+    if config.with_lr:
+        cols += list(LR_INVALID_COLUMNS)
     if config.with_lr and config.protocol == "opensr-test":
         cols += [*OPENSR_COLUMNS.values(), OPENSR_TILES]
     elif config.with_lr:
@@ -101,10 +103,15 @@ ALIGN_COLUMNS = ("align_dy", "align_dx", "align_residual_px", "align_quality", "
 RAW_PREFIX, RAW_METRICS = "raw_", ("lpips_sat", "psnr", "ssim", "sam_deg", "ergas", "rmse", "mae")
 
 
+#: With an LR input: its invalid (NaN/inf/nodata) pixels, which the LR-consistency metrics leave out (count on the LR
+#: grid, and the fraction of its pixels); bookkeeping of the input, listed per file in ``summary.json`` ``lr_invalid``.
+LR_INVALID_COLUMNS = ("lr_invalid_px", "lr_invalid_fraction")
+
+
 def metric_columns(cols: Sequence[str]) -> list[str]:
     """The numeric result columns summarised per prediction set."""
     return [c for c in cols if c not in TEXT_COLUMNS and c not in ("seconds", "height", "width", "lpips_tiles", "tc_patches", OPENSR_TILES)
-            and not c.startswith(("align_", "harm_"))]
+            and c not in LR_INVALID_COLUMNS and not c.startswith(("align_", "harm_"))]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -453,6 +460,17 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> di
     return out
 
 
+def lr_invalid_files(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """LR inputs with invalid pixels, each once, in row order: ``{lr_path: {"key", "invalid_px", "invalid_fraction"}}``
+    (``summary.json`` ``lr_invalid``; those pixels are left out of the LR-consistency metrics of their scene)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        n = r.get("lr_invalid_px")
+        if r.get("lr_path") and n is not None and np.isfinite(n) and n > 0 and r["lr_path"] not in out:
+            out[r["lr_path"]] = {"key": r["key"], "invalid_px": int(n), "invalid_fraction": float(r["lr_invalid_fraction"])}
+    return out
+
+
 def alignment_note(config: ScoreConfig, cols: Sequence[str]) -> dict[str, Any]:
     """``summary.json``'s statement of which columns compare the prediction with the raw target and which with the
     target aligned/harmonised onto it (``docs/metrics.md``, "Alignment and harmonisation")."""
@@ -480,6 +498,32 @@ def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
+#: What a results folder argument must name (the end of the "is a file" error).
+RESULTS_FOLDER = "a results folder written by `gapeval score --out`"
+
+
+def results_file(folder: str | Path, name: str = PAIRS_CSV, *, expected: str = RESULTS_FOLDER, advice: str = "") -> Path:
+    """``folder/name`` (``pairs.csv``, ``summary.json``) of a results folder, after checking that ``folder`` is a folder
+    and ``name`` a file in it, so the error says what is actually wrong (missing, or a file where a folder must be, or
+    the reverse); ``expected`` names what ``folder`` should be, ``advice`` ends the "does not exist" error of the file.
+
+    Raises:
+        MissingFileError: ``folder`` or ``folder/name`` does not exist. InputError: ``folder`` is a file, or
+            ``folder/name`` is a folder.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise MissingFileError(f"{folder}: does not exist; expected {expected}")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: is a file, expected {expected}")
+    path = folder / name
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected the {name} file that gapeval score writes")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: does not exist{'; ' + advice if advice else ''}")
+    return path
+
+
 def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of ``pairs.csv`` (numbers parsed) and ``summary.json`` of a results folder.
 
@@ -488,8 +532,7 @@ def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, A
     """
     out_dir = Path(out_dir)
     for name in (PAIRS_CSV, SUMMARY_JSON):
-        if not (out_dir / name).is_file():
-            raise MissingFileError(f"{out_dir / name} does not exist; run `gapeval score --out {out_dir}` first")
+        results_file(out_dir, name, advice=f"run `gapeval score --out {out_dir}` first")
     _, rows = read_table(out_dir / PAIRS_CSV)
     try:
         parsed = [parse_row(r) for r in rows]

@@ -40,6 +40,7 @@ from gapeval.results import (
     columns,
     format_cell,
     format_table,
+    lr_invalid_files,
     parse_row,
     prepare_out_dir,
     remove_stale_temporaries,
@@ -51,7 +52,7 @@ from gapeval.scoring import runner
 from gapeval.scoring.config import DEFAULT_TILE, INVALID_PRED_POLICIES, PROTOCOLS, RANDOM_WEIGHTS, ScoreConfig
 from gapeval.scoring.plan import FileHashes, assumed_band_orders, plan_pairs
 from gapeval.scoring.weights import load_metric
-from lpips_sat.cli import EXIT_PARTIAL
+from lpips_sat.cli import EXIT_PARTIAL, EXIT_USAGE
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
 from lpips_sat.options import device, int_at_least, number, positive_float, ratio_above_one
@@ -312,6 +313,7 @@ def _summary(
         "pred_sets": summarize_rows(records, cols),
         "skipped": skipped,
         "unpaired": pairing.unpaired,
+        "lr_invalid": lr_invalid_files(records),
         "columns": list(cols),
         "alignment": alignment_note(config, cols),
     }
@@ -422,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gapeval score`` from parsed arguments; prints a short table. Exit 0 (2: usage), or raises an LPIPSSatError."""
     if args.protocol == "opensr-test" and not args.lr:
         print("gapeval score: error: --protocol opensr-test needs --lr DIR (every opensr-test value compares SR with LR)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     preds: dict[str, str] = {}
     for text in args.pred:
         name, path = _pred_arg(text)
@@ -435,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
     if dist is not None:
         if args.shard is not None:
             print("gapeval score: error: under torchrun the shard comes from RANK and WORLD_SIZE; drop --shard", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         rank, world, local = dist
         shards.check_merge_target(args.out, args.overwrite or args.resume)
         shard, out, report = (rank + 1, world), shards.shard_dir(args.out, rank + 1, world), False
@@ -511,12 +513,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _warn(result: ScoreResult) -> None:
-    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid prediction pixels."""
+    """Console warnings (stderr) about what the numbers rest on: assumed band orders, invalid LR and prediction pixels."""
     for role, item in result.summary["inputs"]["assumed_band_order"].items():
         files = item["files"]
         print(
             f"warning: {len(files)} {role} file(s) have no band names; their bands were assumed to be {','.join(item['order'])} "
             f"(e.g. {files[0]}; recorded in summary.json). Declare them with --{role}-bands, or refuse them with --strict-bands",
+            file=sys.stderr,
+        )
+    for path, item in result.summary.get("lr_invalid", {}).items():
+        print(
+            f"warning: {path}: {item['invalid_px']} LR pixels ({item['invalid_fraction']:.2%}) are invalid (NaN/inf/nodata); the "
+            f"LR-consistency metrics of scene {item['key']!r} leave them out (columns lr_invalid_px, lr_invalid_fraction; "
+            "summary.json lr_invalid)",
             file=sys.stderr,
         )
     holes = [r for r in result.records if r["pred_invalid_fraction"] > 0]

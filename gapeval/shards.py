@@ -33,15 +33,17 @@ from gapeval.results import (
     SUMMARY_JSON,
     ResultsLock,
     format_table,
+    lr_invalid_files,
     parse_row,
     prepare_out_dir,
     read_records_complete,
+    results_file,
     summarize_rows,
     write_summary,
 )
 from lpips_sat.atomic import write_text_atomic
 from lpips_sat.cli import EXIT_PARTIAL
-from lpips_sat.errors import InputError, MissingFileError
+from lpips_sat.errors import InputError
 from lpips_sat.options import device
 
 #: Sub-folder of ``OUT`` holding the shards of a ``torchrun`` run.
@@ -83,8 +85,8 @@ def shard_dir(out: str | Path, k: int, n: int) -> Path:
 def _read_shard(folder: Path) -> tuple[list[str], list[list[str]], dict[str, Any]]:
     """Header, raw rows (strings, as written) and summary of one shard folder."""
     for name in (PAIRS_CSV, SUMMARY_JSON):
-        if not (folder / name).is_file():
-            raise MissingFileError(f"{folder / name} does not exist; is {folder} a finished `gapeval score --shard K/N` results folder?")
+        results_file(folder, name, expected="a results folder written by `gapeval score --shard K/N --out`",
+                     advice=f"is {folder} a finished `gapeval score --shard K/N` results folder?")
     try:
         summary = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (a binary file)
@@ -249,6 +251,7 @@ def _write_merged(folders: Sequence[Path], out: Path, header: list[str], rows: l
         skipped=[{"pred_set": r["pred_set"], "key": r["key"], "status": r["status"], "reason": r["reason"]}
                  for r in records if r["status"] != "ok"],
         unpaired={label: sorted(keys) for label, keys in unpaired.items()},
+        lr_invalid=lr_invalid_files(records),
         shards={"count": n, "merged": {str(k): str(by_index[k]) for k in sorted(by_index)}, "missing": missing},
     )
     _copy_maps(folders, out)

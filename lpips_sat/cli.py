@@ -263,7 +263,7 @@ def run_info(args: argparse.Namespace) -> int:
     if bad:
         what = "model folder" if args.weights and Path(args.weights).is_dir() else "shipped weights"
         print(f"lpips-sat info: error: {what} failed their sha256 check: {', '.join(bad)}; reinstall lpips-sat or re-save the folder", file=sys.stderr)
-        return 1
+        return EXIT_DATA
     return 0
 
 

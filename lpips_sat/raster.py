@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +85,25 @@ def gdal_path(text: str) -> str:
     """``https://host/a.tif`` -> ``/vsicurl/https://host/a.tif``, ``s3://bucket/a.tif`` -> ``/vsis3/bucket/a.tif``
     (GDAL's virtual file systems, https://gdal.org/user/virtual_file_systems.html); anything else unchanged.
 
-    Kept in a ``Path``, ``/vsicurl/https://host`` becomes ``/vsicurl/https:/host``, which GDAL reads the same.
+    Kept in a ``Path``, ``/vsicurl/https://host`` becomes ``/vsicurl/https:/host`` (GDAL reads it the same); write
+    paths out with :func:`path_text`, which puts the slash back.
     """
     for scheme, prefix in VSI_SCHEMES.items():
         if text.startswith(scheme):
             return prefix + (text if prefix == "/vsicurl/" else text[len(scheme):])
     return text
+
+
+#: ``/vsicurl/https:/host`` as a ``Path`` leaves it: the URL scheme followed by one slash only.
+_COLLAPSED_URL = re.compile(r"^(/vsicurl(?:_streaming)?/[A-Za-z][A-Za-z0-9+.-]*:)/(?!/)")
+
+
+def path_text(path: str | Path) -> str:
+    """A path as text for tables, JSON and messages: ``str(path)``, except that a ``/vsicurl/`` URL gets back the
+    ``//`` after its scheme that ``pathlib`` collapsed (``/vsicurl/https:/host/a.tif`` -> ``/vsicurl/https://host/a.tif``),
+    so a remote input is written exactly as it was given."""
+    text = str(path)
+    return _COLLAPSED_URL.sub(r"\1//", text) if is_virtual(text) else text
 
 
 def _existing_suffix(path: Path) -> str:
@@ -193,7 +207,7 @@ def open_geotiff(path: Path) -> Any:
             return rasterio.open(path)
     except RasterioIOError as exc:
         if is_virtual(path):
-            raise MissingFileError(f"{path}: GDAL cannot open it ({exc}); check the URL/bucket, the network and credentials") from exc
+            raise MissingFileError(f"{path_text(path)}: GDAL cannot open it ({exc}); check the URL/bucket, the network and credentials") from exc
         raise InputError(f"{path}: cannot read as GeoTIFF ({exc}); the file may be corrupt or truncated") from exc
 
 

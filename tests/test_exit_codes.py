@@ -537,3 +537,37 @@ def test_sigint_exits_130_keeps_finished_pairs_and_resumes(workers: str, data: P
     assert sorted(r["key"] for r in rows) == [f"s{i:02d}" for i in range(n)]
     before = {r["key"]: r["lpips_sat"] for r in kept}
     assert all(math.isclose(float(before[r["key"]]), float(r["lpips_sat"])) for r in rows if r["key"] in before)
+
+
+def test_exit_codes_have_one_home() -> None:
+    """Exit codes are defined once (``lpips_sat.cli.EXIT_*``): no other module assigns an ``EXIT_*`` name, and no
+    command returns a bare non-zero number (which could drift from the table) instead of the constant."""
+    import ast
+
+    files = sorted((ROOT / "gapeval").rglob("*.py")) + [ROOT / "lpips_sat" / "cli.py"]
+    defined, literal = [], []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name) and n.id.startswith("EXIT_")]
+            defined += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names]
+            if isinstance(node, ast.FunctionDef) and (node.name in ("run", "main") or node.name.startswith("run_")):
+                literal += [f"{path.relative_to(ROOT)}:{r.lineno} return {r.value.value}" for r in ast.walk(node)
+                            if isinstance(r, ast.Return) and isinstance(r.value, ast.Constant) and type(r.value.value) is int
+                            and r.value.value != 0]
+    assert defined == [f"lpips_sat/cli.py:{n}" for n in _exit_line()], defined
+    assert not literal, literal
+    from gapeval import score, shards
+
+    assert shards.EXIT_PARTIAL is score.EXIT_PARTIAL is lcli.EXIT_PARTIAL == 3
+    assert (lcli.EXIT_OK, lcli.EXIT_DATA, lcli.EXIT_USAGE, lcli.EXIT_PARTIAL, lcli.EXIT_INTERRUPTED) == (0, 1, 2, 3, 130)
+
+
+def _exit_line() -> list[str]:
+    """``LINE NAME`` of each ``EXIT_*`` name that lpips_sat/cli.py assigns (found independently of the AST: by text)."""
+    lines = (ROOT / "lpips_sat" / "cli.py").read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if line.startswith("EXIT_") and "=" in line:
+            out += [f"{i} {name.strip()}" for name in line.split("=")[0].split(",")]
+    return out

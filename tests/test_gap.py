@@ -404,3 +404,33 @@ def test_alignment_columns_are_bookkeeping_and_opensr_columns_are_metrics(tmp_pa
     metrics = run.metrics(None, per_band=True)
     assert "opensr_improvement" in metrics
     assert not {"align_dx", "harm_gain_B04", "opensr_tiles"} & set(metrics)
+
+
+def test_path_arguments_say_what_is_wrong(tmp_path, scenes, capsys):
+    """A file where a results folder is expected (or a folder where a file is) is named as such, exit 1, one error line;
+    "does not exist" only for paths that do not exist. ``gapeval merge`` shares the check."""
+    keys, d, _ = scenes
+    good = write_pairs(tmp_path / "good", table_rows(keys, d, d))
+    (tmp_path / "plain").write_text("not a results folder\n")
+    (tmp_path / "tabledir" / "pairs.csv").mkdir(parents=True)
+    (tmp_path / "design.yaml").mkdir()
+    cases = [
+        (["gap", "--run", f"a={tmp_path / 'plain'}", "--run", f"b={good}"], f"{tmp_path / 'plain'}: is a file, expected a results folder"),
+        (["gap", "--run", f"a={tmp_path / 'tabledir'}", "--run", f"b={good}"], f"{tmp_path / 'tabledir' / 'pairs.csv'}: is a folder, expected the pairs.csv file"),
+        (["gap", "--run", f"a={tmp_path / 'tabledir' / 'pairs.csv'}", "--run", f"b={good}"], f"{tmp_path / 'tabledir' / 'pairs.csv'}: is a folder"),
+        (["gap", "--design", str(tmp_path / "design.yaml")], f"{tmp_path / 'design.yaml'}: is a folder, expected a design YAML file"),
+        (["gap", "--run", f"a={tmp_path / 'nowhere'}", "--run", f"b={good}"], f"{tmp_path / 'nowhere'}: does not exist"),
+        (["merge", str(tmp_path / "plain")], f"{tmp_path / 'plain'}: is a file, expected a results folder"),
+        (["merge", str(tmp_path / "tabledir")], f"{tmp_path / 'tabledir' / 'pairs.csv'}: is a folder, expected the pairs.csv file"),
+        (["merge", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: does not exist"),
+    ]
+    for argv, expected in cases:
+        out = ["--out", str(tmp_path / "out")] + (["--no-images"] if argv[0] == "gap" else [])
+        assert cli.main(argv + out) == 1, argv
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if f"gapeval {argv[0]}: error:" in line]
+        assert len(errors) == 1 and expected in errors[0], (argv, err)
+        assert ("does not exist" in err) == expected.endswith("does not exist"), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "out" / "gap.json").exists()
+    assert cli.main(["gap", "--run", f"a={good / 'pairs.csv'}", "--run", f"b={good}", "--out", str(tmp_path / "ok"), "--no-images"]) == 0

@@ -255,3 +255,49 @@ def test_usage_errors_exit_2(scenes, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["pairs", "--hr", str(scenes["hr"]), "--lr", str(scenes["lr"]), "--out", str(tmp_path / "o"), "--scale", "2.5"])
     assert exc.value.code == 2
+
+
+def test_reflectance_checks_know_whether_a_scale_was_applied(scenes, tmp_path, capsys):
+    """The range checks of ``pairs`` are the scoring path's (``was_scaled`` -> ``check_reflectance``/``check_not_tiny``):
+    digital numbers with --hr-scale/--lr-scale give the same tiles as reflectance; reflectance divided by a DN scale,
+    DN without one, and a corrupt tile of a file whose own scale metadata was applied each get their own advice."""
+    from lpips_sat.raster import write_raster
+
+    crs, hr_t, lr_t = _header(scenes["hr"]), _header(scenes["hr"], "transform"), _header(scenes["lr"], "transform")
+    hr_dn, lr_dn = np.round(scenes["hr_array"] * 10000), np.round(scenes["lr_array"] * 10000)
+
+    def put(name: str, data: np.ndarray, transform, **kw) -> Path:  # same file names: same tile names
+        path = tmp_path / name / (scenes["lr"] if name.endswith("lr") else scenes["hr"]).name
+        write_raster(path, data, transform=transform, crs=crs, descriptions=("B04", "B03", "B02", "B08"), **kw)
+        return path.parent
+
+    def run(hr: Path, lr: Path, out: str, *extra: str) -> tuple[int, str, list[dict[str, str]]]:
+        rc = main(["pairs", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / out), "--scale", "4", "--tile", "128",
+                   "--block", "256", "--synthetic", "none", *extra])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return rc, err, _manifest(tmp_path / out) if rc == 0 else []
+
+    dn_hr, dn_lr = put("dn_hr", hr_dn, hr_t, dtype="uint16"), put("dn_lr", lr_dn, lr_t, dtype="uint16")
+    rc, _, refl_rows = run(scenes["hr"].parent, scenes["lr"].parent, "refl")
+    assert rc == 0 and refl_rows
+    rc, _, dn_rows = run(dn_hr, dn_lr, "dn", "--hr-scale", "10000", "--lr-scale", "10000")
+    assert rc == 0 and [(r["tile"], r["status"]) for r in dn_rows] == [(r["tile"], r["status"]) for r in refl_rows]
+    rc, err, _ = run(dn_hr, dn_lr, "dn_unscaled")
+    assert rc == 1 and "look like digital numbers" in err and "--lr-scale 10000" in err
+    rc, err, _ = run(scenes["hr"].parent, scenes["lr"].parent, "twice", "--hr-scale", "10000", "--lr-scale", "10000")
+    assert rc == 1 and "implausibly small for reflectance" in err and "drop --lr-scale" in err, err
+    corrupt = hr_dn.copy()
+    corrupt[:, :8, :8] = 65535
+    meta_hr = put("meta_hr", corrupt, hr_t, dtype="uint16", scales=[1e-4] * 4)
+    rc, err, _ = run(meta_hr, scenes["lr"].parent, "corrupt")
+    assert rc == 1 and "even after the scale applied" in err and "look like digital numbers" not in err, err
+    rc, _, meta_rows = run(put("meta_ok", hr_dn, hr_t, dtype="uint16", scales=[1e-4] * 4), scenes["lr"].parent, "meta")
+    assert rc == 0 and [(r["tile"], r["status"]) for r in meta_rows] == [(r["tile"], r["status"]) for r in refl_rows]
+
+
+def _header(path: Path, what: str = "crs"):
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return getattr(ds, what)

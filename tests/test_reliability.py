@@ -226,6 +226,41 @@ def test_target_nodata_under_prediction_nodata_is_not_a_defect(folders, metric):
     assert all(rec["status"] == "ok" for rec in res.records)
 
 
+def test_invalid_lr_pixels_are_counted_warned_and_recorded(folders, capsys):
+    """LR nodata is the input's, not the prediction's: it stays masked out of the LR-consistency metrics (the same
+    pixels for every prediction set, exit 0), but each pair counts it, the console names the file and the count, and
+    summary.json lists it; in both protocols, for NaN in float reflectance and declared nodata in digital numbers."""
+    lr_dir = folders / "lr"
+    town = read_raster(EXAMPLES / "lr" / "town.tif")
+    data = (town.data / 10000.0).astype(np.float32)
+    data[:, 2:5, 7:11] = np.nan  # 3 x 4 = 12 LR pixels
+    put(lr_dir / "town.tif", data, town)
+    fields = read_raster(EXAMPLES / "lr" / "fields.tif")
+    dn = fields.data.astype(np.uint16)
+    dn[:, 0, :5] = 0  # 5 LR pixels of declared nodata
+    write_raster(lr_dir / "fields.tif", dn, transform=fields.transform, crs=fields.crs, dtype="uint16", nodata=0,
+                 descriptions=BANDS, scales=[1e-4] * 4)
+    n_lr = town.data.shape[1] * town.data.shape[2]
+    expected = {"town": (12, 12 / n_lr), "fields": (5, 5 / n_lr)}
+    for protocol in ("gapeval", "opensr-test"):
+        code, _, err = run_cli(cli_args(folders, "--lr", str(lr_dir), "--protocol", protocol, "--overwrite"), capsys)
+        assert code == 0, err
+        rows = {row["key"]: row for row in csv.DictReader(open(folders / "out" / "pairs.csv", newline=""))}
+        got = {k: (int(r["lr_invalid_px"]), float(r["lr_invalid_fraction"])) for k, r in rows.items()}
+        assert got == expected and all(r["status"] == "ok" for r in rows.values())
+        for key, (n, _) in expected.items():
+            assert f"warning: {lr_dir / key}.tif: {n} LR pixels" in err, err
+        recorded = json.loads((folders / "out" / "summary.json").read_text())["lr_invalid"]
+        assert {Path(p).stem: v["invalid_px"] for p, v in recorded.items()} == {k: n for k, (n, _) in expected.items()}
+        assert "lr_invalid_px" not in json.loads((folders / "out" / "summary.json").read_text())["pred_sets"]["p"]["metrics"]
+    put(lr_dir / "town.tif", (town.data / 10000.0).astype(np.float32), town)  # a clean LR: zero, no warning
+    (lr_dir / "fields.tif").unlink()
+    shutil.copy(EXAMPLES / "lr" / "fields.tif", lr_dir / "fields.tif")
+    code, _, err = run_cli(cli_args(folders, "--lr", str(lr_dir), "--overwrite"), capsys)
+    rows = list(csv.DictReader(open(folders / "out" / "pairs.csv", newline="")))
+    assert code == 0 and "LR pixels" not in err and {r["lr_invalid_px"] for r in rows} == {"0"}
+
+
 # ------------------------------------------------------------------------------------------------ grids
 
 

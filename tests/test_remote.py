@@ -15,7 +15,7 @@ import torch
 from gapeval.folders import list_images
 from gapeval.score import score
 from lpips_sat.errors import InputError
-from lpips_sat.raster import gdal_path, is_virtual
+from lpips_sat.raster import gdal_path, is_virtual, path_text
 
 torch.set_num_threads(1)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -156,3 +156,31 @@ def test_list_files_keys_and_schemes(tmp_path, capsys) -> None:
         list_images(listing)
     with pytest.raises(InputError, match="not listed"):
         list_images("/vsis3/bucket/folder")
+
+
+def test_remote_paths_are_written_and_read_back_unchanged(cog_server, tmp_path) -> None:
+    """``/vsicurl/http://host/...`` keeps both slashes in pairs.csv and summary.json, and what is read back from pairs.csv
+    (merge, gap, report) names the same URL."""
+    from gapeval.gap import Run, _resolve_path
+
+    _, url, _ = cog_server
+    name = SCENES[0]
+    lists = {}
+    for sub in ("hr", "lr", "pred/bicubic"):
+        lists[sub] = tmp_path / f"{sub.replace('/', '_')}.txt"
+        lists[sub].write_text(f"{url}/{sub}/{name}.tif\n")
+    out = tmp_path / "remote"
+    score({"bicubic": lists["pred/bicubic"]}, lists["hr"], lr=lists["lr"], out=out, metric="random-tiny", device="cpu")
+    with open(out / "pairs.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    expected = {col: f"/vsicurl/{url}/{sub}/{name}.tif" for col, sub in
+                (("pred_path", "pred/bicubic"), ("target_path", "hr"), ("lr_path", "lr"))}
+    assert {col: row[col] for col in expected} == expected
+    assert "https:/1" not in (out / "summary.json").read_text() and "http:/1" not in (out / "summary.json").read_text()
+    run = Run("remote", out, "key", [], {}, {})
+    back = _resolve_path(row["pred_path"], run)
+    assert is_virtual(back) and path_text(back) == expected["pred_path"]
+    assert path_text(_resolve_path(f"{url}/hr/{name}.tif", run)) == expected["target_path"]  # a bare URL is remote too
+    again = score({"bicubic": lists["pred/bicubic"]}, lists["hr"], lr=lists["lr"], out=out, metric="random-tiny", device="cpu",
+                  resume=True)
+    assert [r["pred_path"] for r in again.records] == [expected["pred_path"]]

@@ -77,8 +77,11 @@ def test_report_from_results_alone(results, tmp_path, monkeypatch):
     (copy / "figures" / "pairs_noisy.png").unlink()
     write_report(copy)  # no maps and no metric: grids without the map column
     assert (copy / "figures" / "pairs_noisy.png").is_file() and (copy / "report.html").is_file()
-    with pytest.raises(MissingFileError, match="pairs.csv"):
+    with pytest.raises(MissingFileError, match="nothing: does not exist; expected a results folder"):
         write_report(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match="pairs.csv: does not exist"):
+        write_report(tmp_path / "empty")
 
 
 def test_constant_metrics_are_listed_not_drawn(results, tmp_path):

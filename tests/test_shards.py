@@ -114,7 +114,7 @@ def test_merged_shards_equal_the_unsharded_run(runs, tmp_path) -> None:
     full = json.loads((runs["full"] / "summary.json").read_text())
     on_disk = json.loads((tmp_path / "merged" / "summary.json").read_text())
     assert rows_without_timing(tmp_path / "merged" / "pairs.csv") == rows_without_timing(runs["full"] / "pairs.csv")
-    for key in ("pred_sets", "skipped", "unpaired", "config", "config_hash", "weights", "inputs", "columns"):
+    for key in ("pred_sets", "skipped", "unpaired", "lr_invalid", "config", "config_hash", "weights", "inputs", "columns"):
         assert on_disk[key] == full[key], key
     assert full["unpaired"] and merged["shards"] == {"count": 3, "merged": {str(k): str(runs[f"s{k}"]) for k in (1, 2, 3)}, "missing": []}
     assert "shard" not in on_disk and json.loads((runs["s2"] / "summary.json").read_text())["shard"] == {"index": 2, "count": 3}

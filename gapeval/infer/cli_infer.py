@@ -11,6 +11,7 @@ from gapeval.infer.base import PRECISIONS, SamplingOptions
 from gapeval.infer.pipeline import NIR_FALLBACKS, InferConfig, default_device, list_inputs, parse_shard, select_shard
 from gapeval.infer.pipeline import run as run_pipeline
 from gapeval.infer.registry import get
+from lpips_sat.cli import EXIT_USAGE
 from lpips_sat.errors import InputError
 from lpips_sat.options import device, finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         get(args.model)
     except InputError as exc:
         print(f"gapeval infer: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     files = list_inputs(args.input)
     k, n = args.shard
     mine = select_shard(files, k, n)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from gapeval.infer.registry import all_adapters, broken_plugins, get
+from lpips_sat.cli import EXIT_USAGE
 from lpips_sat.errors import InputError
 
 
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
             rows = [get(args.name)]
         except InputError as exc:
             print(f"gapeval models: error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     else:
         rows = list(all_adapters().values())
     broken = {} if args.name else broken_plugins()

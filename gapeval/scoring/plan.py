@@ -17,7 +17,7 @@ from gapeval.sources import RasterSource
 from lpips_sat.bands import order_assumed, select_bands
 from lpips_sat.errors import InputError
 from lpips_sat.metric import MIN_SIZE
-from lpips_sat.raster import RasterInfo, band_gain_offset, is_virtual, raster_info
+from lpips_sat.raster import RasterInfo, band_gain_offset, is_virtual, path_text, raster_info
 from lpips_sat.registry import sha256_file
 
 
@@ -186,7 +186,7 @@ def assumed_band_orders(pairing: Pairing, sets: Iterable[str], config: ScoreConf
     out: dict[str, Any] = {}
     for role, paths in files.items():
         declared, _ = _role_options(config, role)
-        assumed = [str(p) for p in paths if order_assumed(info := hashes.info(p), declared) and info.count == len(config.bands)]
+        assumed = [path_text(p) for p in paths if order_assumed(info := hashes.info(p), declared) and info.count == len(config.bands)]
         if assumed:
             out[role] = {"order": list(config.bands), "files": assumed}
     if strict and out:

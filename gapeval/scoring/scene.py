@@ -29,6 +29,7 @@ from gapeval.scoring.plan import SceneInput, ScenePlan
 from gapeval.sources import RasterWriter
 from gapeval.windows import expand_window, fixed_size_window, iter_windows, union_window, window_slices
 from lpips_sat.metric import MIN_SIZE, LPIPSSat
+from lpips_sat.raster import path_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SceneScorer:
         self.n_target = 0  # valid target pixels
         self.pred_invalid = {n: 0 for n in self.names}  # invalid prediction pixels where the target is valid
         self.pred_defects = {n: 0 for n in self.names}  # of those, pixels the prediction file itself marks invalid
+        self.lr_invalid = self.lr_pixels = 0  # invalid (NaN/inf/nodata) and all pixels of the LR input, on its own grid
         self.maxima = {"target": -math.inf, **{n: -math.inf for n in self.names}}
         # --align/--harmonize: per-prediction corrections, accumulated valid-pixel weighted over windows
         self.aligner = {n: _AlignStats(len(config.bands)) for n in self.names} if config.aligned else {}
@@ -179,7 +181,13 @@ class SceneScorer:
         s = round(self.plan.ratio)
         data, valid = lr.source.read(Window(int(core.col_off) // s, int(core.row_off) // s, int(core.width) // s, int(core.height) // s))
         check_reflectance(data, valid, lr.source.path, lr.flag, scaled=lr.scaled)
+        self._count_lr(valid)
         return data, valid
+
+    def _count_lr(self, valid: np.ndarray) -> None:
+        """Count the invalid pixels of one LR window (the windows of a scene tile the LR grid once, in either mode)."""
+        self.lr_invalid += int(valid.size - np.count_nonzero(valid))
+        self.lr_pixels += int(valid.size)
 
     def lr_windows(self) -> Any:
         """Windows of the LR grid for :meth:`lr_window` (the LR counterpart of the target tile)."""
@@ -195,6 +203,7 @@ class SceneScorer:
         assert lr is not None
         lv_data, lv = lr.source.read(lcore)
         check_reflectance(lv_data, lv, lr.source.path, lr.flag, scaled=lr.scaled)
+        self._count_lr(lv)
         for n in self.names:
             s, sv = self.plan.preds[n].source.read_on(lr.source.grid, lcore, "average")
             self.consistency[n].update_lr(s, lv_data, sv & lv)
@@ -217,9 +226,9 @@ class SceneScorer:
             rec.update(
                 seconds=seconds,
                 config_hash=config.hash(),
-                pred_path=str(inp.source.path),
-                target_path=str(tgt.source.path),
-                lr_path=str(plan.lr.source.path) if plan.lr else "",
+                pred_path=path_text(inp.source.path),
+                target_path=path_text(tgt.source.path),
+                lr_path=path_text(plan.lr.source.path) if plan.lr else "",
                 pred_sha256=inp.sha256,
                 target_sha256=tgt.sha256,
                 lr_sha256=plan.lr.sha256 if plan.lr else "",
@@ -238,6 +247,9 @@ class SceneScorer:
             "valid_fraction": n_valid / (self.grid.height * self.grid.width),
             "pred_invalid_fraction": self.pred_invalid[name] / self.n_target if self.n_target else float("nan"),
         }
+        if self.plan.lr is not None:  # LR nodata is masked out of the LR-consistency metrics: say how much
+            rec["lr_invalid_px"] = self.lr_invalid
+            rec["lr_invalid_fraction"] = self.lr_invalid / self.lr_pixels if self.lr_pixels else float("nan")
         defects = self.pred_defects[name]
         if self.n_target and defects and self.config.invalid_pred == "fail":
             why = (
