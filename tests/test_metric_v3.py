@@ -97,3 +97,22 @@ def test_input_floor_metadata(text, ok):
             input_floor(meta, "w.safetensors")
     else:
         assert input_floor(meta) == ok
+
+
+def test_shipped_v3_loads_by_name_with_texture_heads_and_ignores_gain():
+    from lpips_sat.registry import get_entry
+    from lpips_sat.train.distortions import gaussian_blur
+
+    try:
+        get_entry("lpips-sat-s2-rn18-v3")
+    except Exception:
+        pytest.skip("v3 weights not shipped in this checkout")
+    v3 = LPIPSSat("lpips-sat-s2-rn18-v3")
+    assert v3.input_norm == "per-image" and v3.texture_heads is not None and v3.metadata["distance_form"] == "lpips+texture"
+    x = _img(7, size=64)
+    with torch.inference_mode():
+        d_gain, d_blur = v3(x, x * 1.1), v3(x, gaussian_blur(x, 1.0))
+        total, parts = v3(x, gaussian_blur(x, 1.0), per_layer=True)
+    assert float(d_gain.max()) < 1e-3 * float(d_blur.min())  # a band-common gain is a nuisance by construction
+    assert torch.allclose(torch.stack(parts).sum(0), total)
+    assert float(d_blur.max()) <= v3.score_range[1]
