@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=40, help="number of HR crops (default 40)")
     parser.add_argument("--size", type=int, default=128, help="HR crop side in px (default 128)")
     parser.add_argument("--scale", type=float, default=4.0, help="LR/HR pixel size ratio (default 4: 10 m -> 40 m)")
-    parser.add_argument("--weights", default=None, help="LPIPS-Sat weights (default: shipped lpips-sat-s2-rn18; 'random-tiny' = smoke test)")
+    parser.add_argument("--weights", default=None, help="LPIPS-Sat weights (default: the shipped default; 'random-tiny' = smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="crop selection and statistics seed")
     # maintainers only: overwrites tracked files in docs/, so it is left out of --help
     parser.add_argument("--write-docs", action="store_true", help=argparse.SUPPRESS)

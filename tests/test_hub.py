@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lpips_sat import LPIPSSat
+from lpips_sat.registry import DEFAULT_NAME
 from lpips_sat.errors import MissingFileError, OfflineError, WeightsError
 from lpips_sat.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, hub_licence
 
@@ -73,7 +74,7 @@ def test_huggingface_hub_reads_the_card_metadata(tmp_path) -> None:
 
 def test_shipped_weights_load_offline_by_name_and_survive_a_round_trip(tmp_path) -> None:
     shipped = LPIPSSat()
-    by_name = LPIPSSat.from_pretrained("lpips-sat-s2-rn18")
+    by_name = LPIPSSat.from_pretrained(DEFAULT_NAME)
     assert by_name.sha256 == shipped.sha256 is not None
     folder = shipped.save_pretrained(tmp_path / "shipped")
     loaded = LPIPSSat.from_pretrained(folder)

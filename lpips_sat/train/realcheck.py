@@ -147,6 +147,29 @@ def gain_versus_blur(metrics: dict[str, Callable], patches: torch.Tensor) -> dic
     return out
 
 
+@torch.inference_mode()
+def noise_on_blur(metrics: dict[str, Callable], patches: torch.Tensor, seed: int = 0, scale: int = 4, sigma: float = 0.01) -> dict:
+    """How often noise added to a blurry SR-like output (area down-sampling by ``scale``, bicubic up-sampling) makes it
+    *closer* to the reference: the fraction of patches with d(ref, blurry + noise) < d(ref, blurry), and the medians.
+
+    Not a judgment with a right answer (blur plus noise is two damages, blur alone one), but a property users must know:
+    a metric that rewards added noise here can be gamed by an SR model that adds noise to its smooth outputs.
+    """
+    import torch.nn.functional as F
+
+    h, w = patches.shape[-2:]
+    small = F.interpolate(patches, size=(h // scale, w // scale), mode="area")
+    blurry = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    g = torch.Generator().manual_seed(seed)
+    noisy = blurry + sigma * torch.randn(blurry.shape, generator=g)
+    out = {}
+    for name, fn in metrics.items():
+        d_blur, d_noisy = fn(patches, blurry), fn(patches, noisy)
+        out[name] = {"median_blurry": float(d_blur.median()), "median_blurry_plus_noise": float(d_noisy.median()),
+                     "noise_closer_fraction": float((d_noisy < d_blur).float().mean())}
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", action="append", required=True, help="LPIPS-Sat weights (registry name or file); repeat to compare")
     p.add_argument("--pairs", required=True, metavar="DIR[:BANDS[:SCALE]]", help="co-registered acquisitions of one place (NAIP stack)")
@@ -199,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     if scenes:
         patches = CropSampler(scenes, 64, args.seed).sample(args.n_gain)
         report["gain_versus_blur"] = {"n_patches": args.n_gain, "patch": 64, "results": gain_versus_blur(metrics, patches)}
+        report["noise_on_blur"] = {"n_patches": args.n_gain, "patch": 64, "scale": 4, "sigma": 0.01, "results": noise_on_blur(metrics, patches, args.seed)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = ("damages", "ratios", "min_corr", "patch", "stride", "holdout", "files")
@@ -212,6 +236,11 @@ def run(args: argparse.Namespace) -> int:
                         old["scales"][scale]["by_gap"].update(s["by_gap"])
                 else:
                     old["scales"][scale] = s
+            for key in ("noise_on_blur",):
+                if key in report and key in old and old[key]["n_patches"] == report[key]["n_patches"]:
+                    old[key]["results"].update(report[key]["results"])
+                elif key in report:
+                    old[key] = report[key]
             if "gain_versus_blur" in report:
                 if "gain_versus_blur" in old and old["gain_versus_blur"]["n_patches"] == report["gain_versus_blur"]["n_patches"]:
                     old["gain_versus_blur"]["results"].update(report["gain_versus_blur"]["results"])
