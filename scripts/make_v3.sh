@@ -35,5 +35,13 @@ python -m lpips_sat.train.realcheck --weights lpips-sat-s2-rn18 --weights lpips-
   --weights $RUNS/calibrate/lpips-sat-s2-rn18-v3.fp32.safetensors --pairs $DATA/naip:naip:moments "${HELD[@]}" \
   --threads 2 --max-pairs 400 --n-gain 256 --out $RUNS/realcheck.json
 
+# the worked domain-gap example with each weights (v3 from its calibrate file, registered by the ship step below: run it after)
+for w in lpips-sat-s2-rn18 lpips-sat-s2-rn18-v2; do python scripts/gap_example.py --out $RUNS/gap_example_$w --weights $w; done
+
 python scripts/ship_weights.py $RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v3 --realcheck $RUNS/realcheck.json \
   --lever "v2 backbone, v3 form and judgments=$RUNS/cal_v2backbone"
+python scripts/gap_example.py --out $RUNS/gap_example_lpips-sat-s2-rn18-v3 --weights lpips-sat-s2-rn18-v3
+python scripts/ship_weights.py $RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v3 --realcheck $RUNS/realcheck.json \
+  --lever "v2 backbone, v3 form and judgments=$RUNS/cal_v2backbone" \
+  --gap-example "v1=$RUNS/gap_example_lpips-sat-s2-rn18" --gap-example "v2=$RUNS/gap_example_lpips-sat-s2-rn18-v2" \
+  --gap-example "v3=$RUNS/gap_example_lpips-sat-s2-rn18-v3"
