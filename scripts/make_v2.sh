@@ -2,6 +2,7 @@
 # LPIPS-Sat v2 (issue 16): pretrain -> calibrate (v1 scored side by side) -> real checks -> ship + model card.
 # Run from the repository root. The shipped run used DATA=/work/shared/data RUNS=/work/runs/metric2 (same files).
 # Each step resumes: pretraining from its checkpoint (--resume), calibration from its featurised-judgment cache.
+# (Re-running the last step now writes the v2 card to docs/model_card.md; the card as shipped is docs/model_card_v2.md.)
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs/v2}

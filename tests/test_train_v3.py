@@ -128,3 +128,18 @@ def test_cross_acquisition_by_year_gap_groups():
     assert list(by_gap["mse"]) == ["1-2", "6+"]
     assert by_gap["mse"]["1-2"] == 1.0 and by_gap["mse"]["6+"] == 0.0  # identical always closer; random never
     assert abs(rows["mse"]["all"] - 0.5) < 1e-6
+
+
+def test_noise_on_blur_and_blur_sensitivity_with_a_pixel_metric():
+    from lpips_sat.train.realcheck import blur_sensitivity, noise_on_blur
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 4, 64, 64, generator=g) * 0.2 + 0.05  # fine texture: every blur and every noise costs MSE
+    mse = {"mse": lambda a, b: (a - b).pow(2).mean(dim=(1, 2, 3))}
+    nob = noise_on_blur(mse, x)["mse"]
+    assert nob["noise_closer_fraction"] == 0.0 and nob["median_blurry_plus_noise"] > nob["median_blurry"]
+    bs = blur_sensitivity(mse, x)["mse"]
+    assert bs["mtf_further"] == 1.0 and bs["mtf_noise_further"] == 1.0 and bs["median_relative_margin"] > 0
+    # a metric blind to everything but the image mean sees neither: ties count as "not further"
+    mean_only = {"mean": lambda a, b: (a.mean(dim=(1, 2, 3)) - b.mean(dim=(1, 2, 3))).abs().round(decimals=3)}
+    assert blur_sensitivity(mean_only, x)["mean"]["mtf_further"] == 0.0
