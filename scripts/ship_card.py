@@ -98,7 +98,7 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
     realcheck = json.loads(args.realcheck.read_text()) if args.realcheck else None
     if realcheck:  # a metric loaded from a file is named after it (lpips-sat-s2-rn18-v2.fp32.safetensors): use the weights name
         rows = [s["2afc"] for s in realcheck["scales"].values()] + [s.get("by_gap", {}) for s in realcheck["scales"].values()]
-        rows += [realcheck.get(k, {}).get("results", {}) for k in ("gain_versus_blur", "noise_on_blur")]
+        rows += [realcheck.get(k, {}).get("results", {}) for k in ("gain_versus_blur", "noise_on_blur", "blur_sensitivity")]
         for row in rows:
             for key in [k for k in row if k.startswith(args.name + ".")]:
                 row[args.name] = row.pop(key)
