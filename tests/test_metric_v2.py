@@ -5,18 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from image_helpers import smooth_reflectance
 
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError
 from lpips_sat.metric import band_stats, standardize_per_image
 from lpips_sat.train.distortions import gaussian_blur
 
-
-def _img(seed: int, n: int = 2, size: int = 48) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 4, size // 4, size // 4, generator=g)
-    up = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
-    return 0.05 + 0.25 * up + 0.02 * torch.rand(n, 4, size, size, generator=g)
+_img = smooth_reflectance
 
 
 def test_standardize_matches_numpy_formula():

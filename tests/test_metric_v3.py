@@ -5,17 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from image_helpers import smooth_reflectance
 
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import WeightsError
 from lpips_sat.metric import input_floor, normalize_channels, texture_distance
 
-
-def _img(seed: int, n: int = 2, size: int = 48) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 4, size // 4, size // 4, generator=g)
-    up = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
-    return 0.05 + 0.25 * up + 0.02 * torch.rand(n, 4, size, size, generator=g)
+_img = smooth_reflectance
 
 
 def test_texture_distance_matches_numpy_and_ignores_where_texture_is():

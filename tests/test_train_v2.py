@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from image_helpers import crop_naip
 
 from lpips_sat.train import pretrain
 from lpips_sat.train.distortions import FAMILIES, PROTOCOLS, apply
 from lpips_sat.train.realcheck import DAMAGES, acquisition_pairs, area_average
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_protocols_are_disjoint_and_hold_out_both_kinds():
@@ -86,22 +84,7 @@ def test_l2a_offset_is_removed(tmp_path):
 
 
 def test_v2_pretraining_with_pairs_and_ranking_writes_a_per_image_backbone(tmp_path):
-    rasterio = pytest.importorskip("rasterio")
-    src = sorted((SHARED / "naip").glob("*.tif"))[:2]
-    if len(src) < 2:
-        pytest.skip("shared NAIP stack not found")
-    from rasterio.windows import Window
-
-    folder = tmp_path / "naip"
-    folder.mkdir()
-    for f in src:
-        with rasterio.open(f) as ds:
-            win = Window(100, 100, 128, 128)
-            data = ds.read(window=win)
-            profile = ds.profile | {"width": 128, "height": 128, "transform": ds.window_transform(win), "tiled": False}
-            profile.pop("blockxsize", None), profile.pop("blockysize", None)
-        with rasterio.open(folder / f.name, "w", **profile) as dst:
-            dst.write(data)
+    folder = crop_naip(tmp_path / "naip", 2, 100, 100, 128)
     out = tmp_path / "pt"
     rc = pretrain.main(["--data", f"{folder}:naip:moments", "--pairs", f"{folder}:naip:moments", "--pair-min-corr", "0.0",
                         "--protocol", "v2", "--input-norm", "per-image", "--rank-weight", "1", "--out", str(out), "--steps", "2",

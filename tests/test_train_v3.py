@@ -9,33 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_helpers import crop_naip
 
 from lpips_sat import LPIPSSat
 from lpips_sat.train import calibrate, pretrain
 from lpips_sat.train.calibrate import ACQUISITION, Featurizer, make_pair_judgments
 from lpips_sat.train.data import PairSampler
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
 def naip_pair(tmp_path_factory) -> Path:
-    rasterio = pytest.importorskip("rasterio")
-    src = sorted((SHARED / "naip").glob("*.tif"))[:2]
-    if len(src) < 2:
-        pytest.skip("shared NAIP stack not found")
-    from rasterio.windows import Window
-
-    folder = tmp_path_factory.mktemp("naip")
-    for f in src:
-        with rasterio.open(f) as ds:
-            win = Window(300, 300, 200, 200)
-            data = ds.read(window=win)
-            profile = ds.profile | {"width": 200, "height": 200, "transform": ds.window_transform(win), "tiled": False}
-            profile.pop("blockxsize", None), profile.pop("blockysize", None)
-        with rasterio.open(folder / f.name, "w", **profile) as dst:
-            dst.write(data)
-    return folder
+    return crop_naip(tmp_path_factory.mktemp("naip"), 2, 300, 300, 200)
 
 
 def test_pair_judgments_put_the_other_acquisition_on_the_closer_side():

@@ -196,22 +196,29 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
             b_list.append(crop_margin(apply(nb, one, sb, g)))
             fa.append(na)
             fb.append(nb)
-        a, b = torch.cat(a_list), torch.cat(b_list)
-        swap = torch.rand(m, generator=g) < 0.5
-        a2, b2 = torch.where(swap[:, None, None, None], b, a), torch.where(swap[:, None, None, None], a, b)
-        fam_a = [fb[i] if swap[i] else fa[i] for i in range(m)]
-        fam_b = [fa[i] if swap[i] else fb[i] for i in range(m)]
-        p = (~swap).float()
-        base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
-        for name, feat in featurizers.items():
-            fr = feat.taps(ref)
-            out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
+        _swap_and_featurise(ref, torch.cat(a_list), torch.cat(b_list), fa, fb, g, featurizers, baselines, out)
         done += m
     return {k: Triplets.cat(v) for k, v in out.items()}
 
 
+def _swap_and_featurise(ref: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fa: list[str], fb: list[str], g: torch.Generator,
+                        featurizers: dict[str, Featurizer], baselines: bool, out: dict[str, list[Triplets]]) -> None:
+    """Judgments "a closer than b" with a and b swapped at random (``p`` = 1 when not swapped), featurised into ``out``."""
+    m = len(ref)
+    swap = torch.rand(m, generator=g) < 0.5
+    a2, b2 = torch.where(swap[:, None, None, None], b, a), torch.where(swap[:, None, None, None], a, b)
+    fam_a = [fb[i] if swap[i] else fa[i] for i in range(m)]
+    fam_b = [fa[i] if swap[i] else fb[i] for i in range(m)]
+    p = (~swap).float()
+    base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
+    for name, feat in featurizers.items():
+        fr = feat.taps(ref)
+        out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
+
+
 #: Family label of a real cross-acquisition nuisance (two acquisitions of one place, see :func:`make_pair_judgments`).
 ACQUISITION = "acquisition"
+
 
 def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequence[str], featurizers: dict[str, Featurizer], seed: int,
                         chunk: int = 64, baselines: bool = True) -> dict[str, Triplets]:
@@ -238,17 +245,7 @@ def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequenc
             name = damages[int(torch.randint(0, len(damages), (1,), generator=g))]
             dmg.append(crop_margin(apply(name, ctx_ref[i : i + 1], 0.35 + 0.65 * float(torch.rand(1, generator=g)), g)))
             fb.append(name)
-        dmg_t = torch.cat(dmg)
-        swap = torch.rand(m, generator=g) < 0.5
-        a2 = torch.where(swap[:, None, None, None], dmg_t, other)
-        b2 = torch.where(swap[:, None, None, None], other, dmg_t)
-        fam_a = [fb[i] if swap[i] else ACQUISITION for i in range(m)]
-        fam_b = [ACQUISITION if swap[i] else fb[i] for i in range(m)]
-        p = (~swap).float()
-        base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
-        for name, feat in featurizers.items():
-            fr = feat.taps(ref)
-            out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
+        _swap_and_featurise(ref, other, torch.cat(dmg), [ACQUISITION] * m, fb, g, featurizers, baselines, out)
         done += m
     return {k: Triplets.cat(v) for k, v in out.items()}
 
