@@ -112,3 +112,15 @@ def test_shipped_v3_loads_by_name_with_texture_heads_and_ignores_gain():
     assert float(d_gain.max()) < 1e-3 * float(d_blur.min())  # a band-common gain is a nuisance by construction
     assert torch.allclose(torch.stack(parts).sum(0), total)
     assert float(d_blur.max()) <= v3.score_range[1]
+
+
+def test_texture_gradients_are_finite_on_a_flat_image_and_under_autocast():
+    m = LPIPSSat.random(seed=8, input_norm="per-image", texture=True)
+    flat = torch.full((1, 4, 32, 32), 0.1, requires_grad=True)
+    m(flat, _img(5, n=1, size=32)).sum().backward()
+    assert torch.isfinite(flat.grad).all()
+    x = _img(6, n=1, size=32)
+    y = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # (a pure offset would be invisible)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = m(x, y)
+    assert torch.isfinite(d).all() and float(d) > 0
