@@ -129,9 +129,9 @@ def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_tampered_shipped_weights_are_not_called_missing(weights_copy: Path, capsys: pytest.CaptureFixture) -> None:
     from gapeval.scoring.weights import load_metric
-    from lpips_sat.registry import DEFAULT_NAME
+    from lpips_sat.registry import DEFAULT_NAME, get_entry
 
-    path = next(weights_copy.glob("*.safetensors"))
+    path = weights_copy / str(get_entry(DEFAULT_NAME).file)  # the default's own file (several weights are shipped)
     raw = bytearray(path.read_bytes())
     raw[-100] ^= 0xFF  # one byte of tensor data
     path.write_bytes(bytes(raw))
