@@ -68,10 +68,13 @@ def test_calibrate_texture_form_with_real_pairs_end_to_end(naip_pair, tmp_path):
     rc = calibrate.main(["--backbone", str(pt / "backbone.safetensors"), "--data", f"{naip_pair}:naip:moments", "--out", str(tmp_path / "cal"),
                          "--protocol", "v2", "--form", "lpips+texture", "--pairs", f"{naip_pair}:naip:moments", "--n-pairs", "16",
                          "--pair-scales", "1", "--pair-min-corr", "0.0", "--n-train", "32", "--n-val", "16", "--iters", "20",
-                         "--l2", "0", "--threads", "1", "--holdout", "0.5", "--name", "toy-v3"])
+                         "--l2", "0", "--threads", "1", "--holdout", "0.5", "--name", "toy-v3", "--n-sr", "16"])
     assert rc == 0
     report = json.loads((tmp_path / "cal" / "report.json").read_text())
-    assert report["form"] == "lpips+texture" and report["n_pairs"] == 16 and report["n_train"] == 48
+    assert report["form"] == "lpips+texture" and report["n_pairs"] == 16 and report["n_sr"] == 16 and report["n_train"] == 64
+    sr = report["splits"]["heldout_region/sr_realistic"]
+    assert sr["n"] == 16 and sr["2afc"]["PSNR"] == 1.0  # MTF blur and LR noise on top of the plain SR: pixel error always grows
+    assert "LPIPS-Sat, no SR-scale judgments" in sr["2afc"]
     acq = report["splits"]["heldout_region/acquisition"]
     assert acq["n"] == 16 and ACQUISITION in acq["per_family"]
     assert {"LPIPS-Sat, LPIPS term only", "LPIPS-Sat, synthetic judgments only"} <= set(acq["2afc"])  # each lever measured alone
@@ -79,7 +82,7 @@ def test_calibrate_texture_form_with_real_pairs_end_to_end(naip_pair, tmp_path):
     rc = calibrate.main(["--backbone", str(tmp_path / "cal" / "toy-v3.fp32.safetensors"), "--data", f"{naip_pair}:naip:moments",
                          "--out", str(tmp_path / "cal"), "--protocol", "v2", "--form", "lpips+texture", "--pairs", f"{naip_pair}:naip:moments",
                          "--n-pairs", "16", "--pair-scales", "1", "--pair-min-corr", "0.0", "--n-train", "32", "--n-val", "16", "--iters", "20",
-                         "--l2", "0", "--threads", "1", "--holdout", "0.5", "--name", "toy-v3b", "--reuse-judgments"])
+                         "--l2", "0", "--threads", "1", "--holdout", "0.5", "--name", "toy-v3b", "--reuse-judgments", "--n-sr", "16"])
     assert rc == 0
     again = json.loads((tmp_path / "cal" / "report.json").read_text())
     for name, split in report["splits"].items():

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standar
 from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
-from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin
+from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin, gaussian_blur
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,79 @@ def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequenc
     return {k: Triplets.cat(v) for k, v in out.items()}
 
 
+#: Family labels of the SR-scale judgments (:func:`make_sr_judgments`).
+SR_PLAIN, SR_REALISTIC = "sr_plain", "sr_realistic"
+
+
+def super_resolve(x: torch.Tensor, factor: int, mtf_sigma: float = 0.0, lr_noise: float = 0.0, g: torch.Generator | None = None) -> torch.Tensor:
+    """A smooth SR-like output of ``x`` (N, C, H, W): optional Gaussian blur of ``mtf_sigma`` HR px (a sensor MTF), area
+    reduction by ``factor``, optional Gaussian noise of ``lr_noise`` reflectance on the LR grid, bicubic up-sampling."""
+    h, w = x.shape[-2:]
+    lr = F.interpolate(gaussian_blur(x, mtf_sigma) if mtf_sigma > 0 else x, size=(h // factor, w // factor), mode="area")
+    if lr_noise > 0:
+        lr = lr + lr_noise * torch.randn(lr.shape, generator=g)
+    return F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
+
+
+def make_sr_judgments(sampler: CropSampler, n: int, featurizers: dict[str, Featurizer], seed: int, chunk: int = 64,
+                      baselines: bool = True) -> dict[str, Triplets]:
+    """``n`` SR-scale judgments: SR of a plain input (area x2 or x4, bicubic) is closer to the reference than SR of a
+    realistic one (the same after a sensor-MTF blur of sigma 1-3 HR px, with LR noise of 0-0.004 reflectance).
+
+    The realistic output carries two more damages than the plain one, so the judgment is unambiguous; it asks a metric
+    to keep the *magnitude* of blur that a domain-gap measurement needs (noise must not buy back the blur).
+    """
+    g = torch.Generator().manual_seed(seed)
+    sampler.rng = np.random.default_rng(seed)
+    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        ref = sampler.sample(m, PATCH)
+        plain, real = [], []
+        for i in range(m):
+            f = 2 if torch.rand(1, generator=g) < 0.5 else 4
+            sigma, noise = 1.0 + 2.0 * float(torch.rand(1, generator=g)), 0.004 * float(torch.rand(1, generator=g))
+            plain.append(super_resolve(ref[i : i + 1], f))
+            real.append(super_resolve(ref[i : i + 1], f, sigma, noise, g))
+        _swap_and_featurise(ref, torch.cat(plain), torch.cat(real), [SR_PLAIN] * m, [SR_REALISTIC] * m, g, featurizers, baselines, out)
+        done += m
+    return {k: Triplets.cat(v) for k, v in out.items()}
+
+
+def sr_sets(n_train: int, n_val: int, train_sampler: CropSampler, val_samplers: dict[str, CropSampler], featurizers: dict[str, Featurizer],
+            ids: dict[str, str], cache: Callable[[str], Path], seed: int) -> dict[str, dict[str, Triplets]]:
+    """SR-scale judgment sets (``train`` and ``SPLIT/sr_realistic``) per featuriser, cached per featuriser id by ``cache(id)``."""
+    out: dict[str, dict[str, Triplets]] = {}
+    todo = {}
+    for name, fid in ids.items():
+        if cache(fid).exists():
+            out[name] = {k: v["f"] for k, v in load_judgments(cache(fid), fid).items()}
+        else:
+            todo[name] = featurizers[name]
+    need_base = not cache("baselines").exists()
+    if todo or need_base:
+        gen = todo or {next(iter(featurizers)): next(iter(featurizers.values()))}
+        log.info("generating %d + %d x %d SR-scale judgments (featurisers: %s)", n_train, len(val_samplers), n_val, list(gen))
+        sets = {"train": make_sr_judgments(train_sampler, n_train, gen, seed, baselines=need_base)}
+        for k, (split, sampler) in enumerate(val_samplers.items()):
+            sets[f"{split}/sr_realistic"] = make_sr_judgments(sampler, n_val, gen, seed + 1 + k, baselines=need_base)
+        for name in todo:
+            save_judgments(cache(ids[name]), {k: {"f": v[name]} for k, v in sets.items()}, ids[name])
+            out[name] = {k: v[name] for k, v in sets.items()}
+        if need_base:
+            any_name = next(iter(gen))
+            save_judgments(cache("baselines"), {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
+    base = {k: v["f"] for k, v in load_judgments(cache("baselines"), "baselines").items()}
+    for set_name, t in base.items():
+        for name in featurizers:
+            c = out[name][set_name]
+            if c.fam_a != t.fam_a or not torch.equal(c.p, t.p):
+                raise InputError(f"{cache('baselines')}: cached SR-scale judgments differ from the regenerated ones; drop the cache folder")
+            c.base0, c.base1 = t.base0, t.base1
+    return {set_name: {name: out[name][set_name] for name in featurizers} for set_name in base}
+
+
 def pair_samplers(text: str, holdout: float, part: int, factors: Sequence[int], min_corr: float, seed: int) -> dict[int, PairSampler]:
     """:class:`PairSampler` per area-averaging factor over the training (``part=0``) or held-out (1) rows of a stack."""
     rows = [split_rows(im.data, holdout)[part] for im in load_source(Source.parse(text))]
@@ -317,6 +390,9 @@ def lever_heads(t: Triplets, best: dict, *, seed: int, iters: int, n_lpips: int 
     real = involves(t, [ACQUISITION])
     if bool(real.any()):
         out["LPIPS-Sat, synthetic judgments only"] = fit_heads(t.subset(~real), l2=best["l2"], groups=groups, seed=seed, iters=iters)
+    sr = involves(t, [SR_REALISTIC])
+    if bool(sr.any()):
+        out["LPIPS-Sat, no SR-scale judgments"] = fit_heads(t.subset(~sr), l2=best["l2"], groups=groups, seed=seed, iters=iters)
     return out
 
 
@@ -422,6 +498,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="area-averaging factors of the --pairs stack (2: 10 m from 5 m NAIP; 1: 5 m, the SR-output scale)")
     p.add_argument("--pair-min-corr", type=number(float, -1, 1), default=0.8,
                    help="minimum band-mean correlation of a real pair's two crops (land-cover change is no nuisance)")
+    p.add_argument("--n-sr", type=nonnegative_int, default=0,
+                   help="SR-scale training judgments (SR of a plain x2/x4 input closer than SR of a realistic one: MTF blur and LR "
+                        "noise); --n-sr-val of them (default --n-val) per held-out split too")
+    p.add_argument("--n-sr-val", type=nonnegative_int, default=0, help="SR-scale judgments per held-out split (0: --n-val)")
     p.add_argument("--form", default="lpips", choices=["lpips", "lpips+texture"],
                    help="distance form: lpips (v1, v2) or lpips+texture (v3: a DISTS-style texture term per tap, its own heads)")
     p.add_argument("--reuse-judgments", action="store_true",
@@ -567,6 +647,11 @@ def run(args: argparse.Namespace) -> int:
             c.fam_a, c.fam_b, c.base0, c.base1, c.p = t.fam_a, t.fam_b, t.base0, t.base1, t.p
     train = {name: cached[name]["train"] for name in featurizers}
     val_sets = {k: {name: cached[name][k] for name in featurizers} for k in base if k != "train"}
+    if args.n_sr:
+        sr = sr_sets(args.n_sr, args.n_sr_val or args.n_val, CropSampler(train_imgs, PATCH, args.seed + 60), splits, featurizers, feat_ids,
+                     lambda fid: cache_dir / f"{_cache_key(args, fid)}-sr{args.n_sr}-{args.n_sr_val}.safetensors", args.seed + 60)
+        train = {name: Triplets.cat([train[name], sr["train"][name]]) for name in featurizers}
+        val_sets.update({k: v for k, v in sr.items() if k != "train"})
     if args.judgments:
         user = read_judgments_csv(args.judgments, featurizers["lpips_sat"])
         train["lpips_sat"] = Triplets.cat([train["lpips_sat"], user])
@@ -580,7 +665,7 @@ def run(args: argparse.Namespace) -> int:
     held = PROTOCOLS[args.protocol]["heldout"]
     report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
                     "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
-                    "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0,
+                    "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr,
                     "compared": [c.name for c in compared], "splits": {}}
 
     def scores(t: Triplets, name: str) -> dict[str, float]:
@@ -624,7 +709,7 @@ def run(args: argparse.Namespace) -> int:
                  else "reflectance (DN/10000), then (x - mean) / std per band",
                  "calibration": json.dumps({"l2": best_l2, "head_form": report["head_form"], "n_train": report["n_train"], "seed": args.seed,
                                             "protocol": args.protocol, "heldout_families": list(held), "form": args.form,
-                                            "n_pairs": args.n_pairs if args.pairs else 0}),
+                                            "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr}),
                  "source": f"lpips-sat: trained on {sources}", "licence": licence,
                  "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives"
                  + ("; real cross-acquisition positives and a metric ranking term" if args.protocol != "v1" else ""),
