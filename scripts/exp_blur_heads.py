@@ -8,7 +8,14 @@ every cached validation split. Needs the v3 run folders of scripts/make_v3.sh (R
     PYTHONPATH=. python scripts/exp_blur_heads.py
 
 Result (01:37 UTC, printed): held-out realistic-vs-plain 2AFC 26.0 % (v3 heads) -> 93.0 % (refitted; all-ones 24.0 %);
-the cached splits move by -0.1 to -1.2 points (acquisition 87.5 -> 86.3). Not shipped: see the closing note.
+the cached splits move by -0.1 to -1.2 points (acquisition 87.5 -> 86.3).
+
+The same judgments inside the calibration pipeline (`calibrate --n-sr 600 --n-sr-val 300`, 01:51 UTC, run folder
+/work/runs/v3/calibrate_sr) did *not* carry over: leave-one-damage-family-out CV chose L2 1.0 (98.31 % vs 98.24-98.30 %
+for the smaller strengths), which pulls the heads to uniform, and the SR splits stayed at 39.3 % (held-out region),
+55.7 % (held-out scenes) and 92.3 % (Accra) against v1's 96.7 / 100 / 95.3 %. The CV objective only scores the synthetic
+damage families, so it does not value these judgments; that objective, not the heads, is what a v4 must change. Those
+weights were not shipped; the shipped v3 is the calibration without SR judgments.
 """
 import glob
 

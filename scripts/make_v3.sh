@@ -15,7 +15,7 @@ python -m lpips_sat.train.pretrain "${TRAIN[@]}" \
 
 CAL=("${TRAIN[@]}" "${HELD[@]}" --protocol v2 --compare lpips-sat-s2-rn18 --compare lpips-sat-s2-rn18-v2 --n-train 3000 --n-val 800
      --threads 1 --pairs $DATA/naip:naip:moments --n-pairs 1000 --form lpips+texture --name lpips-sat-s2-rn18-v3 --reuse-judgments)
-python -m lpips_sat.train.calibrate --backbone $RUNS/pretrain/backbone.safetensors "${CAL[@]}" --n-sr 600 --n-sr-val 300 --out $RUNS/calibrate
+python -m lpips_sat.train.calibrate --backbone $RUNS/pretrain/backbone.safetensors "${CAL[@]}" --out $RUNS/calibrate
 # lever: v2's backbone (no further pretraining) with the v3 form and judgments; the same judgments (cache shared, checked)
 mkdir -p $RUNS/cal_v2backbone/cache && cp -n $RUNS/calibrate/cache/* $RUNS/cal_v2backbone/cache/
 python -m lpips_sat.train.calibrate --backbone weights/lpips-sat-s2-rn18-v2.safetensors "${CAL[@]}" --out $RUNS/cal_v2backbone
