@@ -146,20 +146,19 @@ def make_views_v2(sampler: CropSampler, pairs: PairSampler | None, batch: int, c
     return views[0], views[1], (clean, nuis, damaged)
 
 
-def lpips_distance(taps: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor:
-    """Uncalibrated LPIPS distance (all-ones heads, sum over taps) between rows ``a`` and ``b`` of a tap batch."""
+def lpips_distance(feats: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor:
+    """Uncalibrated LPIPS distance (all-ones heads, sum over taps) between rows ``a`` and ``b`` of channel-normalised taps."""
     total = 0.0
-    for t in taps:
-        f = normalize_channels(t)
+    for f in feats:
         total = total + (f[a] - f[b]).pow(2).sum(1).mean(dim=(1, 2))
     return total
 
 
-def texture_term(taps: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor:
-    """Uncalibrated texture term (all-ones texture heads, sum over taps; :func:`lpips_sat.metric.texture_distance`)."""
+def texture_term(feats: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor:
+    """Uncalibrated texture term (all-ones texture heads, sum over taps; :func:`lpips_sat.metric.texture_distance`) between
+    rows ``a`` and ``b`` of channel-normalised taps."""
     total = 0.0
-    for t in taps:
-        f = normalize_channels(t)
+    for f in feats:
         total = total + texture_distance(f[a], f[b], torch.ones(1, f.shape[1]))
     return total
 
@@ -293,13 +292,14 @@ def run(args: argparse.Namespace) -> int:
             info = nt_xent(z[:n], z[n:o], z[o + 2 * m : o + 3 * m] if m else None, args.temperature)
             loss, r, acc = info, torch.zeros(()), float("nan")
             if m and args.rank_weight > 0:
-                d_pos = lpips_distance(taps, slice(o, o + m), slice(o + m, o + 2 * m))
-                d_neg = lpips_distance(taps, slice(o, o + m), slice(o + 2 * m, o + 3 * m))
+                # the triplet rows (clean, nuisance, damaged), channel-normalised once for both terms
+                feats = [normalize_channels(t[o : o + 3 * m]) for t in taps]
+                clean, nuis, dmg = slice(0, m), slice(m, 2 * m), slice(2 * m, 3 * m)
+                d_pos, d_neg = lpips_distance(feats, clean, nuis), lpips_distance(feats, clean, dmg)
                 r = rank_loss(d_pos, d_neg, args.rank_margin)
                 acc = float((d_pos < d_neg).float().mean())
                 if args.rank_form == "lpips+texture":
-                    t_pos = texture_term(taps, slice(o, o + m), slice(o + m, o + 2 * m))
-                    t_neg = texture_term(taps, slice(o, o + m), slice(o + 2 * m, o + 3 * m))
+                    t_pos, t_neg = texture_term(feats, clean, nuis), texture_term(feats, clean, dmg)
                     r = r + rank_loss(t_pos, t_neg, args.rank_margin)
                 loss = info + args.rank_weight * r
             extra = f",{info.item():.5f},{r.item():.5f},{acc:.4f}"
