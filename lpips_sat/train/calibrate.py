@@ -175,12 +175,9 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
     reads them from an earlier run's cache of the same judgments."""
     g = torch.Generator().manual_seed(seed)
     sampler.rng = np.random.default_rng(seed)
-    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
-    done = 0
-    while done < n:
-        m = min(chunk, n - done)
+
+    def draw(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]:
         ctx = sampler.sample(m, PATCH + 2 * MARGIN)
-        ref = crop_margin(ctx)
         a_list, b_list, fa, fb = [], [], [], []
         for i in range(m):
             one = ctx[i : i + 1]
@@ -196,24 +193,34 @@ def make_judgments(sampler: CropSampler, n: int, nuisances: Sequence[str], damag
             b_list.append(crop_margin(apply(nb, one, sb, g)))
             fa.append(na)
             fb.append(nb)
-        _swap_and_featurise(ref, torch.cat(a_list), torch.cat(b_list), fa, fb, g, featurizers, baselines, out)
+        return crop_margin(ctx), torch.cat(a_list), torch.cat(b_list), fa, fb
+
+    return _featurised_judgments(n, chunk, draw, g, featurizers, baselines)
+
+
+Draw = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]]
+
+
+def _featurised_judgments(n: int, chunk: int, draw: Draw, g: torch.Generator, featurizers: dict[str, Featurizer],
+                          baselines: bool) -> dict[str, Triplets]:
+    """``n`` judgments "a closer than b", ``draw(m)`` giving ``(ref, a, b, families of a, families of b)`` per chunk of
+    at most ``chunk``; a and b are swapped at random (``p`` = 1 when not swapped) and featurised with every featurizer."""
+    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        ref, a, b, fa, fb = draw(m)
+        swap = torch.rand(m, generator=g) < 0.5
+        a2, b2 = torch.where(swap[:, None, None, None], b, a), torch.where(swap[:, None, None, None], a, b)
+        fam_a = [fb[i] if swap[i] else fa[i] for i in range(m)]
+        fam_b = [fa[i] if swap[i] else fb[i] for i in range(m)]
+        p = (~swap).float()
+        base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
+        for name, feat in featurizers.items():
+            fr = feat.taps(ref)
+            out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
         done += m
     return {k: Triplets.cat(v) for k, v in out.items()}
-
-
-def _swap_and_featurise(ref: torch.Tensor, a: torch.Tensor, b: torch.Tensor, fa: list[str], fb: list[str], g: torch.Generator,
-                        featurizers: dict[str, Featurizer], baselines: bool, out: dict[str, list[Triplets]]) -> None:
-    """Judgments "a closer than b" with a and b swapped at random (``p`` = 1 when not swapped), featurised into ``out``."""
-    m = len(ref)
-    swap = torch.rand(m, generator=g) < 0.5
-    a2, b2 = torch.where(swap[:, None, None, None], b, a), torch.where(swap[:, None, None, None], a, b)
-    fam_a = [fb[i] if swap[i] else fa[i] for i in range(m)]
-    fam_b = [fa[i] if swap[i] else fb[i] for i in range(m)]
-    p = (~swap).float()
-    base0, base1 = (baseline_distances(ref, a2), baseline_distances(ref, b2)) if baselines else ({}, {})
-    for name, feat in featurizers.items():
-        fr = feat.taps(ref)
-        out[name].append(Triplets(feat.diffs(fr, a2), feat.diffs(fr, b2), p, fam_a, fam_b, base0, base1))
 
 
 #: Family label of a real cross-acquisition nuisance (two acquisitions of one place, see :func:`make_pair_judgments`).
@@ -230,13 +237,11 @@ def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequenc
     """
     g = torch.Generator().manual_seed(seed)
     ratios = torch.tensor(PS_OVER_S2).reshape(1, -1, 1, 1)
-    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
     factors = sorted(stacks)
     for k, sampler in enumerate(stacks.values()):
         sampler.rng = np.random.default_rng([seed, k])
-    done = 0
-    while done < n:
-        m = min(chunk, n - done)
+
+    def draw(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]:
         sampler = stacks[factors[int(torch.randint(0, len(factors), (1,), generator=g))]]
         ctx_ref, ctx_other = sampler.sample(m, PATCH + 2 * MARGIN)
         ref, other = crop_margin(ctx_ref), crop_margin(ctx_other) * ratios
@@ -245,9 +250,9 @@ def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequenc
             name = damages[int(torch.randint(0, len(damages), (1,), generator=g))]
             dmg.append(crop_margin(apply(name, ctx_ref[i : i + 1], 0.35 + 0.65 * float(torch.rand(1, generator=g)), g)))
             fb.append(name)
-        _swap_and_featurise(ref, other, torch.cat(dmg), [ACQUISITION] * m, fb, g, featurizers, baselines, out)
-        done += m
-    return {k: Triplets.cat(v) for k, v in out.items()}
+        return ref, other, torch.cat(dmg), [ACQUISITION] * m, fb
+
+    return _featurised_judgments(n, chunk, draw, g, featurizers, baselines)
 
 
 #: Family labels of the SR-scale judgments (:func:`make_sr_judgments`).
@@ -274,10 +279,8 @@ def make_sr_judgments(sampler: CropSampler, n: int, featurizers: dict[str, Featu
     """
     g = torch.Generator().manual_seed(seed)
     sampler.rng = np.random.default_rng(seed)
-    out: dict[str, list[Triplets]] = {k: [] for k in featurizers}
-    done = 0
-    while done < n:
-        m = min(chunk, n - done)
+
+    def draw(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]:
         ref = sampler.sample(m, PATCH)
         plain, real = [], []
         for i in range(m):
@@ -285,9 +288,9 @@ def make_sr_judgments(sampler: CropSampler, n: int, featurizers: dict[str, Featu
             sigma, noise = 1.0 + 2.0 * float(torch.rand(1, generator=g)), 0.004 * float(torch.rand(1, generator=g))
             plain.append(super_resolve(ref[i : i + 1], f))
             real.append(super_resolve(ref[i : i + 1], f, sigma, noise, g))
-        _swap_and_featurise(ref, torch.cat(plain), torch.cat(real), [SR_PLAIN] * m, [SR_REALISTIC] * m, g, featurizers, baselines, out)
-        done += m
-    return {k: Triplets.cat(v) for k, v in out.items()}
+        return ref, torch.cat(plain), torch.cat(real), [SR_PLAIN] * m, [SR_REALISTIC] * m
+
+    return _featurised_judgments(n, chunk, draw, g, featurizers, baselines)
 
 
 def sr_sets(n_train: int, n_val: int, train_sampler: CropSampler, val_samplers: dict[str, CropSampler], featurizers: dict[str, Featurizer],
