@@ -293,37 +293,55 @@ def make_sr_judgments(sampler: CropSampler, n: int, featurizers: dict[str, Featu
     return _featurised_judgments(n, chunk, draw, g, featurizers, baselines)
 
 
-def sr_sets(n_train: int, n_val: int, train_sampler: CropSampler, val_samplers: dict[str, CropSampler], featurizers: dict[str, Featurizer],
-            ids: dict[str, str], cache: Callable[[str], Path], seed: int) -> dict[str, dict[str, Triplets]]:
-    """SR-scale judgment sets (``train`` and ``SPLIT/sr_realistic``) per featuriser, cached per featuriser id by ``cache(id)``."""
+def cached_sets(featurizers: dict[str, Featurizer], ids: dict[str, str], path_of: Callable[[str], Path],
+                generate: Callable[[dict[str, Featurizer], bool], dict[str, dict[str, Triplets]]], reuse: bool) -> dict[str, dict[str, Triplets]]:
+    """Judgment sets ``{set name: {featuriser: Triplets}}`` with a cache file per featuriser id (``path_of(id)``) and one
+    for the pixel baselines (``path_of("baselines")``).
+
+    ``generate(featurisers, baselines)`` draws every set and featurises it with the featurisers given; it runs only for
+    featurisers without a cache file (all of them unless ``reuse``) or when the baselines are not cached, and skips the
+    baselines when they are. Regenerated judgments must match the cached ones (families and order) or the run stops.
+    """
     out: dict[str, dict[str, Triplets]] = {}
-    todo = {}
     for name, fid in ids.items():
-        if cache(fid).exists():
-            out[name] = {k: v["f"] for k, v in load_judgments(cache(fid), fid).items()}
-        else:
-            todo[name] = featurizers[name]
-    need_base = not cache("baselines").exists()
+        if reuse and path_of(fid).exists():
+            out[name] = {k: v["f"] for k, v in load_judgments(path_of(fid), fid).items()}
+            log.info("reusing featurised judgments of %s from %s", name, path_of(fid))
+    todo = {k: f for k, f in featurizers.items() if k not in out}
+    base_path = path_of("baselines")
+    need_base = not base_path.exists()
     if todo or need_base:
-        gen = todo or {next(iter(featurizers)): next(iter(featurizers.values()))}
-        log.info("generating %d + %d x %d SR-scale judgments (featurisers: %s)", n_train, len(val_samplers), n_val, list(gen))
-        sets = {"train": make_sr_judgments(train_sampler, n_train, gen, seed, baselines=need_base)}
-        for k, (split, sampler) in enumerate(val_samplers.items()):
-            sets[f"{split}/sr_realistic"] = make_sr_judgments(sampler, n_val, gen, seed + 1 + k, baselines=need_base)
+        gen = todo or dict([next(iter(featurizers.items()))])
+        sets = generate(gen, need_base)
         for name in todo:
-            save_judgments(cache(ids[name]), {k: {"f": v[name]} for k, v in sets.items()}, ids[name])
+            save_judgments(path_of(ids[name]), {k: {"f": v[name]} for k, v in sets.items()}, ids[name])
             out[name] = {k: v[name] for k, v in sets.items()}
         if need_base:
             any_name = next(iter(gen))
-            save_judgments(cache("baselines"), {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
-    base = {k: v["f"] for k, v in load_judgments(cache("baselines"), "baselines").items()}
-    for set_name, t in base.items():
+            save_judgments(base_path, {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
+    base = {k: v["f"] for k, v in load_judgments(base_path, "baselines").items()}
+    for set_name, t in base.items():  # every featuriser's triplets share the images, families and baselines
         for name in featurizers:
             c = out[name][set_name]
-            if c.fam_a != t.fam_a or not torch.equal(c.p, t.p):
-                raise InputError(f"{cache('baselines')}: cached SR-scale judgments differ from the regenerated ones; drop the cache folder")
-            c.base0, c.base1 = t.base0, t.base1
+            if c.fam_a != t.fam_a or c.fam_b != t.fam_b or not torch.equal(c.p, t.p):
+                raise InputError(f"{base_path}: the cached judgments of {set_name} differ from the regenerated ones (other code or data?); "
+                                 "drop --reuse-judgments or the cache folder")
+            c.fam_a, c.fam_b, c.base0, c.base1, c.p = t.fam_a, t.fam_b, t.base0, t.base1, t.p
     return {set_name: {name: out[name][set_name] for name in featurizers} for set_name in base}
+
+
+def sr_sets(n_train: int, n_val: int, train_sampler: CropSampler, val_samplers: dict[str, CropSampler], featurizers: dict[str, Featurizer],
+            ids: dict[str, str], cache: Callable[[str], Path], seed: int) -> dict[str, dict[str, Triplets]]:
+    """SR-scale judgment sets (``train`` and ``SPLIT/sr_realistic``) per featuriser, cached per featuriser id by ``cache(id)``."""
+
+    def generate(gen: dict[str, Featurizer], baselines: bool) -> dict[str, dict[str, Triplets]]:
+        log.info("generating %d + %d x %d SR-scale judgments (featurisers: %s)", n_train, len(val_samplers), n_val, list(gen))
+        sets = {"train": make_sr_judgments(train_sampler, n_train, gen, seed, baselines=baselines)}
+        for k, (split, sampler) in enumerate(val_samplers.items()):
+            sets[f"{split}/sr_realistic"] = make_sr_judgments(sampler, n_val, gen, seed + 1 + k, baselines=baselines)
+        return sets
+
+    return cached_sets(featurizers, ids, cache, generate, reuse=True)
 
 
 def pair_samplers(text: str, holdout: float, part: int, factors: Sequence[int], min_corr: float, seed: int) -> dict[int, PairSampler]:
@@ -601,55 +619,34 @@ def run(args: argparse.Namespace) -> int:
 
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
-    cached: dict[str, dict[str, Triplets]] = {}
-    if args.reuse_judgments:
-        for name, fid in feat_ids.items():
-            path = cache_dir / f"{_cache_key(args, fid)}.safetensors"
-            if path.exists():
-                cached[name] = {k: v["f"] for k, v in load_judgments(path, fid).items()}
-                log.info("reusing featurised judgments of %s from %s", name, path)
-    todo = {k: f for k, f in featurizers.items() if k not in cached}
-    base_path = cache_dir / f"{_cache_key(args, 'baselines')}.safetensors"
-    sets: dict[str, dict[str, Triplets]] = {}
-    need_base = not base_path.exists()
-    if todo or need_base:
-        gen = todo or {"lpips_sat": featurizers["lpips_sat"]}
+
+    def generate(gen: dict[str, Featurizer], baselines: bool) -> dict[str, dict[str, Triplets]]:
+        sets: dict[str, dict[str, Triplets]] = {}
         log.info("generating %d training judgments (featurisers: %s)", args.n_train, list(gen))
-        sets["train"] = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, train_families, gen, args.seed, baselines=need_base)
+        sets["train"] = make_judgments(CropSampler(train_imgs, PATCH + 2 * MARGIN, args.seed), args.n_train, nuis, dams, train_families, gen, args.seed, baselines=baselines)
         if args.pairs:
             log.info("generating %d real cross-acquisition judgments from %s", args.n_pairs, args.pairs)
             if args.n_pairs:
                 real = make_pair_judgments(pair_samplers(args.pairs, args.holdout, 0, args.pair_scales, args.pair_min_corr, args.seed),
-                                           args.n_pairs, dams, gen, args.seed + 40, baselines=need_base)
+                                           args.n_pairs, dams, gen, args.seed + 40, baselines=baselines)
                 sets["train"] = {k: Triplets.cat([sets["train"][k], real[k]]) for k in gen}
             every = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
             sets["heldout_region/acquisition"] = make_pair_judgments(
-                pair_samplers(args.pairs, args.holdout, 1, args.pair_scales, args.pair_min_corr, args.seed + 100), args.n_val, every, gen, args.seed + 50, baselines=need_base)
+                pair_samplers(args.pairs, args.holdout, 1, args.pair_scales, args.pair_min_corr, args.seed + 100), args.n_val, every, gen, args.seed + 50, baselines=baselines)
         for split, sampler in splits.items():
             for kind, (n_, d_, w_, hn, hd) in specs.items():
                 log.info("generating validation judgments on %s/%s", split, kind)
                 if kind == "train_families":
-                    sets[f"{split}/{kind}"] = make_judgments(sampler, args.n_val, n_, d_, w_, gen, args.seed + 10, baselines=need_base)
+                    sets[f"{split}/{kind}"] = make_judgments(sampler, args.n_val, n_, d_, w_, gen, args.seed + 10, baselines=baselines)
                 else:  # every judgment involves at least one held-out family
-                    a = make_judgments(sampler, args.n_val // 2, n_, hd, hd, gen, args.seed + 20, baselines=need_base)
-                    b = make_judgments(sampler, args.n_val // 2, hn, d_, hn, gen, args.seed + 30, baselines=need_base)
+                    a = make_judgments(sampler, args.n_val // 2, n_, hd, hd, gen, args.seed + 20, baselines=baselines)
+                    b = make_judgments(sampler, args.n_val // 2, hn, d_, hn, gen, args.seed + 30, baselines=baselines)
                     sets[f"{split}/{kind}"] = {k: Triplets.cat([a[k], b[k]]) for k in a}
-        for name in todo:
-            save_judgments(cache_dir / f"{_cache_key(args, feat_ids[name])}.safetensors", {k: {"f": v[name]} for k, v in sets.items()}, feat_ids[name])
-            cached[name] = {k: v[name] for k, v in sets.items()}
-        any_name = next(iter(gen))
-        if need_base:
-            save_judgments(base_path, {k: {"f": v[any_name]} for k, v in sets.items()}, "baselines")
-    base = {k: v["f"] for k, v in load_judgments(base_path, "baselines").items()}
-    for set_name, t in base.items():  # every featuriser's triplets share the images, families and baselines
-        for name in featurizers:
-            c = cached[name][set_name]
-            if c.fam_a != t.fam_a or c.fam_b != t.fam_b or not torch.equal(c.p, t.p):
-                raise InputError(f"{base_path}: the cached judgments of {set_name} differ from the regenerated ones (other code or data?); "
-                                 "drop --reuse-judgments or the cache folder")
-            c.fam_a, c.fam_b, c.base0, c.base1, c.p = t.fam_a, t.fam_b, t.base0, t.base1, t.p
-    train = {name: cached[name]["train"] for name in featurizers}
-    val_sets = {k: {name: cached[name][k] for name in featurizers} for k in base if k != "train"}
+        return sets
+
+    sets = cached_sets(featurizers, feat_ids, lambda fid: cache_dir / f"{_cache_key(args, fid)}.safetensors", generate, args.reuse_judgments)
+    train = sets["train"]
+    val_sets = {k: v for k, v in sets.items() if k != "train"}
     if args.n_sr:
         sr = sr_sets(args.n_sr, args.n_sr_val or args.n_val, CropSampler(train_imgs, PATCH, args.seed + 60), splits, featurizers, feat_ids,
                      lambda fid: cache_dir / f"{_cache_key(args, fid)}-sr{args.n_sr}-{args.n_sr_val}.safetensors", args.seed + 60)
