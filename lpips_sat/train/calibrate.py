@@ -37,7 +37,7 @@ from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standar
 from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
-from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin, gaussian_blur
+from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin, super_resolve
 
 log = logging.getLogger(__name__)
 
@@ -257,16 +257,6 @@ def make_pair_judgments(stacks: dict[int, PairSampler], n: int, damages: Sequenc
 
 #: Family labels of the SR-scale judgments (:func:`make_sr_judgments`).
 SR_PLAIN, SR_REALISTIC = "sr_plain", "sr_realistic"
-
-
-def super_resolve(x: torch.Tensor, factor: int, mtf_sigma: float = 0.0, lr_noise: float = 0.0, g: torch.Generator | None = None) -> torch.Tensor:
-    """A smooth SR-like output of ``x`` (N, C, H, W): optional Gaussian blur of ``mtf_sigma`` HR px (a sensor MTF), area
-    reduction by ``factor``, optional Gaussian noise of ``lr_noise`` reflectance on the LR grid, bicubic up-sampling."""
-    h, w = x.shape[-2:]
-    lr = F.interpolate(gaussian_blur(x, mtf_sigma) if mtf_sigma > 0 else x, size=(h // factor, w // factor), mode="area")
-    if lr_noise > 0:
-        lr = lr + lr_noise * torch.randn(lr.shape, generator=g)
-    return F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
 
 
 def make_sr_judgments(sampler: CropSampler, n: int, featurizers: dict[str, Featurizer], seed: int, chunk: int = 64,

@@ -321,6 +321,19 @@ def gan_texture(x, s, g):
     return x + _per(x, 0.5 + 2.0 * s) * detail * bp
 
 
+def stripes_sparse(x, s, g):
+    """Detector striping of a few columns (miscalibrated or failing detectors of a push-broom array): 5-30 % of the
+    columns carry a gain error of 3-12 % (random sign), common to all bands or per band (half the samples each)."""
+    n, c, h, w = x.shape
+    frac = (0.05 + 0.25 * torch.rand(n, generator=g)).reshape(n, 1, 1, 1)
+    common = (torch.rand(n, generator=g) < 0.5).reshape(n, 1, 1, 1)
+    pick = torch.rand(n, c, 1, w, generator=g)
+    pick = torch.where(common, pick[:, :1].expand(n, c, 1, w), pick) < frac
+    sign = torch.where(torch.rand(n, 1, 1, w, generator=g) < 0.5, -1.0, 1.0)
+    amp = (0.03 + 0.09 * s).reshape(n, 1, 1, 1) * (0.75 + 0.5 * torch.rand(n, 1, 1, w, generator=g))
+    return x * (1 + (amp * sign * pick.float()).to(x))
+
+
 def stripes_rows(x, s, g):
     """Row-wise striping (push-broom along-track banding): per-row gain noise 1-6 %."""
     n, c, h, w = x.shape
@@ -354,6 +367,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("aliasing", "damage", aliasing, "decimation by 2-3 without low-pass, bicubic upsampling"),
     Family("gan_texture", "damage", gan_texture, "band-pass noise texture scaled by local detail (0.5-2.5x)"),
     Family("stripes_rows", "damage", stripes_rows, "row striping: per-row gain noise 1-6 %"),
+    Family("stripes_sparse", "damage", stripes_sparse, "detector striping: 5-30 % of columns with a 3-12 % gain error, band-common or per band"),
 )}
 
 #: Protocols: which families a model may see in pretraining and calibration ("train") and which are kept for
@@ -368,6 +382,11 @@ PROTOCOLS: dict[str, dict[str, tuple[str, ...]]] = {
            "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
                      "landcover", "sharpen", "ringing", "posterize", "omission", "blocking", "stripes", "pixelate",
                      "median", "stripes_rows")},
+    # v4: v2 plus sparse detector striping (a few columns with a large gain error; v2's stripes are dense and small)
+    "v4": {"heldout": ("haze", "checkerboard", "jpeg", "seams", "aliasing", "gan_texture"),
+           "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
+                     "landcover", "sharpen", "ringing", "posterize", "omission", "blocking", "stripes", "pixelate",
+                     "median", "stripes_rows", "stripes_sparse")},
 }
 
 #: Families never used for calibration or pretraining of v1: validation only (kept for the v1 recipe).
@@ -379,6 +398,20 @@ def apply(name: str, context: torch.Tensor, severity: torch.Tensor | float, g: t
     """Apply family ``name`` at ``severity`` (scalar or per-sample, in [0, 1]) to a context batch."""
     s = torch.as_tensor(severity, dtype=torch.float32).reshape(-1).expand(context.shape[0]).clone()
     return FAMILIES[name].fn(context, s, g)
+
+
+def super_resolve(x: torch.Tensor, factor: int, mtf_sigma: float | torch.Tensor = 0.0, lr_noise: float | torch.Tensor = 0.0,
+                  g: torch.Generator | None = None) -> torch.Tensor:
+    """A smooth SR-like output of ``x`` (N, C, H, W): optional Gaussian blur of ``mtf_sigma`` HR px (a sensor MTF), area
+    reduction by ``factor``, optional Gaussian noise of ``lr_noise`` reflectance on the LR grid, bicubic up-sampling.
+    ``mtf_sigma`` and ``lr_noise`` are scalars or one value per sample (0: none)."""
+    h, w = x.shape[-2:]
+    sigma = torch.as_tensor(mtf_sigma, dtype=x.dtype)
+    lr = F.interpolate(gaussian_blur(x, sigma) if bool((sigma > 0).any()) else x, size=(h // factor, w // factor), mode="area")
+    noise = torch.as_tensor(lr_noise, dtype=x.dtype)
+    if bool((noise > 0).any()):
+        lr = lr + (noise if noise.ndim == 0 else _per(lr, noise)) * torch.randn(lr.shape, generator=g)
+    return F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
 
 
 def crop_margin(x: torch.Tensor, margin: int = MARGIN) -> torch.Tensor:

@@ -48,7 +48,7 @@ from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, numb
 from lpips_sat.registry import get_entry, load_weights, save_weights, weights_dir
 from lpips_sat.train.checkpoint import load_state, save_state
 from lpips_sat.train.data import CropSampler, PairSampler, Source, load_source, split_rows
-from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin
+from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin, super_resolve
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank-margin", type=nonnegative_float, default=0.5, help="log-ratio margin of the ranking term")
     p.add_argument("--rank-form", default="lpips", choices=["lpips", "lpips+texture"],
                    help="lpips+texture: the ranking term also holds for the texture term (v3 distance form), each a log-ratio hinge")
+    p.add_argument("--sr-triplets", type=nonnegative_int, default=0,
+                   help="SR-scale ranking triplets per step: SR of a plain x2/x4 input must stay closer than SR of a realistic one "
+                        "(sensor-MTF blur 1-3 HR px, LR noise up to 0.004), so blur keeps its magnitude (0: off; needs --rank-weight)")
+    p.add_argument("--sr-margin", type=nonnegative_float, default=0.2, help="log-ratio margin of the SR-scale ranking term")
     p.add_argument("--width-div", type=positive_int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--stop-at", type=nonnegative_int, default=0, help=argparse.SUPPRESS)  # simulate an interruption (tests)
 
@@ -144,6 +148,30 @@ def make_views_v2(sampler: CropSampler, pairs: PairSampler | None, batch: int, c
         name = damages[int(torch.randint(0, len(damages), (1,), generator=g))]
         damaged[i] = crop_margin(apply(name, base_a[i : i + 1], 0.35 + 0.65 * float(torch.rand(1, generator=g)), g))[0]
     return views[0], views[1], (clean, nuis, damaged)
+
+
+def make_sr_triplets(sampler: CropSampler, n: int, crop: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reference, SR of a plain input, SR of a realistic input) for ``n`` crops: the first half reduced x2, the rest x4;
+    realistic = a sensor-MTF blur of 1-3 HR px before the reduction and LR noise of 0-0.004 reflectance
+    (:func:`lpips_sat.train.distortions.super_resolve`; the judgments of ``calibrate --n-sr``)."""
+    ref = sampler.sample(n, crop)
+    sigma = 1.0 + 2.0 * torch.rand(n, generator=g)
+    noise = 0.004 * torch.rand(n, generator=g)
+    plain, real = torch.empty_like(ref), torch.empty_like(ref)
+    for part, f in ((slice(0, n // 2), 2), (slice(n // 2, n), 4)):
+        plain[part] = super_resolve(ref[part], f)
+        real[part] = super_resolve(ref[part], f, sigma[part], noise[part], g)
+    return ref, plain, real
+
+
+def ranking(feats: list[torch.Tensor], m: int, margin: float, form: str) -> tuple[torch.Tensor, float]:
+    """Ranking loss and accuracy of ``m`` triplets laid out as rows (anchors, closer, further) of channel-normalised taps."""
+    a, pos, neg = slice(0, m), slice(m, 2 * m), slice(2 * m, 3 * m)
+    d_pos, d_neg = lpips_distance(feats, a, pos), lpips_distance(feats, a, neg)
+    r = rank_loss(d_pos, d_neg, margin)
+    if form == "lpips+texture":
+        r = r + rank_loss(texture_term(feats, a, pos), texture_term(feats, a, neg), margin)
+    return r, float((d_pos < d_neg).float().mean())
 
 
 def lpips_distance(feats: list[torch.Tensor], a: slice, b: slice) -> torch.Tensor:
@@ -258,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     losses = out / "loss.csv"
     if step == 0:
-        losses.write_text("step,loss,lr,seconds\n" if not v2 else "step,loss,lr,seconds,infonce,rank,rank_acc\n")
+        header = "step,loss,lr,seconds" + (",infonce,rank,rank_acc" if v2 else "") + (",sr_rank,sr_acc" if v2 and args.sr_triplets and args.rank_weight > 0 else "")
+        losses.write_text(header + "\n")
     backbone.train()
     projector.train()
     while step < args.steps:
@@ -282,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             v1, v2_, trip = make_views_v2(sampler, pairs, args.batch, args.crop, args.jitter, args.hard_negatives,
                                           args.pair_fraction, nuisances, damages, g)
-            batch = torch.cat([v1, v2_] + (list(trip) if trip is not None else []))
+            sr = make_sr_triplets(sampler, args.sr_triplets, args.crop, g) if args.sr_triplets and args.rank_weight > 0 else None
+            batch = torch.cat([v1, v2_] + (list(trip) if trip is not None else []) + (list(sr) if sr is not None else []))
             x = standardize_per_image(batch, args.input_floor) if args.input_norm == "per-image" else (batch - mean_t) / std_t
             taps = backbone(x)
             z = projector(taps[-1])
@@ -293,16 +323,14 @@ def run(args: argparse.Namespace) -> int:
             loss, r, acc = info, torch.zeros(()), float("nan")
             if m and args.rank_weight > 0:
                 # the triplet rows (clean, nuisance, damaged), channel-normalised once for both terms
-                feats = [normalize_channels(t[o : o + 3 * m]) for t in taps]
-                clean, nuis, dmg = slice(0, m), slice(m, 2 * m), slice(2 * m, 3 * m)
-                d_pos, d_neg = lpips_distance(feats, clean, nuis), lpips_distance(feats, clean, dmg)
-                r = rank_loss(d_pos, d_neg, args.rank_margin)
-                acc = float((d_pos < d_neg).float().mean())
-                if args.rank_form == "lpips+texture":
-                    t_pos, t_neg = texture_term(feats, clean, nuis), texture_term(feats, clean, dmg)
-                    r = r + rank_loss(t_pos, t_neg, args.rank_margin)
+                r, acc = ranking([normalize_channels(t[o : o + 3 * m]) for t in taps], m, args.rank_margin, args.rank_form)
                 loss = info + args.rank_weight * r
             extra = f",{info.item():.5f},{r.item():.5f},{acc:.4f}"
+            if sr is not None:
+                k, o2 = args.sr_triplets, o + 3 * m
+                r_sr, acc_sr = ranking([normalize_channels(t[o2 : o2 + 3 * k]) for t in taps], k, args.sr_margin, args.rank_form)
+                loss = loss + args.rank_weight * r_sr
+                extra += f",{r_sr.item():.5f},{acc_sr:.4f}"
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

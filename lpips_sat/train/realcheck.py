@@ -155,11 +155,9 @@ def noise_on_blur(metrics: dict[str, Callable], patches: torch.Tensor, seed: int
     Not a judgment with a right answer (blur plus noise is two damages, blur alone one), but a property users must know:
     a metric that rewards added noise here can be gamed by an SR model that adds noise to its smooth outputs.
     """
-    import torch.nn.functional as F
+    from lpips_sat.train.distortions import super_resolve
 
-    h, w = patches.shape[-2:]
-    small = F.interpolate(patches, size=(h // scale, w // scale), mode="area")
-    blurry = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    blurry = super_resolve(patches, scale)
     g = torch.Generator().manual_seed(seed)
     noisy = blurry + sigma * torch.randn(blurry.shape, generator=g)
     out = {}
@@ -180,20 +178,10 @@ def blur_sensitivity(metrics: dict[str, Callable], patches: torch.Tensor, seed: 
     ``mtf_noise``: ``mtf`` with Gaussian noise of ``lr_noise`` reflectance on the LR grid. Reported per metric: how often
     ``mtf`` and ``mtf_noise`` are further from the reference than ``plain``, and the median relative margin of ``mtf``.
     """
-    import torch.nn.functional as F
+    from lpips_sat.train.distortions import super_resolve
 
-    h, w = patches.shape[-2:]
-
-    def sr(x: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
-        lr = F.interpolate(x, size=(h // scale, w // scale), mode="area")
-        if noise:
-            lr = lr + noise * torch.randn(lr.shape, generator=torch.Generator().manual_seed(seed))
-        return F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
-
-    from lpips_sat.train.distortions import gaussian_blur
-
-    plain, mtf = sr(patches), sr(gaussian_blur(patches, mtf_sigma))
-    mtf_noise = sr(gaussian_blur(patches, mtf_sigma), lr_noise)
+    plain, mtf = super_resolve(patches, scale), super_resolve(patches, scale, mtf_sigma)
+    mtf_noise = super_resolve(patches, scale, mtf_sigma, lr_noise, torch.Generator().manual_seed(seed))
     out = {}
     for name, fn in metrics.items():
         d0, d1, d2 = fn(patches, plain), fn(patches, mtf), fn(patches, mtf_noise)
