@@ -419,9 +419,13 @@ def involves(t: Triplets, families: Sequence[str]) -> torch.Tensor:
 
 
 def choose_heads(t: Triplets, candidates: Sequence[float], channels: Sequence[int], seed: int, iters: int,
-                 train_families: Sequence[str] = TRAIN_FAMILIES) -> tuple[dict, dict[str, float]]:
-    """Pick head form (per channel / per tap) and L2 by leave-one-damage-family-out CV within the training families."""
+                 train_families: Sequence[str] = TRAIN_FAMILIES, judgment_groups: bool = False) -> tuple[dict, dict[str, float]]:
+    """Pick head form (per channel / per tap) and L2 by leave-one-group-out CV: each damage family of the training
+    families is one group; with ``judgment_groups`` the real cross-acquisition and the SR-scale judgments present in
+    ``t`` are one group each too, so the choice also has to generalise to a kind of judgment it did not see."""
     damages = [f for f in train_families if FAMILIES[f].kind == "damage"]
+    if judgment_groups:
+        damages += [k for k in (ACQUISITION, SR_REALISTIC) if bool(involves(t, [k]).any())]
     options = [{"groups": None, "l2": l2} for l2 in candidates] + [{"groups": list(channels), "l2": 0.0}]
     scores = {}
     for opt in options:
@@ -515,6 +519,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-sr-val", type=nonnegative_int, default=0, help="SR-scale judgments per held-out split (0: --n-val)")
     p.add_argument("--form", default="lpips", choices=["lpips", "lpips+texture"],
                    help="distance form: lpips (v1, v2) or lpips+texture (v3: a DISTS-style texture term per tap, its own heads)")
+    p.add_argument("--cv-groups", default="families", choices=["families", "all"],
+                   help="groups left out in turn by the head-choosing CV: the training damage families (v1-v3), or those plus "
+                        "the real-pair and SR-scale judgments when present (all)")
     p.add_argument("--reuse-judgments", action="store_true",
                    help="reuse featurised judgments cached in OUT/cache (per featuriser and protocol) instead of regenerating")
 
@@ -620,7 +627,8 @@ def run(args: argparse.Namespace) -> int:
                 real = make_pair_judgments(pair_samplers(args.pairs, args.holdout, 0, args.pair_scales, args.pair_min_corr, args.seed),
                                            args.n_pairs, dams, gen, args.seed + 40, baselines=baselines)
                 sets["train"] = {k: Triplets.cat([sets["train"][k], real[k]]) for k in gen}
-            every = [f for f in FAMILIES if FAMILIES[f].kind == "damage"]
+            known = set(train_families) | set(PROTOCOLS[args.protocol]["heldout"])  # every damage family of the protocol
+            every = [f for f in FAMILIES if FAMILIES[f].kind == "damage" and f in known]
             sets["heldout_region/acquisition"] = make_pair_judgments(
                 pair_samplers(args.pairs, args.holdout, 1, args.pair_scales, args.pair_min_corr, args.seed + 100), args.n_val, every, gen, args.seed + 50, baselines=baselines)
         for split, sampler in splits.items():
@@ -646,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
         user = read_judgments_csv(args.judgments, featurizers["lpips_sat"])
         train["lpips_sat"] = Triplets.cat([train["lpips_sat"], user])
     groups = list(backbone.channels) * (2 if texture else 1)  # per-tap option: one weight per tap and term
-    best, cv = choose_heads(train["lpips_sat"], args.l2, groups, args.seed, min(args.iters, 600), train_families)
+    best, cv = choose_heads(train["lpips_sat"], args.l2, groups, args.seed, min(args.iters, 600), train_families, args.cv_groups == "all")
     best_l2 = best["l2"]
     heads = fit_heads(train["lpips_sat"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
     rand_heads = fit_heads(train["random_backbone"], l2=best_l2, groups=best["groups"], seed=args.seed, iters=args.iters)
@@ -655,7 +663,7 @@ def run(args: argparse.Namespace) -> int:
     held = PROTOCOLS[args.protocol]["heldout"]
     report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
                     "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
-                    "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr,
+                    "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr, "cv_groups": args.cv_groups,
                     "compared": [c.name for c in compared], "splits": {}}
 
     def scores(t: Triplets, name: str) -> dict[str, float]:
