@@ -707,10 +707,13 @@ def run(args: argparse.Namespace) -> int:
                  else "reflectance (DN/10000), then (x - mean) / std per band",
                  "calibration": json.dumps({"l2": best_l2, "head_form": report["head_form"], "n_train": report["n_train"], "seed": args.seed,
                                             "protocol": args.protocol, "heldout_families": list(held), "form": args.form,
-                                            "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr}),
+                                            "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr,
+                                            **({"cv_groups": args.cv_groups} if args.cv_groups != "families" else {})}),
                  "source": f"lpips-sat: trained on {sources}", "licence": licence,
                  "ssl_method": "SimCLR-style InfoNCE with nuisance views and damage hard negatives"
-                 + ("; real cross-acquisition positives and a metric ranking term" if args.protocol != "v1" else ""),
+                 + ("; real cross-acquisition positives and a metric ranking term" if args.protocol != "v1" else "")
+                 + ("; SR-scale ranking triplets (SR of a plain input closer than SR of a realistic one)"
+                    if json.loads(bmeta.get("recipe", "{}")).get("sr_triplets") else ""),
                  "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"
                  + (", per-image band standardisation (gain/offset tolerant)" if input_norm == "per-image" else "")
                  + (", LPIPS + DISTS-style texture term per tap" if texture else "")})
