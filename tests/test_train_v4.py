@@ -126,3 +126,31 @@ def test_cv_leaves_out_each_judgment_group_only_when_asked(monkeypatch, with_gro
     # per option: blur (10 + 7 acquisition rows), posterize (12); with groups also the acquisition (7) and SR (5) rows
     per_option = [17, 12] + ([7, 5] if with_groups else [])
     assert held_sizes == per_option * 2  # two options: per channel L2 0.1 and per tap
+
+
+def test_shipped_v4_sees_a_realistic_inputs_extra_blur_behind_lr_noise():
+    """The property v4 was trained for, on real held-out S2 patches (eo-learn scenes, never in training): SR of a
+    realistic input (sensor-MTF blur, LR noise) is further from the reference than SR of the plain input."""
+    from image_helpers import SHARED
+
+    from lpips_sat import LPIPSSat
+    from lpips_sat.registry import get_entry
+    from lpips_sat.train.data import reference_scenes
+
+    try:
+        get_entry("lpips-sat-s2-rn18-v4")
+    except Exception:
+        pytest.skip("v4 weights not shipped in this checkout")
+    npy = SHARED / "s2" / "s2_l1c_reference_scenes.npy"
+    if not npy.exists():
+        pytest.skip("shared eo-learn scenes not found")
+    patches = CropSampler(reference_scenes(npy), 64, 5).sample(24)
+    v4 = LPIPSSat("lpips-sat-s2-rn18-v4")
+    assert v4.texture_heads is not None and v4.input_norm == "per-image"
+    plain = super_resolve(patches, 4)
+    real = super_resolve(patches, 4, 2.0, 0.002, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        d_plain, d_real = v4(patches, plain), v4(patches, real)
+        d_gain = v4(patches, patches * 1.1)
+    assert float((d_real > d_plain).float().mean()) >= 0.9
+    assert float(d_gain.max()) < 1e-3 * float(d_plain.min())  # still blind to a band-common gain
