@@ -252,7 +252,7 @@ def _learned(report: dict, rc: dict | None, name: str, ver: str) -> list[str]:
             gain = ours - mean(lever)
             acq = splits.get(key, {}).get("2afc", {})
             extra = f"; on `{key}` {_pct(acq['LPIPS-Sat'])} vs {_pct(acq[lever])} without it" if acq else ""
-            lines.append(f"- {what.capitalize()}: {100 * gain:+.1f} points on the mean over splits (same backbone and recipe, refitted without it){extra}.")
+            lines.append(f"- {what[0].upper() + what[1:]}: {100 * gain:+.1f} points on the mean over splits (same backbone and recipe, refitted without it){extra}.")
     if rc and rc.get("blur_sensitivity"):
         b = rc["blur_sensitivity"]["results"]
         v1 = b.get(V1, {}).get("mtf_noise_further", float("nan"))
