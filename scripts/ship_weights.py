@@ -107,7 +107,7 @@ def main() -> None:
     shutil.copyfile(src, dst)
     sha = sha256_file(dst)
     with safe_open(str(dst), framework="pt") as fh:
-        meta = dict(fh.metadata())
+        meta = dict(sorted(fh.metadata().items()))  # stable order in index.json
     entry = {"name": args.name, "file": dst.name, "sha256": sha, "dtype": "float16" if fp16_ok else "float32", "metadata": meta}
     index = ROOT / "weights" / "index.json"
     entries = [e for e in (json.loads(index.read_text()) if index.exists() else []) if e["name"] != args.name]
