@@ -123,11 +123,16 @@ def texture_stats(feat: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, torch.sqrt(var + 1e-12)], dim=1)
 
 
-def texture_distance(fa: torch.Tensor, fb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(N,) ``sum_c w_c ((mu_a - mu_b)^2 + (sigma_a - sigma_b)^2)``; ``weights`` is (1, C)."""
+def texture_differences(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """(N, C) per channel ``(mu_a - mu_b)^2 + (sigma_a - sigma_b)^2`` of two (N, C, H, W) feature maps."""
     d = (texture_stats(fa) - texture_stats(fb)).pow(2)
     c = fa.shape[1]
-    return ((d[:, :c] + d[:, c:]) * weights.float()).sum(1)
+    return d[:, :c] + d[:, c:]
+
+
+def texture_distance(fa: torch.Tensor, fb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N,) ``sum_c w_c ((mu_a - mu_b)^2 + (sigma_a - sigma_b)^2)``; ``weights`` is (1, C)."""
+    return (texture_differences(fa, fb) * weights.float()).sum(1)
 
 
 def band_stats(x: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

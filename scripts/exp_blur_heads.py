@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(1)
-from lpips_sat.train.calibrate import PATCH, Featurizer, Triplets, fit_heads, load_backbone, load_judgments, twoafc
-from lpips_sat.train.data import CropSampler, Source, load_source, split_rows, reference_scenes
-from lpips_sat.train.distortions import gaussian_blur
 from lpips_sat.registry import sha256_file
+from lpips_sat.train.calibrate import PATCH, Featurizer, Triplets, fit_heads, load_backbone, load_judgments, twoafc
+from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes, split_rows
+from lpips_sat.train.distortions import gaussian_blur
+
 RUNS = "/work/runs/v3"
 B = RUNS + "/pretrain/backbone.safetensors"
 b, mean, std, meta = load_backbone(B)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from lpips_sat import LPIPSSat
-from lpips_sat.registry import DEFAULT_NAME
 from lpips_sat.errors import MissingFileError, OfflineError, WeightsError
 from lpips_sat.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, hub_licence
+from lpips_sat.registry import DEFAULT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -33,7 +33,7 @@ from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
 from lpips_sat.errors import InputError
 from lpips_sat.hub import save_folder
-from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standardize_per_image, texture_stats
+from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standardize_per_image, texture_differences
 from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
@@ -133,9 +133,7 @@ class Featurizer:
         fx = self.taps(x)
         cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)]
         if self.texture:
-            for a, b in zip(fr, fx):
-                d = (texture_stats(a) - texture_stats(b)).pow(2)
-                cols.append(d[:, : a.shape[1]] + d[:, a.shape[1] :])
+            cols += [texture_differences(a, b) for a, b in zip(fr, fx)]
         return torch.cat(cols, dim=1)
 
 

@@ -370,23 +370,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("stripes_sparse", "damage", stripes_sparse, "detector striping: 5-30 % of columns with a 3-12 % gain error, band-common or per band"),
 )}
 
+_V1_TRAIN = ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination", "landcover", "sharpen",
+             "ringing", "posterize", "omission")
+_V2_TRAIN = (*_V1_TRAIN, "blocking", "stripes", "pixelate", "median", "stripes_rows")
+_V2_HELDOUT = ("haze", "checkerboard", "jpeg", "seams", "aliasing", "gan_texture")
+
 #: Protocols: which families a model may see in pretraining and calibration ("train") and which are kept for
 #: validation only ("heldout"). v1 is the protocol of ``lpips-sat-s2-rn18``, frozen; v2 trains on the blockiness,
 #: quantisation and striping kinds v1 missed and holds out six other families, all different in kind from the
 #: training ones (a nuisance, a periodic GAN artefact, compression, tiling, aliasing, texture hallucination).
 PROTOCOLS: dict[str, dict[str, tuple[str, ...]]] = {
-    "v1": {"heldout": ("haze", "blocking", "checkerboard", "stripes"),
-           "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
-                     "landcover", "sharpen", "ringing", "posterize", "omission")},
-    "v2": {"heldout": ("haze", "checkerboard", "jpeg", "seams", "aliasing", "gan_texture"),
-           "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
-                     "landcover", "sharpen", "ringing", "posterize", "omission", "blocking", "stripes", "pixelate",
-                     "median", "stripes_rows")},
+    "v1": {"heldout": ("haze", "blocking", "checkerboard", "stripes"), "train": _V1_TRAIN},
+    "v2": {"heldout": _V2_HELDOUT, "train": _V2_TRAIN},
     # v4: v2 plus sparse detector striping (a few columns with a large gain error; v2's stripes are dense and small)
-    "v4": {"heldout": ("haze", "checkerboard", "jpeg", "seams", "aliasing", "gan_texture"),
-           "train": ("shift", "warp", "gain", "spectral", "noise", "blur", "downup", "noise_strong", "hallucination",
-                     "landcover", "sharpen", "ringing", "posterize", "omission", "blocking", "stripes", "pixelate",
-                     "median", "stripes_rows", "stripes_sparse")},
+    "v4": {"heldout": _V2_HELDOUT, "train": (*_V2_TRAIN, "stripes_sparse")},
 }
 
 #: Families never used for calibration or pretraining of v1: validation only (kept for the v1 recipe).
@@ -410,7 +407,7 @@ def super_resolve(x: torch.Tensor, factor: int, mtf_sigma: float | torch.Tensor 
     lr = F.interpolate(gaussian_blur(x, sigma) if bool((sigma > 0).any()) else x, size=(h // factor, w // factor), mode="area")
     noise = torch.as_tensor(lr_noise, dtype=x.dtype)
     if bool((noise > 0).any()):
-        lr = lr + (noise if noise.ndim == 0 else _per(lr, noise)) * torch.randn(lr.shape, generator=g)
+        lr = lr + _per(lr, noise) * torch.randn(lr.shape, generator=g)
     return F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
 
 

@@ -272,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     nuisances = tuple(f for f in protocol if FAMILIES[f].kind == "nuisance")
     damages = tuple(f for f in protocol if FAMILIES[f].kind == "damage")
     v2 = args.protocol != "v1" or args.input_norm != "global" or bool(args.pairs) or args.rank_weight > 0
+    use_sr = args.sr_triplets > 0 and args.rank_weight > 0  # the SR-scale triplets are a ranking term
     projector = Projector(backbone.channels[-1])
     params = list(backbone.parameters()) + list(projector.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -286,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     losses = out / "loss.csv"
     if step == 0:
-        header = "step,loss,lr,seconds" + (",infonce,rank,rank_acc" if v2 else "") + (",sr_rank,sr_acc" if v2 and args.sr_triplets and args.rank_weight > 0 else "")
+        header = "step,loss,lr,seconds" + (",infonce,rank,rank_acc" if v2 else "") + (",sr_rank,sr_acc" if v2 and use_sr else "")
         losses.write_text(header + "\n")
     backbone.train()
     projector.train()
@@ -311,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             v1, v2_, trip = make_views_v2(sampler, pairs, args.batch, args.crop, args.jitter, args.hard_negatives,
                                           args.pair_fraction, nuisances, damages, g)
-            sr = make_sr_triplets(sampler, args.sr_triplets, args.crop, g) if args.sr_triplets and args.rank_weight > 0 else None
+            sr = make_sr_triplets(sampler, args.sr_triplets, args.crop, g) if use_sr else None
             batch = torch.cat([v1, v2_] + (list(trip) if trip is not None else []) + (list(sr) if sr is not None else []))
             x = standardize_per_image(batch, args.input_floor) if args.input_norm == "per-image" else (batch - mean_t) / std_t
             taps = backbone(x)

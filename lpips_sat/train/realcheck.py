@@ -29,10 +29,9 @@ import torch
 
 from lpips_sat.errors import InputError
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, Source, area_average, load_source, reference_scenes, split_rows
-from lpips_sat.train.distortions import _nearest_updown, gaussian_blur, median
+from lpips_sat.train.distortions import _nearest_updown, gaussian_blur, median, super_resolve
 
 log = logging.getLogger(__name__)
-
 
 
 def _stripes10(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -155,8 +154,6 @@ def noise_on_blur(metrics: dict[str, Callable], patches: torch.Tensor, seed: int
     Not a judgment with a right answer (blur plus noise is two damages, blur alone one), but a property users must know:
     a metric that rewards added noise here can be gamed by an SR model that adds noise to its smooth outputs.
     """
-    from lpips_sat.train.distortions import super_resolve
-
     blurry = super_resolve(patches, scale)
     g = torch.Generator().manual_seed(seed)
     noisy = blurry + sigma * torch.randn(blurry.shape, generator=g)
@@ -178,8 +175,6 @@ def blur_sensitivity(metrics: dict[str, Callable], patches: torch.Tensor, seed: 
     ``mtf_noise``: ``mtf`` with Gaussian noise of ``lr_noise`` reflectance on the LR grid. Reported per metric: how often
     ``mtf`` and ``mtf_noise`` are further from the reference than ``plain``, and the median relative margin of ``mtf``.
     """
-    from lpips_sat.train.distortions import super_resolve
-
     plain, mtf = super_resolve(patches, scale), super_resolve(patches, scale, mtf_sigma)
     mtf_noise = super_resolve(patches, scale, mtf_sigma, lr_noise, torch.Generator().manual_seed(seed))
     out = {}
@@ -258,16 +253,11 @@ def run(args: argparse.Namespace) -> int:
                         old["scales"][scale]["by_gap"].update(s["by_gap"])
                 else:
                     old["scales"][scale] = s
-            for key in ("noise_on_blur", "blur_sensitivity"):
+            for key in ("gain_versus_blur", "noise_on_blur", "blur_sensitivity"):
                 if key in report and key in old and old[key]["n_patches"] == report[key]["n_patches"]:
                     old[key]["results"].update(report[key]["results"])
                 elif key in report:
                     old[key] = report[key]
-            if "gain_versus_blur" in report:
-                if "gain_versus_blur" in old and old["gain_versus_blur"]["n_patches"] == report["gain_versus_blur"]["n_patches"]:
-                    old["gain_versus_blur"]["results"].update(report["gain_versus_blur"]["results"])
-                else:
-                    old["gain_versus_blur"] = report["gain_versus_blur"]
             report = old
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
