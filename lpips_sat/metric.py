@@ -9,6 +9,10 @@ Features as a Perceptual Metric", eq. 1, on a Sentinel-2 backbone):
 "normalise" is the weights' ``input_norm``: ``global`` (v1: ``(x - mean) / std`` with the data's band statistics) or
 ``per-image`` (v2: each image standardised per band, so per-band gain/offset differences, the radiometric nuisance of
 cross-sensor pairs, do not enter the distance; ``forward(..., radiometry=True)`` reports them separately).
+
+Weights with ``register: translation`` (v5) add a step after "normalise": the global translation of ``sr`` against
+``hr`` is estimated and removed, and a border of ``ceil(max_shift)`` px is cropped from both (:mod:`lpips_sat.register`);
+misregistration is the geometric nuisance of cross-sensor pairs, and ``forward(..., registration=True)`` reports it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lpips_sat.backbones import (
 )
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
+from lpips_sat.register import DEFAULT_MAX_SHIFT, REGISTER_MODES, border, estimate_shift, max_shift_of, register
 from lpips_sat.registry import DEFAULT_NAME, REGISTRY, WeightsEntry, get_entry, load_weights, weights_dir
 
 #: Smallest accepted image side: the deepest tap has stride 32.
@@ -168,6 +173,10 @@ class LPIPSSat(nn.Module):
             convention, ``input_range`` applies. A value outside the declared interval is an error, never clipped.
             A display stretch (e.g. reflectance / 0.3) is not reflectance: undo it before the metric.
         spatial: return an (N, 1, H, W) distance map instead of (N,) distances.
+        register: ``"translation"``: estimate the global shift of ``sr`` against ``hr`` (at most ``max_shift`` px),
+            move ``sr`` onto ``hr`` and crop a ``ceil(max_shift)`` px border from both before the backbone;
+            ``"none"``: compare pixel by pixel. Default: the weights' own form (translation for v5, none before).
+        max_shift: largest shift registered (px; default: the weights', else 3). Larger shifts are left as damage.
 
     Attributes:
         lower_better: ``True`` (pyiqa's name; torchmetrics' ``higher_is_better=False``): a smaller distance is better.
@@ -185,7 +194,8 @@ class LPIPSSat(nn.Module):
     lower_better = True
 
     def __init__(self, weights: str | Path | _Parts = DEFAULT_NAME, *, bands: str | Sequence[str] | None = None,
-                 input_range: str = "reflectance", normalize: bool | None = None, spatial: bool = False, eps: float = 1e-10) -> None:
+                 input_range: str = "reflectance", normalize: bool | None = None, spatial: bool = False, eps: float = 1e-10,
+                 register: str | None = None, max_shift: float | None = None) -> None:
         super().__init__()
         parts = weights if isinstance(weights, _Parts) else _parts_from_weights(weights)
         if input_range not in INPUT_RANGES:
@@ -217,6 +227,7 @@ class LPIPSSat(nn.Module):
         if self.input_norm not in INPUT_NORMS:
             raise WeightsError(f"{parts.name}: unknown input_norm {self.input_norm!r} in the weights metadata; known: {INPUT_NORMS}")
         self.input_floor = input_floor(parts.metadata, parts.name)
+        self.max_shift = _max_shift(parts, register, max_shift)
         self.requires_grad_(False)
         self.eval()
 
@@ -464,7 +475,7 @@ class LPIPSSat(nn.Module):
         return torch.stack(parts).sum(0), parts
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, spatial: bool | None = None, per_layer: bool = False,
-                radiometry: bool = False):
+                radiometry: bool = False, registration: bool = False):
         """Distance between ``sr`` and ``hr`` (same shape, (N, C, H, W)).
 
         Returns:
@@ -472,7 +483,11 @@ class LPIPSSat(nn.Module):
             ``(total, [stem, layer1, layer2, layer3, layer4] contributions)``; with ``radiometry=True`` the (N,)
             radiometric difference (:func:`radiometric_difference`, reflectance units) is appended to the result:
             ``(total, radiometry)`` or ``(total, per_layer, radiometry)``. It is *not* part of ``total`` for
-            per-image-normalised weights (v2), which ignore per-band gain/offset by design.
+            per-image-normalised weights (v2), which ignore per-band gain/offset by design. With ``registration=True``
+            the (N, 2) shift ``(dy, dx)`` in px of ``sr`` against ``hr`` (:func:`lpips_sat.register.estimate_shift`) is
+            appended last; it is the shift that was removed when the metric registers (:attr:`max_shift` > 0), else
+            only an estimate (within 3 px). A spatial map of a registering metric covers the cropped core; its border
+            repeats the nearest values.
         Raises:
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
@@ -489,6 +504,10 @@ class LPIPSSat(nn.Module):
                 a, b = (ra - self.mean) / self.std, (rb - self.mean) / self.std
             if radiometry:
                 (ma, sa), (mb, sb) = band_stats(ra), band_stats(rb)
+        if self.max_shift > 0:
+            a, b, shift = register(a, b, self.max_shift)
+        elif registration:
+            shift = estimate_shift(a, b, DEFAULT_MAX_SHIFT)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)
@@ -500,10 +519,15 @@ class LPIPSSat(nn.Module):
             feats = self.features(torch.cat([a, b]), prepared=True)
             n = a.shape[0]
             fa, fb = [f[:n] for f in feats], [f[n:] for f in feats]
-        total, parts = self.distance(fa, fb, spatial=spatial, size=tuple(sr.shape[-2:]))
+        total, parts = self.distance(fa, fb, spatial=spatial, size=tuple(a.shape[-2:]))
+        if spatial and self.max_shift > 0:  # back to the input's size: the cropped border repeats its nearest values
+            m = border(self.max_shift)
+            total, parts = _uncrop(total, m), [_uncrop(p, m) for p in parts]
         out = (total, parts) if per_layer else (total,)
         if radiometry:
             out = out + (radiometric_difference(ma, sa, mb, sb),)
+        if registration:
+            out = out + (shift,)
         return out if len(out) > 1 else total
 
     @property
@@ -517,9 +541,38 @@ class LPIPSSat(nn.Module):
         """
         return 0.0, distance_upper_bound(self.heads) + (distance_upper_bound(self.texture_heads) if self.texture_heads is not None else 0.0)
 
+    @property
+    def registers(self) -> bool:
+        """Whether :meth:`forward` removes a global shift before the distance (then :meth:`features` and :meth:`distance`
+        alone, which compare pixel by pixel, do not give :meth:`forward`'s numbers)."""
+        return self.max_shift > 0
+
     def extra_repr(self) -> str:
         norm = "" if self.normalize is None else f", normalize={self.normalize}"
-        return f"name={self.name!r}, bands={list(self.bands)}, input_range={self.input_range!r}{norm}, spatial={self.spatial}"
+        reg = f", register='translation', max_shift={self.max_shift:g}" if self.registers else ""
+        return f"name={self.name!r}, bands={list(self.bands)}, input_range={self.input_range!r}{norm}, spatial={self.spatial}{reg}"
+
+
+def _uncrop(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Pad an (N, 1, h, w) map by ``m`` px on every side with its edge values."""
+    return F.pad(x, (m, m, m, m), mode="replicate") if m else x
+
+
+def _max_shift(parts: _Parts, register: str | None, max_shift: float | None) -> float:
+    """The metric's registration (0: none) from the weights' metadata and the ``register``/``max_shift`` options."""
+    try:
+        own = max_shift_of(parts.metadata, parts.name)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from exc
+    if register is not None and register not in REGISTER_MODES:
+        raise InputError(f"register must be one of {REGISTER_MODES}, got {register!r}")
+    if max_shift is not None and not (isinstance(max_shift, (int, float)) and math.isfinite(max_shift) and max_shift > 0):
+        raise InputError(f"max_shift must be a positive number of pixels, got {max_shift!r}")
+    if register == "none":
+        return 0.0
+    if register == "translation" or own > 0:
+        return float(max_shift if max_shift is not None else own or DEFAULT_MAX_SHIFT)
+    return 0.0
 
 
 def _known_name(text: str) -> bool:

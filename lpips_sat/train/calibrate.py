@@ -31,10 +31,12 @@ from torch import nn
 
 from lpips_sat.atomic import make_folder, remove_stale_temporaries
 from lpips_sat.backbones import TAPS, ResNetTaps, load_strict
-from lpips_sat.errors import InputError
+from lpips_sat.errors import InputError, WeightsError
 from lpips_sat.hub import save_folder
 from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standardize_per_image, texture_differences
 from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
+from lpips_sat.register import border, crop, max_shift_of
+from lpips_sat.register import register as register_pair
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
 from lpips_sat.train.distortions import FAMILIES, MARGIN, PROTOCOLS, TRAIN_FAMILIES, apply, crop_margin, super_resolve
@@ -110,27 +112,44 @@ class Featurizer:
 
     With ``texture=True`` (the v3 distance form) each row also holds, after the ``sum C`` LPIPS columns, the ``sum C``
     per-channel texture differences ``(mu_a - mu_b)^2 + (sigma_a - sigma_b)^2`` (:func:`lpips_sat.metric.texture_distance`).
+    With ``register > 0`` (the v5 form) each image is moved onto the reference by the translation that
+    :func:`lpips_sat.register.register` estimates (at most ``register`` px) and both lose that border, as in the metric.
     """
 
     def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float], input_norm: str = "global",
-                 floor: float = STD_FLOOR, texture: bool = False) -> None:
+                 floor: float = STD_FLOOR, texture: bool = False, register: float = 0.0) -> None:
         self.backbone = backbone.eval()
         self.mean = torch.tensor(list(mean)).reshape(1, -1, 1, 1)
         self.std = torch.tensor(list(std)).reshape(1, -1, 1, 1)
         self.input_norm = input_norm
         self.floor = floor
         self.texture = texture
+        self.register = register
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return standardize_per_image(x, self.floor) if self.input_norm == "per-image" else (x - self.mean) / self.std
 
     @torch.inference_mode()
-    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = standardize_per_image(x, self.floor) if self.input_norm == "per-image" else (x - self.mean) / self.std
+    def _taps(self, z: torch.Tensor) -> list[torch.Tensor]:
         return [normalize_channels(f) for f in self.backbone(z)]
 
     @torch.inference_mode()
-    def diffs(self, ref: torch.Tensor | list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Taps of a reference image, for reuse by :meth:`diffs`; when registering, with its normalised image."""
+        z = self._normalise(x)
+        if not self.register:
+            return self._taps(z)
+        return z, self._taps(crop(z, border(self.register)))
+
+    @torch.inference_mode()
+    def diffs(self, ref: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
         """Per-channel mean squared tap differences; ``ref`` may be its precomputed :meth:`taps`."""
-        fr = ref if isinstance(ref, list) else self.taps(ref)
-        fx = self.taps(x)
+        fr = self.taps(ref) if isinstance(ref, torch.Tensor) else ref
+        zx = self._normalise(x)
+        if self.register:
+            zr, fr = fr
+            zx, _, _ = register_pair(zx, zr, self.register)
+        fx = self._taps(zx)
         cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)]
         if self.texture:
             cols += [texture_differences(a, b) for a, b in zip(fr, fx)]
@@ -520,6 +539,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv-groups", default="families", choices=["families", "all"],
                    help="groups left out in turn by the head-choosing CV: the training damage families (v1-v3), or those plus "
                         "the real-pair and SR-scale judgments when present (all)")
+    p.add_argument("--register", type=nonnegative_float, default=0.0, metavar="MAX_SHIFT",
+                   help="distance form with registration (v5): move each image onto the reference by the estimated translation "
+                        "(at most MAX_SHIFT px) and crop that border from both; 0: none (v1-v4)")
     p.add_argument("--reuse-judgments", action="store_true",
                    help="reuse featurised judgments cached in OUT/cache (per featuriser and protocol) instead of regenerating")
 
@@ -546,7 +568,11 @@ def _load_compared(text: str) -> _Compared:
     texture = "texture_heads.0.weight" in tensors
     keys = [f"heads.{i}.weight" for i in range(len(TAPS))] + ([f"texture_heads.{i}.weight" for i in range(len(TAPS))] if texture else [])
     heads = torch.cat([tensors[k].flatten() for k in keys])
-    return _Compared(name, Featurizer(backbone, mean, std, meta.get("input_norm", "global"), input_floor(meta, name), texture), heads)
+    try:
+        register = max_shift_of(meta, name)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from exc
+    return _Compared(name, Featurizer(backbone, mean, std, meta.get("input_norm", "global"), input_floor(meta, name), texture, register), heads)
 
 
 def _split_specs(protocol: str) -> dict[str, tuple[list[str], list[str], list[str], list[str], list[str]]]:
@@ -587,9 +613,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)
     texture = args.form == "lpips+texture"
-    featurizers = {"lpips_sat": Featurizer(backbone, mean, std, input_norm, floor, texture),
-                   "random_backbone": Featurizer(random_backbone, mean, std, input_norm, floor, texture)}
-    form_tag = (f"-floor{floor:g}" if floor != STD_FLOOR else "") + ("-texture" if texture else "")
+    featurizers = {"lpips_sat": Featurizer(backbone, mean, std, input_norm, floor, texture, args.register),
+                   "random_backbone": Featurizer(random_backbone, mean, std, input_norm, floor, texture, args.register)}
+    form_tag = (f"-floor{floor:g}" if floor != STD_FLOOR else "") + ("-texture" if texture else "") + (f"-register{args.register:g}" if args.register else "")
     feat_ids = {"lpips_sat": sha256_file(args.backbone) + form_tag, "random_backbone": f"random-{backbone.arch}-{args.seed}-{input_norm}" + form_tag}
     compared = [_load_compared(c) for c in args.compare]
     for c in compared:
@@ -662,6 +688,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
                     "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
                     "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr, "cv_groups": args.cv_groups,
+                    "register": args.register,
                     "compared": [c.name for c in compared], "splits": {}}
 
     def scores(t: Triplets, name: str) -> dict[str, float]:
@@ -714,9 +741,12 @@ def run(args: argparse.Namespace) -> int:
                     if json.loads(bmeta.get("recipe", "{}")).get("sr_triplets") else ""),
                  "description": "LPIPS-Sat ResNet-18, 4 bands B04,B03,B02,B08, reflectance input"
                  + (", per-image band standardisation (gain/offset tolerant)" if input_norm == "per-image" else "")
-                 + (", LPIPS + DISTS-style texture term per tap" if texture else "")})
+                 + (", LPIPS + DISTS-style texture term per tap" if texture else "")
+                 + (f", translation up to {args.register:g} px registered before the distance" if args.register else "")})
     if texture:
         meta["distance_form"] = args.form
+    if args.register:
+        meta.update({"register": "translation", "max_shift": f"{args.register:g}"})
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     tensors.update({f"heads.{i}.weight": h for i, h in enumerate(head_list[: len(TAPS)])})
     tensors.update({f"texture_heads.{i}.weight": h.reshape(1, -1) for i, h in enumerate(head_list[len(TAPS) :])})

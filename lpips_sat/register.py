@@ -1,0 +1,152 @@
+"""Global translation between two images, estimated and removed before the distance.
+
+Misregistration is a nuisance of cross-sensor pairs (Sentinel-2 against PlanetScope or aerial imagery: up to about one
+S2 pixel, i.e. several pixels at the SR-output scale), not a quality loss of an SR output. Weights whose metadata
+says ``register: translation`` (v5 and later) move the first image onto the second before the backbone; the estimated
+shift is reported on its own (``LPIPSSat.forward(..., registration=True)``), as the radiometric difference is.
+
+* :func:`estimate_shift` -- phase correlation (Kuglin & Hines 1975) of the band-summed cross-power spectrum, Hann
+  window, magnitude normalised to the power 0.5, integer peak searched within ``max_shift``, refined on a
+  ``1/upsample`` px grid by an upsampled DFT (Guizar-Sicairos, Thurman & Fienup 2008, "Efficient subpixel image
+  registration algorithms"). Batched; no gradient (the estimate is a constant of a loss).
+* :func:`translate` -- separable Lanczos-3 resampling with one kernel per image (grouped convolution), reflect padding.
+  Linear in ``x``, so a loss back-propagates through it.
+* :func:`register` -- both of them, then the same border of ``ceil(max_shift)`` px is cropped from both images (the
+  strip a shift exposes holds no common content). The crop does not depend on the estimate, so a distance never
+  depends on the other images of a batch.
+
+``gapeval.align`` registers whole rasters with nodata masks in NumPy (``gapeval score --align shift``); this module
+serves the metric on tensors, where the same estimator runs batched on the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: Modes of the ``register`` weights metadata and :class:`~lpips_sat.LPIPSSat` option.
+REGISTER_MODES = ("none", "translation")
+#: Default largest correction (px) of ``register="translation"``; also the width of the cropped border.
+DEFAULT_MAX_SHIFT = 3.0
+#: Exponent of the cross-power normalisation (1: classic phase correlation, 0: plain cross-correlation); 0.5 as
+#: ``gapeval.align.PHASE_NORM``, which measured it on shifted Sentinel-2 crops.
+PHASE_NORM = 0.5
+#: Lanczos kernel order (taps per side).
+LANCZOS_A = 3
+
+
+def border(max_shift: float) -> int:
+    """Border (px) cropped from both images by :func:`register`: ``ceil(max_shift)``."""
+    return int(math.ceil(max_shift - 1e-9)) if max_shift > 0 else 0
+
+
+def _hann(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.hann_window(n, periodic=False, dtype=dtype, device=device) if n > 1 else torch.ones(n, dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT, upsample: int = 16) -> torch.Tensor:
+    """(N, 2) shifts ``(dy, dx)`` in px of ``moving`` relative to ``reference`` (both (N, C, H, W)): content at (r, c)
+    in the reference appears at (r + dy, c + dx) in ``moving``. Each component lies in ``[-max_shift, max_shift]``;
+    a pair without common texture (flat images) gets (0, 0).
+
+    Example:
+        >>> x = torch.rand(1, 2, 48, 48)
+        >>> estimate_shift(torch.roll(x, (2, -1), (2, 3)), x).tolist()
+        [[2.0, -1.0]]
+    """
+    if moving.shape != reference.shape or moving.ndim != 4:
+        raise ValueError(f"estimate_shift needs two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
+    n, _, h, w = moving.shape
+    a = moving.float() - moving.float().mean(dim=(2, 3), keepdim=True)
+    b = reference.float() - reference.float().mean(dim=(2, 3), keepdim=True)
+    win = _hann(h, a.dtype, a.device)[:, None] * _hann(w, a.dtype, a.device)[None, :]
+    cross = (torch.fft.fft2(a * win) * torch.fft.fft2(b * win).conj()).sum(1)  # (N, H, W): peaks at +shift
+    mag = cross.abs()
+    ok = mag.flatten(1).sum(1) > 1e-12
+    cross = cross / mag.clamp_min(1e-30) ** PHASE_NORM
+    corr = torch.fft.ifft2(cross).real
+    ry = torch.fft.fftfreq(h, d=1.0 / h, device=a.device)  # signed integer lags
+    rx = torch.fft.fftfreq(w, d=1.0 / w, device=a.device)
+    inside = (ry.abs()[:, None] <= max_shift) & (rx.abs()[None, :] <= max_shift)
+    idx = corr.masked_fill(~inside, -math.inf).flatten(1).argmax(1)
+    peak = torch.stack([ry[idx // w], rx[idx % w]], 1)  # (N, 2) integer peak
+    if upsample > 1:
+        steps = torch.arange(-upsample, upsample + 1, device=a.device, dtype=torch.float32) / upsample  # +-1 px
+        ys, xs = peak[:, :1] + steps, peak[:, 1:] + steps  # (N, K)
+        fy = torch.fft.fftfreq(h, device=a.device)
+        fx = torch.fft.fftfreq(w, device=a.device)
+        ey = torch.exp(2j * math.pi * ys[:, :, None] * fy[None, None, :])  # (N, K, H)
+        ex = torch.exp(2j * math.pi * fx[None, :, None] * xs[:, None, :])  # (N, W, K)
+        fine = (ey @ cross @ ex).real  # (N, K, K): the correlation on the fine grid
+        k = fine.shape[-1]
+        j = fine.flatten(1).argmax(1)
+        peak = torch.stack([ys.gather(1, (j // k)[:, None])[:, 0], xs.gather(1, (j % k)[:, None])[:, 0]], 1)
+    peak = peak.clamp(-max_shift, max_shift)
+    return torch.where(ok[:, None], peak, torch.zeros_like(peak))
+
+
+def _lanczos(t: torch.Tensor, a: int = LANCZOS_A) -> torch.Tensor:
+    out = torch.sinc(t) * torch.sinc(t / a)
+    return torch.where(t.abs() < a, out, torch.zeros_like(out))
+
+
+def _kernel(taps: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """(N, len(taps)) Lanczos weights at ``taps - d``; an exact one-hot where ``d`` is a whole number of pixels."""
+    t = taps[None, :] - d
+    return torch.where(d == d.round(), (t == 0).to(t.dtype), _lanczos(t))
+
+
+def translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Resample each image of ``x`` (N, C, H, W) so that ``out(r, c) = x(r + dy, c + dx)`` with ``shift`` (N, 2):
+    undoes a shift measured by :func:`estimate_shift`. Separable Lanczos-3 (kernels normalised to sum 1), reflect
+    padding; exact for integer shifts."""
+    n, c, h, w = x.shape
+    shift = shift.to(device=x.device, dtype=torch.float32)
+    if n == 0:
+        return x
+    radius = int(math.ceil(float(shift.abs().max()))) + LANCZOS_A
+    if radius >= min(h, w):
+        raise ValueError(f"a shift of {float(shift.abs().max()):g} px is too large for {h}x{w} px images")
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    ky, kx = (_kernel(taps, shift[:, k : k + 1]) for k in (0, 1))
+    ky, kx = ky / ky.sum(1, keepdim=True), kx / kx.sum(1, keepdim=True)  # (N, 2R+1)
+    xp = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    ky = ky.repeat_interleave(c, 0).to(x.dtype).reshape(n * c, 1, -1, 1)
+    kx = kx.repeat_interleave(c, 0).to(x.dtype).reshape(n * c, 1, 1, -1)
+    y = F.conv2d(F.conv2d(xp, ky, groups=n * c), kx, groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def crop(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Remove ``m`` px on every side of (..., H, W)."""
+    return x[..., m : x.shape[-2] - m, m : x.shape[-1] - m] if m else x
+
+
+def register(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT,
+             upsample: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move ``moving`` onto ``reference`` and crop the border of :func:`border` ``(max_shift)`` px from both.
+
+    Returns ``(moving aligned and cropped, reference cropped, shift (N, 2))``; ``shift`` as :func:`estimate_shift`.
+    """
+    shift = estimate_shift(moving.detach(), reference.detach(), max_shift, upsample)
+    m = border(max_shift)
+    return crop(translate(moving, shift), m), crop(reference, m), shift
+
+
+def max_shift_of(metadata: dict, name: str = "weights") -> float:
+    """The registration of a weights file: its ``max_shift`` when ``register`` is ``translation`` (v5 and later), else 0."""
+    mode = str(metadata.get("register", "none"))
+    if mode not in REGISTER_MODES:
+        raise ValueError(f"{name}: unknown register {mode!r} in the weights metadata; known: {REGISTER_MODES}")
+    if mode == "none":
+        return 0.0
+    try:
+        value = float(metadata.get("max_shift", DEFAULT_MAX_SHIFT))
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: max_shift must be a positive number in the weights metadata, got {metadata.get('max_shift')!r}")
+    return value
