@@ -29,6 +29,7 @@ from lpips_sat.bands import PRESETS, band_indices, band_order, order_assumed
 from lpips_sat.errors import InputError, LPIPSSatError, MissingFileError, PartialFailure, WeightsError
 from lpips_sat.options import device, positive_float, resolve_device
 from lpips_sat.raster import Raster, band_gain_offset, raster_info, read_raster, write_npy, write_raster
+from lpips_sat.register import REGISTER_MODES
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=positive_float, help="divide pixel values by this first (e.g. for 8-bit PNGs); excludes --input-range dn")
     p.add_argument("--weights", default=None, help="registry name, .safetensors file or model folder from save_pretrained / calibrate (default: the shipped lpips-sat-s2-rn18)")
     p.add_argument("--spatial-out", help="also write the per-pixel distance map (.tif with the geometry of A, or .npy)")
+    p.add_argument("--register", choices=REGISTER_MODES, default=None,
+                   help="translation: remove the global shift of A against B before the distance; none: pixel by pixel "
+                        "(default: the weights' own form, translation for v5)")
+    p.add_argument("--max-shift", type=positive_float, default=None, help="largest shift registered, px (default: the weights', else 3)")
     p.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -124,7 +129,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if not _same_geometry(ra, rb):
         print(f"lpips-sat compare: warning: {args.a} and {args.b} have different geotransforms/CRS; comparing pixel by pixel", file=sys.stderr)
     args.device = resolve_device(args.device)
-    metric = LPIPSSat(args.weights or DEFAULT_NAME, input_range=args.input_range).to(args.device)
+    metric = LPIPSSat(args.weights or DEFAULT_NAME, input_range=args.input_range, register=args.register, max_shift=args.max_shift).to(args.device)
     tensors, used = [], []
     for arr, raster in ((a_arr, ra), (b_arr, rb)):
         bands = file_bands(raster, args.bands, metric.model_bands)
@@ -136,16 +141,16 @@ def run_compare(args: argparse.Namespace) -> int:
         used.append(bands)
     try:
         with torch.no_grad():
-            fa, fb = metric.features(tensors[0], name=str(args.a)), metric.features(tensors[1], name=str(args.b))
-            total, parts = metric.distance(fa, fb)
-            dist_map = metric.distance(fa, fb, spatial=True, size=tuple(a_arr.shape[-2:]))[0] if args.spatial_out else None
+            total, parts, shift = metric(tensors[0], tensors[1], per_layer=True, registration=True)
+            dist_map = metric(tensors[0], tensors[1], spatial=True) if args.spatial_out else None
     except InputError as exc:
         if "input_range" not in str(exc):
             raise
         raise InputError(f"{exc} (command line: --input-range dn|reflectance, or --scale S to divide the pixel values)") from exc
     result = {"a": str(args.a), "b": str(args.b), "distance": float(total[0]), "weights": metric.name, "sha256": metric.sha256,
               "bands_a": list(used[0]), "bands_b": list(used[1]), "input_range": args.input_range, "scale": args.scale,
-              "per_layer": {name: float(p[0]) for name, p in zip(TAPS, parts)}}
+              "per_layer": {name: float(p[0]) for name, p in zip(TAPS, parts)},
+              "registered": metric.registers, "shift_px": [round(float(v), 4) for v in shift[0]]}
     if dist_map is not None:
         result["spatial_out"] = str(write_map(args.spatial_out, dist_map[0, 0].cpu().numpy(), ra))
     if args.json:
@@ -153,7 +158,9 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         print(f"{result['distance']:.6f}")
         print(f"  weights {metric.name}; bands {','.join(map(str, used[0]))} / {','.join(map(str, used[1]))} -> model {','.join(metric.model_bands)}; "
-              f"input {args.input_range}{f' / {args.scale:g}' if args.scale else ''}", file=sys.stderr)
+              f"input {args.input_range}{f' / {args.scale:g}' if args.scale else ''}; shift of A against B "
+              f"({result['shift_px'][0]:+.2f}, {result['shift_px'][1]:+.2f}) px {'removed' if metric.registers else 'not removed'}",
+              file=sys.stderr)
         if dist_map is not None:
             print(f"  distance map written to {result['spatial_out']}", file=sys.stderr)
     return 0
