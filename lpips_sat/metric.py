@@ -46,6 +46,8 @@ from lpips_sat.registry import DEFAULT_NAME, REGISTRY, WeightsEntry, get_entry, 
 
 #: Smallest accepted image side: the deepest tap has stride 32.
 MIN_SIZE = 32
+#: Smallest image side left after a registering metric crops its border (the deepest tap still has a 1 x 1 map).
+MIN_CORE = 16
 #: Reflectance above this is implausible (bright cloud/snow TOA reflectance stays below ~1.6).
 MAX_REFLECTANCE = 2.0
 #: DN images whose maximum is at most this almost surely hold reflectance instead.
@@ -505,6 +507,10 @@ class LPIPSSat(nn.Module):
             if radiometry:
                 (ma, sa), (mb, sb) = band_stats(ra), band_stats(rb)
         if self.max_shift > 0:
+            core = min(a.shape[-2:]) - 2 * border(self.max_shift)
+            if core < MIN_CORE:
+                raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px: registering up to max_shift={self.max_shift:g} px crops "
+                                 f"{border(self.max_shift)} px per side and leaves {core} px (< {MIN_CORE}); pass larger images or a smaller max_shift")
             a, b, shift = register(a, b, self.max_shift)
         elif registration:
             shift = estimate_shift(a, b, DEFAULT_MAX_SHIFT)
