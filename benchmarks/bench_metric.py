@@ -3,7 +3,8 @@
 Cells: 64, 256 and 512 px, batch 1 and 8, in one run. Contenders of a cell run one after the other:
 
 * ``lpips-sat``: the metric (``LPIPSSat.random(width_div=1)``: a full-size random ResNet-18, the architecture and
-  therefore the speed of the shipped metric, with the default weights' input normalisation) on 4-band reflectance.
+  therefore the speed of the shipped metric, with the default weights' input normalisation, distance form and
+  registration: :func:`bench_form`) on 4-band reflectance.
 * ``backbone-cl``: the same backbone alone on both prepared images, in the channels-last layout the metric uses:
   the physical limit of this design. ``backbone``: the same in torchvision's default layout.
 * ``lpips-vgg`` / ``lpips-alex``: ``lpips.LPIPS(pretrained=False, pnet_rand=True)`` (random weights, nothing is
@@ -40,11 +41,27 @@ OVERHEAD_CELLS = ((64, 8), (256, 1), (256, 8), (512, 1))
 def bench_form() -> dict[str, Any]:
     """The input normalisation and distance form of the weights being benchmarked: the shipped default, or
     ``BENCH_WEIGHTS=NAME`` (e.g. ``lpips-sat-s2-rn18-v2``, whose per-image band standardisation costs more than v1's
-    fixed one, or ``lpips-sat-s2-rn18-v3``, which adds a texture term per tap)."""
+    fixed one, or ``lpips-sat-s2-rn18-v3``, which adds a texture term per tap).
+
+    Weights whose metadata says ``register: translation`` (v5 and later) make the benchmarked metric register too
+    (``register="translation", max_shift=`` the weights' value): the global shift of the prediction is estimated and
+    removed and a border of ``ceil(max_shift)`` px is cropped from both images, so the backbone sees a slightly
+    smaller image (58 px of 64 for the default 3 px: fewer pixels than the ``backbone-cl`` limit, which runs on the
+    full-size images), while the registration adds FFTs of both images, an upsampled-DFT refinement and a separable
+    Lanczos convolution of the prediction. ``benchmarks/bench_register.py`` measures that trade side by side."""
+    from lpips_sat.register import max_shift_of
     from lpips_sat.registry import DEFAULT_NAME, get_entry
 
-    extra = get_entry(os.environ.get("BENCH_WEIGHTS", DEFAULT_NAME)).extra
-    return {"input_norm": str(extra.get("input_norm", "global")), "texture": extra.get("distance_form") == "lpips+texture"}
+    entry = get_entry(os.environ.get("BENCH_WEIGHTS", DEFAULT_NAME))
+    extra = entry.extra
+    form: dict[str, Any] = {"input_norm": str(extra.get("input_norm", "global")), "texture": extra.get("distance_form") == "lpips+texture"}
+    max_shift = max_shift_of(dict(extra), entry.name)
+    if max_shift > 0:
+        form.update(register="translation", max_shift=max_shift)
+    return form
+
+
+bench_form.__test__ = False  # a helper, not a benchmark (its name matches python_functions = bench_*)
 
 
 @lru_cache(maxsize=1)

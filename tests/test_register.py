@@ -1,0 +1,405 @@
+"""Global translation registration (:mod:`lpips_sat.register`) and its use by the metric and the calibration featuriser.
+
+Independent expectations: integer rolls and non-circular integer offsets (slices of a larger crop) are recovered
+exactly; sub-pixel shifts made with the Fourier phase ramp of the distortion families (``fourier_shift``) on real
+Sentinel-2 crops are recovered within 0.1 px with the documented sign; ``translate`` by whole pixels is slicing of the
+reflect-padded image (NumPy's padding), by zero the identity, by a fraction a band-limited shift (Fourier phase ramp)
+and linear in the image; the registering metric's spatial map equals, inside the cropped border, the plain metric's map
+of the aligned images cut out by hand; the calibration featuriser with the heads gives the metric's distance.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from image_helpers import SHARED, smooth_reflectance
+
+from lpips_sat import LPIPSSat
+from lpips_sat.errors import InputError, WeightsError
+from lpips_sat.register import DEFAULT_MAX_SHIFT, border, crop, estimate_shift, max_shift_of, register, translate
+from lpips_sat.registry import save_weights
+from lpips_sat.train.distortions import MARGIN, crop_margin, fourier_shift
+
+S2 = SHARED / "s2" / "s2_l1c_virginia_13band_10m.tif"
+#: Context crops: 64 px patches plus the distortions' margin of MARGIN px on every side.
+CONTEXT = 64 + 2 * MARGIN
+
+
+@pytest.fixture(scope="module")
+def context() -> torch.Tensor:
+    """(8, 4, 80, 80) real Sentinel-2 L1C reflectance (B04, B03, B02, B08), side by side crops of the shared stack."""
+    rasterio = pytest.importorskip("rasterio")
+    if not S2.exists():
+        pytest.skip("shared Sentinel-2 stack not found")
+    from rasterio.windows import Window
+
+    with rasterio.open(S2) as ds:
+        arr = ds.read([4, 3, 2, 8], window=Window(600, 500, 8 * CONTEXT, CONTEXT)).astype(np.float32) / 10000
+    return torch.from_numpy(np.stack([arr[:, :, i * CONTEXT : (i + 1) * CONTEXT] for i in range(8)]))
+
+
+def shifted(context: torch.Tensor, shift) -> torch.Tensor:
+    """The patches of ``context`` with content moved by ``shift`` ((2,) or (N, 2) px: content at (r, c) lands at
+    (r + dy, c + dx)), made as the distortion families do: Fourier shift of the context, then the margin cropped."""
+    s = torch.as_tensor(shift, dtype=torch.float32).expand(context.shape[0], 2)
+    return crop_margin(fourier_shift(context, s[:, 0].contiguous(), s[:, 1].contiguous()))
+
+
+def sliced(context: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The patches moved by whole pixels without wrap-around: a window of the context offset by (-dy, -dx)."""
+    return context[:, :, MARGIN - dy : MARGIN - dy + 64, MARGIN - dx : MARGIN - dx + 64]
+
+
+@lru_cache(maxsize=None)
+def metric(register: str | None = None, max_shift: float | None = None, **kwargs) -> LPIPSSat:
+    return LPIPSSat.random(register=register, max_shift=max_shift, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- estimate_shift
+def test_integer_roll_is_recovered_exactly_per_sample() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 4, 40, 56, generator=g)  # not square: rows and columns must not be mixed up
+    shifts = [(2, -1), (-3, 0), (1, 3)]
+    moved = torch.stack([torch.roll(x[i], s, (1, 2)) for i, s in enumerate(shifts)])
+    assert estimate_shift(moved, x).tolist() == [[2.0, -1.0], [-3.0, 0.0], [1.0, 3.0]]
+    assert estimate_shift(x, moved).tolist() == [[-2.0, 1.0], [3.0, 0.0], [-1.0, -3.0]]  # the other way round
+    assert estimate_shift(x, x).tolist() == [[0.0, 0.0]] * 3
+
+
+def test_integer_offset_of_real_crops_is_recovered_exactly(context) -> None:
+    hr = crop_margin(context)
+    for dy, dx in [(2, -1), (-3, 1), (0, -2)]:
+        assert estimate_shift(sliced(context, dy, dx), hr).tolist() == [[float(dy), float(dx)]] * 8
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_subpixel_shifts_recovered_batched(context, seed: int) -> None:
+    """A different random shift within +-2.5 px per sample, as the ``shift`` distortion makes it."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.rand(8, 2, generator=g) * 5 - 2.5
+    est = estimate_shift(shifted(context, truth), crop_margin(context))
+    assert est.shape == (8, 2)
+    err = (est - truth).abs().max()
+    assert err < 0.1, f"worst error {float(err):.3f} px\n{truth}\n{est}"
+    # the upsampled refinement is what gives sub-pixel precision: without it only the integer peak is found
+    coarse = estimate_shift(shifted(context, truth), crop_margin(context), upsample=1)
+    assert torch.equal(coarse, coarse.round()) and (coarse - truth).abs().max() <= 0.5 + 0.1
+
+
+def test_flat_pair_gives_zero() -> None:
+    for v in (0.3, 0.1234567, 0.7):
+        flat = torch.full((2, 4, 48, 48), v)
+        assert estimate_shift(flat, flat).tolist() == [[0.0, 0.0]] * 2
+    assert estimate_shift(torch.zeros(1, 4, 48, 48), torch.full((1, 4, 48, 48), 0.7)).tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.xfail(strict=True, reason="register.estimate_shift: the 1e-12 'no texture' threshold is absolute; the rounding "
+                                       "residual of subtracting a flat image's mean (~1e-8) passes it, so a flat image against "
+                                       "a textured one gets an arbitrary shift instead of (0, 0)")
+def test_flat_against_textured_gives_zero() -> None:
+    flat = torch.full((1, 4, 48, 48), 0.3)
+    textured = smooth_reflectance(0, n=1)
+    assert estimate_shift(flat, textured).tolist() == [[0.0, 0.0]]
+    assert estimate_shift(textured, flat).tolist() == [[0.0, 0.0]]
+
+
+def test_estimate_is_clamped_to_max_shift(context) -> None:
+    hr = crop_margin(context)
+    est = estimate_shift(sliced(context, 5, -6), hr, max_shift=3.0)
+    assert float(est.abs().max()) <= 3.0
+    # a true 2.8 px shift with max_shift 2.5: integer peak within 2, refined towards 2.8, then clamped to exactly 2.5
+    est = estimate_shift(shifted(context, (2.8, -2.8)), hr, max_shift=2.5)
+    assert est.tolist() == [[2.5, -2.5]] * 8
+    assert estimate_shift(shifted(context, (0.3, -0.2)), hr, max_shift=2.5).sub(torch.tensor([0.3, -0.2])).abs().max() < 0.1
+
+
+def test_estimate_shift_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="one shape"):
+        estimate_shift(torch.rand(1, 4, 32, 32), torch.rand(1, 4, 32, 30))
+    with pytest.raises(ValueError, match="one shape"):
+        estimate_shift(torch.rand(4, 32, 32), torch.rand(4, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------------- translate
+def test_translate_by_whole_pixels_is_slicing_of_the_reflect_padded_image() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 2, 20, 24, generator=g)
+    shift = torch.tensor([[2.0, -1.0], [-3.0, 0.0], [0.0, 3.0]])
+    out = translate(x, shift)
+    r = 6  # any pad of at least the largest shift
+    xp = np.pad(x.numpy(), ((0, 0), (0, 0), (r, r), (r, r)), mode="reflect")
+    for i, (dy, dx) in enumerate(shift.int().tolist()):
+        # out(r, c) = x(r + dy, c + dx): exact, including the border filled by reflection
+        assert torch.equal(out[i], torch.from_numpy(xp[i, :, r + dy : r + dy + 20, r + dx : r + dx + 24]))
+    # on the interior, plain slicing of the unpadded image
+    assert torch.equal(out[0, :, :-2, 1:], x[0, :, 2:, :-1])
+
+
+def test_translate_by_zero_is_the_identity() -> None:
+    x = smooth_reflectance(3, n=2)
+    assert torch.equal(translate(x, torch.zeros(2, 2)), x)
+    x64 = x.double()
+    assert torch.equal(translate(x64, torch.zeros(2, 2)), x64)
+    assert translate(x, torch.zeros(2, 2)).dtype == x.dtype
+
+
+def test_translate_subpixel_matches_the_fourier_shift_of_a_band_limited_image() -> None:
+    """A sum of low-frequency sinusoids periodic on the grid: the Fourier phase ramp shifts it exactly; Lanczos-3 must
+    agree away from the reflect-padded border, with the sign ``out(r, c) = x(r + dy, c + dx)``."""
+    h = w = 48
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    img = 0.2 + 0.05 * torch.sin(2 * math.pi * (2 * yy / h + 1 * xx / w)) + 0.03 * torch.cos(2 * math.pi * (3 * xx / w - 1 * yy / h) + 0.4)
+    x = img.float().expand(2, 2, h, w).contiguous()
+    shift = torch.tensor([[0.5, -1.25], [-2.3, 0.7]])
+    out = translate(x, shift)
+    expected = fourier_shift(x, -shift[:, 0], -shift[:, 1])  # content moves by -shift
+    m = 8
+    err = (crop(out, m) - crop(expected, m)).abs().max()
+    assert err < 2e-3, float(err)
+    wrong_sign = (crop(translate(x, -shift), m) - crop(expected, m)).abs().max()
+    assert wrong_sign > 10 * err
+
+
+def test_translate_is_linear() -> None:
+    x, y = smooth_reflectance(4, n=3), smooth_reflectance(5, n=3)
+    shift = torch.tensor([[0.37, -1.6], [2.0, 0.0], [-0.9, 2.45]])
+    a, b = 1.7, -0.6
+    assert torch.allclose(translate(a * x + b * y, shift), a * translate(x, shift) + b * translate(y, shift), atol=1e-6)
+
+
+def test_translate_then_estimate_gives_zero(context) -> None:
+    g = torch.Generator().manual_seed(7)
+    truth = torch.rand(8, 2, generator=g) * 5 - 2.5
+    moving, hr = shifted(context, truth), crop_margin(context)
+    est = estimate_shift(moving, hr)
+    m = border(DEFAULT_MAX_SHIFT)
+    back = estimate_shift(crop(translate(moving, est), m), crop(hr, m))
+    assert back.abs().max() <= 0.1
+    aligned, ref, shift = register(moving, hr)
+    assert torch.equal(shift, est) and aligned.shape == ref.shape == (8, 4, 64 - 2 * m, 64 - 2 * m)
+    assert torch.equal(ref, crop(hr, m))
+    # aligned content is close to the reference, far closer than before
+    assert (aligned - ref).abs().mean() < 0.2 * (crop(moving, m) - ref).abs().mean()
+
+
+def test_translate_rejects_a_shift_too_large_for_the_image() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        translate(torch.rand(1, 1, 8, 8), torch.tensor([[5.0, 0.0]]))
+
+
+def test_border_and_crop() -> None:
+    assert [border(s) for s in (0, 0.5, 1.0, 2.5, 3.0, 3.2)] == [0, 1, 1, 3, 3, 4]
+    x = torch.arange(2 * 36.0).reshape(1, 2, 6, 6)
+    assert torch.equal(crop(x, 0), x)
+    assert torch.equal(crop(x, 2), x[..., 2:4, 2:4])
+
+
+def test_max_shift_of_weights_metadata() -> None:
+    assert max_shift_of({}) == 0
+    assert max_shift_of({"register": "none", "max_shift": "abc"}) == 0
+    assert max_shift_of({"register": "translation"}) == 3.0
+    assert max_shift_of({"register": "translation", "max_shift": "1.5"}) == 1.5
+    for bad in ({"register": "bogus"}, {"register": "translation", "max_shift": "abc"}, {"register": "translation", "max_shift": "0"},
+                {"register": "translation", "max_shift": "nan"}, {"register": "translation", "max_shift": "-2"}):
+        with pytest.raises(ValueError):
+            max_shift_of(bad)
+
+
+# ------------------------------------------------------------------------------------------ registering metric
+def test_identity_is_exactly_zero() -> None:
+    x = smooth_reflectance(8, n=3, size=64)
+    m = metric("translation")
+    assert torch.equal(m(x, x), torch.zeros(3))
+    assert torch.equal(m(x, x, spatial=True), torch.zeros(3, 1, 64, 64))
+
+
+def test_subpixel_shift_costs_far_less_when_registered(context) -> None:
+    hr = crop_margin(context)[:4]
+    sr = shifted(context[:4], (1.5, -0.5))
+    reg, plain = metric("translation")(sr, hr), metric("none")(sr, hr)
+    assert torch.all(reg < 0.1 * plain), (reg, plain)
+    # a real damage is still seen: noise of 0.01 reflectance costs more than the registered shift
+    noisy = hr + 0.01 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.all(metric("translation")(noisy, hr) > 5 * reg)
+
+
+def test_shift_beyond_max_shift_is_not_removed(context) -> None:
+    hr = crop_margin(context)[:4]
+    m = metric("translation", 3.0)
+    small, large = m(shifted(context[:4], (1.5, 0.0)), hr), m(shifted(context[:4], (6.0, 0.0)), hr)
+    assert torch.all(large > 20 * small), (small, large)
+    _, est = m(shifted(context[:4], (6.0, 0.0)), hr, registration=True)
+    assert float(est.abs().max()) <= 3.0
+
+
+def test_registering_distance_is_batch_independent(context) -> None:
+    hr = crop_margin(context)[:4]
+    shifts = torch.tensor([[0.0, 0.0], [2.4, -1.1], [-0.6, 0.3], [3.0, 2.0]])
+    sr = shifted(context[:4], shifts)
+    m = metric("translation")
+    together, est = m(sr, hr, registration=True)
+    for i in range(4):
+        alone, est_i = m(sr[i : i + 1], hr[i : i + 1], registration=True)
+        assert torch.allclose(alone, together[i : i + 1], rtol=0, atol=1e-5)
+        assert torch.equal(est_i, est[i : i + 1])
+    perm = [2, 0, 3, 1]
+    assert torch.allclose(m(sr[perm], hr[perm]), together[perm], rtol=0, atol=1e-5)
+
+
+def test_register_none_gives_the_plain_metric_exactly() -> None:
+    x, y = smooth_reflectance(1, n=2, size=48), smooth_reflectance(2, n=2, size=48)
+    plain = LPIPSSat.random()
+    assert not plain.registers and not metric("none").registers
+    assert torch.equal(metric("none")(x, y), plain(x, y))
+    assert torch.equal(metric("none")(x, y, spatial=True), plain(x, y, spatial=True))
+    reg = metric("translation")
+    assert reg.registers and reg.max_shift == DEFAULT_MAX_SHIFT and "register='translation'" in repr(reg)
+    assert metric("translation", 1.5).max_shift == 1.5
+    assert not torch.equal(reg(x, y), plain(x, y))  # the crop changes the numbers
+
+
+def test_registration_output_has_the_documented_sign(context) -> None:
+    hr, sr = crop_margin(context)[:3], shifted(context[:3], (1.5, -0.75))
+    for m in (metric("translation"), metric("none")):  # reported by both; removed only by the registering one
+        d, s = m(sr, hr, registration=True)
+        assert d.shape == (3,) and s.shape == (3, 2)
+        assert (s - torch.tensor([1.5, -0.75])).abs().max() < 0.1
+        assert torch.equal(d, m(sr, hr))
+        _, back = m(hr, sr, registration=True)
+        assert (back + torch.tensor([1.5, -0.75])).abs().max() < 0.1
+
+
+def test_gradient_flows_to_sr(context) -> None:
+    hr = crop_margin(context)[:2]
+    sr = (shifted(context[:2], (0.8, -1.3)) * 0.95).requires_grad_(True)
+    loss = metric("translation")(sr, hr).sum()
+    loss.backward()
+    assert sr.grad is not None and torch.isfinite(sr.grad).all()
+    core = crop(sr.grad, 3)
+    assert float(core.abs().sum()) > 0 and bool((core.abs().flatten(1).sum(1) > 0).all())
+    # the loss path (graph on sr only) gives the one-pass numbers
+    sr2, hr2 = sr.detach().requires_grad_(True), hr.clone().requires_grad_(True)
+    d2 = metric("translation")(sr2, hr2)
+    assert torch.allclose(d2.sum(), loss.detach(), rtol=1e-5)
+    d2.sum().backward()
+    assert torch.allclose(sr2.grad, sr.grad, rtol=1e-3, atol=1e-4 * float(sr.grad.abs().max()))
+
+
+def test_spatial_map_keeps_the_size_and_its_interior_is_the_aligned_map(context) -> None:
+    """Whole-pixel offset plus a per-band gain (which leaves the phase correlation peak at the exact offset): the
+    aligned sr is then ``gain * hr``, so the plain metric on the hand-cropped pair gives the interior of the map."""
+    hr = crop_margin(context)[:2]
+    gain = torch.tensor([1.2, 1.0, 0.95, 0.85]).reshape(1, 4, 1, 1)
+    sr = sliced(context[:2], 2, -1) * gain
+    m = metric("translation")
+    b = border(m.max_shift)
+    d, shift = m(sr, hr, registration=True)
+    assert shift.tolist() == [[2.0, -1.0]] * 2
+    full = m(sr, hr, spatial=True)
+    assert full.shape == (2, 1, 64, 64)
+    expected = metric("none")(crop(gain * hr, b), crop(hr, b), spatial=True)
+    assert torch.allclose(crop(full, b), expected, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(d, metric("none")(crop(gain * hr, b), crop(hr, b)), rtol=1e-5, atol=1e-7)
+    # the border repeats the nearest values of the core
+    assert torch.equal(full[..., :b, b:-b], full[..., b : b + 1, b:-b].expand(-1, -1, b, -1))
+    assert torch.equal(full[..., b:-b, -b:], full[..., b:-b, -b - 1 : -b].expand(-1, -1, -1, b))
+    assert torch.equal(full[..., 0, 0], full[..., b, b])
+    total, parts = m(sr, hr, spatial=True, per_layer=True)
+    assert torch.equal(total, full) and len(parts) == 5 and all(p.shape == (2, 1, 64, 64) for p in parts)
+
+
+def test_per_layer_radiometry_registration_tuple_order(context) -> None:
+    hr = crop_margin(context)[:2]
+    sr = shifted(context[:2], (-1.2, 0.9)) * 1.1
+    m = metric("translation")
+    out = m(sr, hr, per_layer=True, radiometry=True, registration=True)
+    assert isinstance(out, tuple) and len(out) == 4
+    total, parts, radiometry, shift = out
+    assert total.shape == (2,) and len(parts) == 5 and radiometry.shape == (2,) and shift.shape == (2, 2)
+    assert torch.allclose(torch.stack(parts).sum(0), total, rtol=1e-6)
+    assert torch.allclose(total, m(sr, hr), rtol=1e-6)
+    assert torch.equal(radiometry, m(sr, hr, radiometry=True)[1])
+    assert (shift - torch.tensor([-1.2, 0.9])).abs().max() < 0.1
+    assert torch.all(radiometry > 0)  # the 10 % gain is reported apart
+
+
+def test_per_image_norm_metric_registers_too(context) -> None:
+    hr = crop_margin(context)[:2]
+    sr = shifted(context[:2], (1.5, 1.0)) * 1.3  # a gain, which per-image normalisation removes
+    reg = metric("translation", input_norm="per-image")(sr, hr)
+    plain = metric("none", input_norm="per-image")(sr, hr)
+    assert torch.all(reg < 0.1 * plain), (reg, plain)
+
+
+# ------------------------------------------------------------------------------------------------ option errors
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="metric: no check that the cropped core (H - 2 * ceil(max_shift)) is "
+                                                         "non-empty / large enough; the backbone fails with a convolution RuntimeError")
+def test_max_shift_too_large_for_the_image_is_an_input_error() -> None:
+    x = smooth_reflectance(9, n=1, size=32)
+    with pytest.raises(InputError):
+        LPIPSSat.random(register="translation", max_shift=20)(x, x)
+
+
+@pytest.mark.parametrize("kwargs", [{"register": "bogus"}, {"register": "Translation"}, {"max_shift": -1}, {"max_shift": 0},
+                                    {"max_shift": float("nan")}, {"max_shift": float("inf")}, {"max_shift": "2"},
+                                    {"register": "translation", "max_shift": -1}])
+def test_bad_options_raise_input_error(kwargs) -> None:
+    with pytest.raises(InputError):
+        LPIPSSat.random(**kwargs)
+
+
+def _weights_file(folder: Path, name: str, **meta: str) -> Path:
+    tensors, metadata = LPIPSSat.random().export()
+    metadata.update(meta)
+    path = folder / f"{name}.safetensors"
+    save_weights(path, tensors, metadata, dtype=torch.float32)
+    return path
+
+
+@pytest.mark.parametrize("meta", [{"register": "bogus"}, {"register": "translation", "max_shift": "abc"},
+                                  {"register": "translation", "max_shift": "-3"}, {"register": "translation", "max_shift": "nan"}])
+def test_bad_weights_metadata_raise_weights_error(tmp_path: Path, meta: dict) -> None:
+    path = _weights_file(tmp_path, "bad", **meta)
+    with pytest.raises(WeightsError):
+        LPIPSSat(path)
+
+
+def test_weights_metadata_decides_the_default_form(tmp_path: Path) -> None:
+    plain = LPIPSSat(_weights_file(tmp_path, "plain"))
+    reg = LPIPSSat(_weights_file(tmp_path, "reg", register="translation", max_shift="2"))
+    default_shift = LPIPSSat(_weights_file(tmp_path, "reg3", register="translation"))
+    assert not plain.registers and reg.registers and reg.max_shift == 2.0 and default_shift.max_shift == DEFAULT_MAX_SHIFT
+    x, y = smooth_reflectance(11, n=2, size=48), smooth_reflectance(12, n=2, size=48)
+    # the metadata is equivalent to the option on the same tensors, and register="none" turns it off exactly
+    opt = LPIPSSat(tmp_path / "plain.safetensors", register="translation", max_shift=2.0)
+    assert torch.equal(reg(x, y), opt(x, y))
+    off = LPIPSSat(tmp_path / "reg.safetensors", register="none")
+    assert not off.registers and torch.equal(off(x, y), plain(x, y))
+    assert LPIPSSat(tmp_path / "reg.safetensors", max_shift=1.0).max_shift == 1.0
+    # the registration metadata survives export
+    assert reg.export()[1]["register"] == "translation" and reg.export()[1]["max_shift"] == "2"
+
+
+# --------------------------------------------------------------------------------------- calibration featuriser
+def test_featurizer_registers_and_reuses_reference_taps(context) -> None:
+    from lpips_sat.train.calibrate import Featurizer
+
+    m = metric("translation")
+    ref = crop_margin(context)[:3]
+    x = shifted(context[:3], torch.tensor([[1.5, 0.0], [-0.7, 2.2], [0.4, -1.9]]))
+    norm = ([0.1] * 4, [0.1] * 4)  # LPIPSSat.random's global normalisation
+    reg = Featurizer(m.backbone, *norm, register=3.0)
+    plain = Featurizer(m.backbone, *norm)
+    d_reg, d_plain = reg.diffs(ref, x), plain.diffs(ref, x)
+    assert d_reg.shape == d_plain.shape == (3, sum(m.backbone.channels))
+    assert torch.all(d_reg.sum(1) < 0.1 * d_plain.sum(1))
+    assert torch.equal(reg.diffs(reg.taps(ref), x), d_reg)
+    assert torch.equal(plain.diffs(plain.taps(ref), x), d_plain)
+    # with the heads, the columns give the registering metric's distance
+    heads = torch.cat([h.flatten() for h in m.heads])
+    assert torch.allclose((d_reg * heads).sum(1), m(x, ref), rtol=1e-5, atol=1e-9)
