@@ -511,9 +511,9 @@ class LPIPSSat(nn.Module):
             if core < MIN_CORE:
                 raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px: registering up to max_shift={self.max_shift:g} px crops "
                                  f"{border(self.max_shift)} px per side and leaves {core} px (< {MIN_CORE}); pass larger images or a smaller max_shift")
-            a, b, shift = register(a, b, self.max_shift)
+            a, b, shift = register(a, b, self.max_shift, standardized=self.input_norm == "per-image")
         elif registration:
-            shift = estimate_shift(a, b, DEFAULT_MAX_SHIFT)
+            shift = estimate_shift(standardize_per_image(a, 1e-6), standardize_per_image(b, 1e-6), DEFAULT_MAX_SHIFT)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)
@@ -572,8 +572,11 @@ def _max_shift(parts: _Parts, register: str | None, max_shift: float | None) -> 
         raise WeightsError(str(exc)) from exc
     if register is not None and register not in REGISTER_MODES:
         raise InputError(f"register must be one of {REGISTER_MODES}, got {register!r}")
-    if max_shift is not None and not (isinstance(max_shift, (int, float)) and math.isfinite(max_shift) and max_shift > 0):
+    if max_shift is not None and (isinstance(max_shift, bool) or not (isinstance(max_shift, (int, float)) and math.isfinite(max_shift) and max_shift > 0)):
         raise InputError(f"max_shift must be a positive number of pixels, got {max_shift!r}")
+    if max_shift is not None and (register == "none" or (register is None and own == 0)):
+        raise InputError(f"max_shift={max_shift:g} applies to a registering metric, but {parts.name} compares pixel by pixel"
+                         + (" (register='none')" if register == "none" else "; pass register='translation' too"))
     if register == "none":
         return 0.0
     if register == "translation" or own > 0:

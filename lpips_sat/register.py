@@ -64,9 +64,20 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
         >>> [round(v, 2) for v in estimate_shift(torch.roll(x, (2, -1), (2, 3)), x)[0].tolist()]
         [2.0, -1.0]
     """
+    if moving.shape != reference.shape or moving.ndim != 4:
+        raise ValueError(f"estimate_shift needs two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
     mov, ref = _smooth(moving.float()), _smooth(reference.float())
     shift = phase_correlation(mov, ref, max_shift, upsample)
-    return _refine(mov, ref, shift, max_shift, iters) if iters else shift
+    shift = _refine(mov, ref, shift, max_shift, iters) if iters else shift
+    textured = ~(_flat(moving) | _flat(reference))
+    return torch.where(textured[:, None], shift, torch.zeros_like(shift))
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(N,) images without texture: standard deviation at most 1e-6 (plus 1e-6 of the mean magnitude), i.e. the float32
+    rounding left by subtracting a constant image's mean; such a pair has no shift to measure."""
+    x = x.float()
+    return x.std(dim=(1, 2, 3)) <= 1e-6 * (1.0 + x.abs().mean(dim=(1, 2, 3)))
 
 
 #: Gaussian sigma (px) of the smoothing both images get before :func:`estimate_shift`: noise would otherwise dominate
@@ -122,9 +133,10 @@ def phase_correlation(moving: torch.Tensor, reference: torch.Tensor, max_shift: 
 
 
 def _refine(moving: torch.Tensor, reference: torch.Tensor, shift: torch.Tensor, max_shift: float, iters: int) -> torch.Tensor:
-    """Gauss-Newton steps on ``sum (reference - translate(moving, shift))^2`` over the core that no shift within
-    ``max_shift`` exposes; each step at most 1 px, the result within ``max_shift``; a flat pair keeps its shift."""
-    m = border(max_shift) + 1
+    """Gauss-Newton steps on ``sum (reference - translate(moving, shift))^2`` over the core that neither a shift within
+    ``max_shift`` nor the smoothing's padding reaches; each step at most 1 px, the result within ``max_shift``; a flat
+    pair keeps its shift."""
+    m = border(max_shift) + int(math.ceil(3 * SMOOTH_SIGMA)) + 1
     ref = crop(reference, m)
     for _ in range(iters):
         out = translate(moving, shift)
@@ -179,13 +191,21 @@ def crop(x: torch.Tensor, m: int) -> torch.Tensor:
     return x[..., m : x.shape[-2] - m, m : x.shape[-1] - m] if m else x
 
 
-def register(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT,
-             upsample: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def register(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT, upsample: int = 16,
+             standardized: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Move ``moving`` onto ``reference`` and crop the border of :func:`border` ``(max_shift)`` px from both.
+
+    The least-squares refinement of :func:`estimate_shift` assumes equal radiometry: images that are not already
+    standardised per image and band (``standardized=False``, e.g. a metric with a global input normalisation) are
+    estimated on standardised copies, so a gain between them does not bias the shift (a 10 % gain moved a 0.9 px
+    estimate to 0.4 px on a real S2 crop).
 
     Returns ``(moving aligned and cropped, reference cropped, shift (N, 2))``; ``shift`` as :func:`estimate_shift`.
     """
-    shift = estimate_shift(moving.detach(), reference.detach(), max_shift, upsample)
+    mov, ref = moving.detach(), reference.detach()
+    if not standardized:
+        mov, ref = F.instance_norm(mov.float(), eps=1e-12), F.instance_norm(ref.float(), eps=1e-12)
+    shift = estimate_shift(mov, ref, max_shift, upsample)
     m = border(max_shift)
     return crop(translate(moving, shift), m), crop(reference, m), shift
 
