@@ -511,9 +511,9 @@ class LPIPSSat(nn.Module):
             if core < MIN_CORE:
                 raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px: registering up to max_shift={self.max_shift:g} px crops "
                                  f"{border(self.max_shift)} px per side and leaves {core} px (< {MIN_CORE}); pass larger images or a smaller max_shift")
-            a, b, shift = register(a, b, self.max_shift, standardized=self.input_norm == "per-image")
+            a, b, shift = register(a, b, self.max_shift)
         elif registration:
-            shift = estimate_shift(standardize_per_image(a, 1e-6), standardize_per_image(b, 1e-6), DEFAULT_MAX_SHIFT)
+            shift = estimate_shift(a, b, DEFAULT_MAX_SHIFT)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)

@@ -21,7 +21,7 @@ from image_helpers import SHARED, smooth_reflectance
 
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, WeightsError
-from lpips_sat.register import DEFAULT_MAX_SHIFT, border, crop, estimate_shift, max_shift_of, register, translate
+from lpips_sat.register import DEFAULT_MAX_SHIFT, border, crop, estimate_shift, max_shift_of, phase_correlation, register, translate
 from lpips_sat.registry import save_weights
 from lpips_sat.train.distortions import MARGIN, crop_margin, fourier_shift
 
@@ -66,15 +66,22 @@ def test_integer_roll_is_recovered_exactly_per_sample() -> None:
     x = torch.rand(3, 4, 40, 56, generator=g)  # not square: rows and columns must not be mixed up
     shifts = [(2, -1), (-3, 0), (1, 3)]
     moved = torch.stack([torch.roll(x[i], s, (1, 2)) for i, s in enumerate(shifts)])
-    assert estimate_shift(moved, x).tolist() == [[2.0, -1.0], [-3.0, 0.0], [1.0, 3.0]]
-    assert estimate_shift(x, moved).tolist() == [[-2.0, 1.0], [3.0, 0.0], [-1.0, -3.0]]  # the other way round
+    # phase correlation alone is exact for a circular shift; the least-squares refinement (on smoothed images with
+    # reflect padding, which a circular shift does not respect) stays within 1e-3 px of it
+    assert phase_correlation(moved, x).tolist() == [[2.0, -1.0], [-3.0, 0.0], [1.0, 3.0]]
+    assert phase_correlation(x, moved).tolist() == [[-2.0, 1.0], [3.0, 0.0], [-1.0, -3.0]]  # the other way round
+    truth = torch.tensor(shifts, dtype=torch.float32)
+    assert torch.allclose(estimate_shift(moved, x), truth, atol=1e-3)
+    assert torch.allclose(estimate_shift(x, moved), -truth, atol=1e-3)
     assert estimate_shift(x, x).tolist() == [[0.0, 0.0]] * 3
 
 
 def test_integer_offset_of_real_crops_is_recovered_exactly(context) -> None:
     hr = crop_margin(context)
     for dy, dx in [(2, -1), (-3, 1), (0, -2)]:
-        assert estimate_shift(sliced(context, dy, dx), hr).tolist() == [[float(dy), float(dx)]] * 8
+        assert phase_correlation(sliced(context, dy, dx), hr).tolist() == [[float(dy), float(dx)]] * 8
+        truth = torch.tensor([[float(dy), float(dx)]]).expand(8, 2)
+        assert torch.allclose(estimate_shift(sliced(context, dy, dx), hr), truth, atol=2e-3)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -86,9 +93,11 @@ def test_subpixel_shifts_recovered_batched(context, seed: int) -> None:
     assert est.shape == (8, 2)
     err = (est - truth).abs().max()
     assert err < 0.1, f"worst error {float(err):.3f} px\n{truth}\n{est}"
-    # the upsampled refinement is what gives sub-pixel precision: without it only the integer peak is found
-    coarse = estimate_shift(shifted(context, truth), crop_margin(context), upsample=1)
+    # phase correlation without its upsampled refinement finds only the integer peak; the least-squares steps alone
+    # (iters) then bring it to sub-pixel precision too
+    coarse = phase_correlation(shifted(context, truth), crop_margin(context), upsample=1)
     assert torch.equal(coarse, coarse.round()) and (coarse - truth).abs().max() <= 0.5 + 0.1
+    assert (estimate_shift(shifted(context, truth), crop_margin(context), upsample=1) - truth).abs().max() < 0.1
 
 
 def test_flat_pair_gives_zero() -> None:
@@ -243,7 +252,7 @@ def test_registering_distance_is_batch_independent(context) -> None:
     for i in range(4):
         alone, est_i = m(sr[i : i + 1], hr[i : i + 1], registration=True)
         assert torch.allclose(alone, together[i : i + 1], rtol=0, atol=1e-5)
-        assert torch.equal(est_i, est[i : i + 1])
+        assert torch.allclose(est_i, est[i : i + 1], rtol=0, atol=1e-5)
     perm = [2, 0, 3, 1]
     assert torch.allclose(m(sr[perm], hr[perm]), together[perm], rtol=0, atol=1e-5)
 
@@ -296,12 +305,13 @@ def test_spatial_map_keeps_the_size_and_its_interior_is_the_aligned_map(context)
     m = metric("translation")
     b = border(m.max_shift)
     d, shift = m(sr, hr, registration=True)
-    assert shift.tolist() == [[2.0, -1.0]] * 2
+    assert torch.allclose(shift, torch.tensor([[2.0, -1.0]] * 2), atol=1e-3)
     full = m(sr, hr, spatial=True)
     assert full.shape == (2, 1, 64, 64)
     expected = metric("none")(crop(gain * hr, b), crop(hr, b), spatial=True)
-    assert torch.allclose(crop(full, b), expected, rtol=1e-5, atol=1e-7)
-    assert torch.allclose(d, metric("none")(crop(gain * hr, b), crop(hr, b)), rtol=1e-5, atol=1e-7)
+    # the estimate is within 1e-3 px of the whole-pixel offset (least-squares steps), hence the tolerances
+    assert torch.allclose(crop(full, b), expected, rtol=1e-3, atol=1e-4)
+    assert torch.allclose(d, metric("none")(crop(gain * hr, b), crop(hr, b)), rtol=1e-3, atol=1e-5)
     # the border repeats the nearest values of the core
     assert torch.equal(full[..., :b, b:-b], full[..., b : b + 1, b:-b].expand(-1, -1, b, -1))
     assert torch.equal(full[..., b:-b, -b:], full[..., b:-b, -b - 1 : -b].expand(-1, -1, -1, b))

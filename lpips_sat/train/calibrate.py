@@ -148,7 +148,7 @@ class Featurizer:
         zx = self._normalise(x)
         if self.register:
             zr, fr = fr
-            zx, _, _ = register_pair(zx, zr, self.register, standardized=self.input_norm == "per-image")
+            zx, _, _ = register_pair(zx, zr, self.register)
         fx = self._taps(zx)
         cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)]
         if self.texture:
