@@ -48,8 +48,8 @@ def _hann(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT, upsample: int = 16,
-                   iters: int = 3) -> torch.Tensor:
+def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT, upsample: int = 4,
+                   iters: int = 2) -> torch.Tensor:
     """(N, 2) shifts ``(dy, dx)`` in px of ``moving`` relative to ``reference`` (both (N, C, H, W)): content at (r, c)
     in the reference appears at (r + dy, c + dx) in ``moving``. Each component lies in ``[-max_shift, max_shift]``;
     a pair without common texture (flat images) gets (0, 0).
@@ -66,20 +66,28 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
     """
     if moving.shape != reference.shape or moving.ndim != 4:
         raise ValueError(f"estimate_shift needs two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
-    mov, ref = _smooth(moving.float()), _smooth(reference.float())
-    shift = phase_correlation(mov, ref, max_shift, upsample)
-    shift = _refine(mov, ref, shift, max_shift, iters) if iters else shift
-    textured = ~(_flat(moving) | _flat(reference))
+    mov, ref = moving.float(), reference.float()
+    f = max(1, min(mov.shape[-2:]) // ESTIMATE_SIZE)
+    if f > 1:  # a global shift is measured as well on block means: the cost stays that of a 64-px image
+        mov, ref = F.avg_pool2d(mov, f), F.avg_pool2d(ref, f)
+    textured = ~(_flat(mov) | _flat(ref))
+    mov, ref = _smooth(mov), _smooth(ref)
+    shift = phase_correlation(mov, ref, max_shift / f, upsample)
+    shift = (_refine(mov, ref, shift, max_shift / f, iters) if iters else shift) * f
     return torch.where(textured[:, None], shift, torch.zeros_like(shift))
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(N,) images without texture: standard deviation at most 1e-6 (plus 1e-6 of the mean magnitude), i.e. the float32
     rounding left by subtracting a constant image's mean; such a pair has no shift to measure."""
-    x = x.float()
-    return x.std(dim=(1, 2, 3)) <= 1e-6 * (1.0 + x.abs().mean(dim=(1, 2, 3)))
+    mean = x.mean(dim=(2, 3), keepdim=True)  # per band: constant bands of different values are still flat
+    return (x - mean).square().mean(dim=(1, 2, 3)).sqrt() <= 1e-6 * (1.0 + mean.abs().mean(dim=(1, 2, 3)))
 
 
+#: Images of at least twice this side are estimated on block means of ``side // ESTIMATE_SIZE`` px (a shift of d px is
+#: one of d / f block-mean px, as both images are averaged on the same blocks): 256-px images then cost what 64-px ones
+#: do, at about 0.01 block px (0.04 px) of precision.
+ESTIMATE_SIZE = 64
 #: Gaussian sigma (px) of the smoothing both images get before :func:`estimate_shift`: noise would otherwise dominate
 #: the least-squares misfit of a low-texture pair, whose minimum then sits where the interpolation smooths the noise
 #: most (about half a pixel), not at the true shift.
@@ -93,8 +101,9 @@ def _smooth(x: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
     n, c, h, w = x.shape
-    y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="reflect")
-    y = F.conv2d(F.conv2d(y, k.reshape(1, 1, -1, 1)), k.reshape(1, 1, 1, -1))
+    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")  # channels as groups: ~7x faster than a batch of 1-channel images
+    y = F.conv2d(y, k.reshape(1, 1, -1, 1).expand(n * c, 1, -1, 1), groups=n * c)
+    y = F.conv2d(y, k.reshape(1, 1, 1, -1).expand(n * c, 1, 1, -1), groups=n * c)
     return y.reshape(n, c, h, w)
 
 
@@ -107,11 +116,12 @@ def phase_correlation(moving: torch.Tensor, reference: torch.Tensor, max_shift: 
     a = moving.float() - moving.float().mean(dim=(2, 3), keepdim=True)
     b = reference.float() - reference.float().mean(dim=(2, 3), keepdim=True)
     win = _hann(h, a.dtype, a.device)[:, None] * _hann(w, a.dtype, a.device)[None, :]
-    cross = (torch.fft.fft2(a * win) * torch.fft.fft2(b * win).conj()).sum(1)  # (N, H, W): peaks at +shift
+    # real images: the half spectrum (rfft2) holds everything; (N, H, W//2+1), peaks at +shift
+    cross = (torch.fft.rfft2(a * win) * torch.fft.rfft2(b * win).conj()).sum(1)
     mag = cross.abs()
     ok = mag.flatten(1).sum(1) > 1e-12
     cross = cross / mag.clamp_min(1e-30) ** PHASE_NORM
-    corr = torch.fft.ifft2(cross).real
+    corr = torch.fft.irfft2(cross, s=(h, w))
     ry = torch.fft.fftfreq(h, d=1.0 / h, device=a.device)  # signed integer lags
     rx = torch.fft.fftfreq(w, d=1.0 / w, device=a.device)
     inside = (ry.abs()[:, None] <= max_shift) & (rx.abs()[None, :] <= max_shift)
@@ -121,9 +131,14 @@ def phase_correlation(moving: torch.Tensor, reference: torch.Tensor, max_shift: 
         steps = torch.arange(-upsample, upsample + 1, device=a.device, dtype=torch.float32) / upsample  # +-1 px
         ys, xs = peak[:, :1] + steps, peak[:, 1:] + steps  # (N, K)
         fy = torch.fft.fftfreq(h, device=a.device)
-        fx = torch.fft.fftfreq(w, device=a.device)
+        fx = torch.fft.rfftfreq(w, device=a.device)
+        # the correlation is real: each half-spectrum column but the first (and the Nyquist one) stands for two
+        weight = torch.full_like(fx, 2.0)
+        weight[0] = 1.0
+        if w % 2 == 0:
+            weight[-1] = 1.0
         ey = torch.exp(2j * math.pi * ys[:, :, None] * fy[None, None, :])  # (N, K, H)
-        ex = torch.exp(2j * math.pi * fx[None, :, None] * xs[:, None, :])  # (N, W, K)
+        ex = torch.exp(2j * math.pi * fx[None, :, None] * xs[:, None, :]) * weight[None, :, None]  # (N, W//2+1, K)
         fine = (ey @ cross @ ex).real  # (N, K, K): the correlation on the fine grid
         k = fine.shape[-1]
         j = fine.flatten(1).argmax(1)
@@ -142,14 +157,14 @@ def _refine(moving: torch.Tensor, reference: torch.Tensor, shift: torch.Tensor, 
     ref_c = ref - ref.mean(dim=(2, 3), keepdim=True)
     for _ in range(iters):
         out = translate(moving, shift)
-        gy, gx = torch.zeros_like(out), torch.zeros_like(out)
-        gy[..., 1:-1, :] = (out[..., 2:, :] - out[..., :-2, :]) / 2
-        gx[..., :, 1:-1] = (out[..., :, 2:] - out[..., :, :-2]) / 2
+        h, w = out.shape[-2:]
+        gy = (out[..., m + 1 : h - m + 1, m : w - m] - out[..., m - 1 : h - m - 1, m : w - m]) * 0.5  # central differences on the core
+        gx = (out[..., m : h - m, m + 1 : w - m + 1] - out[..., m : h - m, m - 1 : w - m - 1]) * 0.5
         core = crop(out, m)
         core = core - core.mean(dim=(2, 3), keepdim=True)
         var = core.square().mean(dim=(2, 3), keepdim=True)
         gain = torch.where(var > 1e-12, (core * ref_c).mean(dim=(2, 3), keepdim=True) / var.clamp_min(1e-12), torch.ones_like(var)).clamp_min(0.0)
-        gy, gx, res = crop(gy, m) * gain, crop(gx, m) * gain, ref_c - gain * core
+        gy, gx, res = gy * gain, gx * gain, ref_c - gain * core
         a, b, c = (gy * gy).sum((1, 2, 3)), (gy * gx).sum((1, 2, 3)), (gx * gx).sum((1, 2, 3))
         u, v = (gy * res).sum((1, 2, 3)), (gx * res).sum((1, 2, 3))
         det = a * c - b * b
@@ -198,7 +213,7 @@ def crop(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def register(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT,
-             upsample: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             upsample: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Move ``moving`` onto ``reference`` and crop the border of :func:`border` ``(max_shift)`` px from both.
 
     Returns ``(moving aligned and cropped, reference cropped, shift (N, 2))``; ``shift`` as :func:`estimate_shift`.
