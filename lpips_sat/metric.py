@@ -349,7 +349,9 @@ class LPIPSSat(nn.Module):
         tensors = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
         tensors.update({f"heads.{i}.weight": h.detach() for i, h in enumerate(self.heads)})
         tensors.update({f"texture_heads.{i}.weight": h.detach() for i, h in enumerate(self.texture_heads or [])})
-        meta = {str(k): str(v) for k, v in self.metadata.items()}
+        meta = {str(k): str(v) for k, v in self.metadata.items() if k not in ("register", "max_shift")}
+        if self.registers:  # the instance's own form, also when chosen with LPIPSSat(..., register=...)
+            meta.update({"register": "translation", "max_shift": f"{self.max_shift:g}"})
         mean, std = self._norm
         meta.update({"name": self.name, "arch": self.backbone.arch, "width_div": str(self.backbone.width_div), "taps": json.dumps(list(TAPS)),
                      "bands": json.dumps(list(self.model_bands)), "mean": json.dumps(mean), "std": json.dumps(std)})

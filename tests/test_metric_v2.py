@@ -86,7 +86,7 @@ def test_shipped_v1_and_v2_load_by_name_and_v2_ignores_gain():
         pytest.skip("v2 weights not shipped in this checkout")
     v1, v2 = LPIPSSat("lpips-sat-s2-rn18"), LPIPSSat("lpips-sat-s2-rn18-v2")
     assert v1.input_norm == "global" and v2.input_norm == "per-image"
-    assert DEFAULT_NAME in ("lpips-sat-s2-rn18", "lpips-sat-s2-rn18-v2", "lpips-sat-s2-rn18-v3", "lpips-sat-s2-rn18-v4")
+    assert DEFAULT_NAME in ("lpips-sat-s2-rn18", "lpips-sat-s2-rn18-v2", "lpips-sat-s2-rn18-v3", "lpips-sat-s2-rn18-v4", "lpips-sat-s2-rn18-v5")
     x = _img(7, size=64)
     with torch.inference_mode():
         assert float(v2(x, x * 1.1).max()) < 1e-3 * float(v2(x, gaussian_blur(x, 1.0)).min())

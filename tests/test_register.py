@@ -410,3 +410,14 @@ def test_featurizer_registers_and_reuses_reference_taps(context) -> None:
     # with the heads, the columns give the registering metric's distance
     heads = torch.cat([h.flatten() for h in m.heads])
     assert torch.allclose((d_reg * heads).sum(1), m(x, ref), rtol=1e-5, atol=1e-9)
+
+
+def test_export_carries_the_instances_registration(tmp_path: Path) -> None:
+    """save_pretrained/export write the form the instance uses, so a reloaded metric gives the same numbers."""
+    x, y = smooth_reflectance(3, n=2, size=48), smooth_reflectance(4, n=2, size=48)
+    for register_, max_shift in (("translation", 2.0), ("none", None)):
+        m = LPIPSSat.random(register=register_, max_shift=max_shift)
+        folder = m.save_pretrained(tmp_path / register_)
+        again = LPIPSSat.from_pretrained(folder)
+        assert again.registers == m.registers and again.max_shift == m.max_shift
+        assert torch.equal(again(x, y), m(x, y))
