@@ -11,7 +11,7 @@ Features as a Perceptual Metric", eq. 1, on a Sentinel-2 backbone):
 cross-sensor pairs, do not enter the distance; ``forward(..., radiometry=True)`` reports them separately).
 
 Weights with ``register: translation`` (v5) add a step after "normalise": the global translation of ``sr`` against
-``hr`` is estimated and removed, and a border of ``ceil(max_shift)`` px is cropped from both (:mod:`lpips_sat.register`);
+``hr`` is estimated and removed (``sr`` is resampled onto ``hr``, :mod:`lpips_sat.register`);
 misregistration is the geometric nuisance of cross-sensor pairs, and ``forward(..., registration=True)`` reports it.
 """
 
@@ -41,13 +41,11 @@ from lpips_sat.backbones import (
 )
 from lpips_sat.bands import DEFAULT_BANDS, band_indices, resolve
 from lpips_sat.errors import InputError, MissingFileError, WeightsError
-from lpips_sat.register import DEFAULT_MAX_SHIFT, REGISTER_MODES, border, estimate_shift, max_shift_of, register
+from lpips_sat.register import DEFAULT_MAX_SHIFT, LANCZOS_A, REGISTER_MODES, estimate_shift, max_shift_of, register
 from lpips_sat.registry import DEFAULT_NAME, REGISTRY, WeightsEntry, get_entry, load_weights, weights_dir
 
 #: Smallest accepted image side: the deepest tap has stride 32.
 MIN_SIZE = 32
-#: Smallest image side left after a registering metric crops its border (the deepest tap still has a 1 x 1 map).
-MIN_CORE = 16
 #: Reflectance above this is implausible (bright cloud/snow TOA reflectance stays below ~1.6).
 MAX_REFLECTANCE = 2.0
 #: DN images whose maximum is at most this almost surely hold reflectance instead.
@@ -176,7 +174,7 @@ class LPIPSSat(nn.Module):
             A display stretch (e.g. reflectance / 0.3) is not reflectance: undo it before the metric.
         spatial: return an (N, 1, H, W) distance map instead of (N,) distances.
         register: ``"translation"``: estimate the global shift of ``sr`` against ``hr`` (at most ``max_shift`` px),
-            move ``sr`` onto ``hr`` and crop a ``ceil(max_shift)`` px border from both before the backbone;
+            move ``sr`` onto ``hr`` (Lanczos-3; the exposed strip is filled by reflection) before the backbone;
             ``"none"``: compare pixel by pixel. Default: the weights' own form (translation for v5, none before).
         max_shift: largest shift registered (px; default: the weights', else 3). Larger shifts are left as damage.
 
@@ -490,8 +488,7 @@ class LPIPSSat(nn.Module):
             per-image-normalised weights (v2), which ignore per-band gain/offset by design. With ``registration=True``
             the (N, 2) shift ``(dy, dx)`` in px of ``sr`` against ``hr`` (:func:`lpips_sat.register.estimate_shift`) is
             appended last; it is the shift that was removed when the metric registers (:attr:`max_shift` > 0), else
-            only an estimate (within 3 px). A spatial map of a registering metric covers the cropped core; its border
-            repeats the nearest values.
+            only an estimate (within 3 px).
         Raises:
             InputError: wrong type, rank, band count, size, dtype, non-finite values, or DN/reflectance mix-up.
         """
@@ -509,10 +506,9 @@ class LPIPSSat(nn.Module):
             if radiometry:
                 (ma, sa), (mb, sb) = band_stats(ra), band_stats(rb)
         if self.max_shift > 0:
-            core = min(a.shape[-2:]) - 2 * border(self.max_shift)
-            if core < MIN_CORE:
-                raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px: registering up to max_shift={self.max_shift:g} px crops "
-                                 f"{border(self.max_shift)} px per side and leaves {core} px (< {MIN_CORE}); pass larger images or a smaller max_shift")
+            if math.ceil(self.max_shift) + LANCZOS_A >= min(a.shape[-2:]):
+                raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px, too small to register shifts up to max_shift={self.max_shift:g} px; "
+                                 "pass larger images or a smaller max_shift")
             a, b, shift = register(a, b, self.max_shift)
         elif registration:
             shift = estimate_shift(a, b, DEFAULT_MAX_SHIFT)
@@ -528,9 +524,6 @@ class LPIPSSat(nn.Module):
             n = a.shape[0]
             fa, fb = [f[:n] for f in feats], [f[n:] for f in feats]
         total, parts = self.distance(fa, fb, spatial=spatial, size=tuple(a.shape[-2:]))
-        if spatial and self.max_shift > 0:  # back to the input's size: the cropped border repeats its nearest values
-            m = border(self.max_shift)
-            total, parts = _uncrop(total, m), [_uncrop(p, m) for p in parts]
         out = (total, parts) if per_layer else (total,)
         if radiometry:
             out = out + (radiometric_difference(ma, sa, mb, sb),)
@@ -559,11 +552,6 @@ class LPIPSSat(nn.Module):
         norm = "" if self.normalize is None else f", normalize={self.normalize}"
         reg = f", register='translation', max_shift={self.max_shift:g}" if self.registers else ""
         return f"name={self.name!r}, bands={list(self.bands)}, input_range={self.input_range!r}{norm}, spatial={self.spatial}{reg}"
-
-
-def _uncrop(x: torch.Tensor, m: int) -> torch.Tensor:
-    """Pad an (N, 1, h, w) map by ``m`` px on every side with its edge values."""
-    return F.pad(x, (m, m, m, m), mode="replicate") if m else x
 
 
 def _max_shift(parts: _Parts, register: str | None, max_shift: float | None) -> float:

@@ -12,9 +12,11 @@ shift is reported on its own (``LPIPSSat.forward(..., registration=True)``), as 
   Batched; no gradient (the estimate is a constant of a loss).
 * :func:`translate` -- separable Lanczos-3 resampling with one kernel per image (grouped convolution), reflect padding.
   Linear in ``x``, so a loss back-propagates through it.
-* :func:`register` -- both of them, then the same border of ``ceil(max_shift)`` px is cropped from both images (the
-  strip a shift exposes holds no common content). The crop does not depend on the estimate, so a distance never
-  depends on the other images of a batch.
+* :func:`register` -- both of them. Both images keep their size: the strip of at most ``max_shift`` px that a shift
+  exposes is filled by reflection. Cropping that border from both instead was measured and dropped: the ResNet's
+  strided stem is not shift-invariant, and on held-out S2 patches (lpips-sat-s2-rn18-v4) cropping 1, 3 or 5 px halved
+  the distance of JPEG-like and block-DCT damage (8x8 blocks aligned with the image), while the reflected strip costs a
+  registered 2 px shift little (v5 model card).
 
 ``gapeval.align`` registers whole rasters with nodata masks in NumPy (``gapeval score --align shift``); this module
 serves the metric on tensors, where the same estimator runs batched on the device.
@@ -29,18 +31,13 @@ import torch.nn.functional as F
 
 #: Modes of the ``register`` weights metadata and :class:`~lpips_sat.LPIPSSat` option.
 REGISTER_MODES = ("none", "translation")
-#: Default largest correction (px) of ``register="translation"``; also the width of the cropped border.
+#: Default largest correction (px) of ``register="translation"``.
 DEFAULT_MAX_SHIFT = 3.0
 #: Exponent of the cross-power normalisation (1: classic phase correlation, 0: plain cross-correlation); 0.5 as
 #: ``gapeval.align.PHASE_NORM``, which measured it on shifted Sentinel-2 crops.
 PHASE_NORM = 0.5
 #: Lanczos kernel order (taps per side).
 LANCZOS_A = 3
-
-
-def border(max_shift: float) -> int:
-    """Border (px) cropped from both images by :func:`register`: ``ceil(max_shift)``."""
-    return int(math.ceil(max_shift - 1e-9)) if max_shift > 0 else 0
 
 
 def _hann(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -152,7 +149,7 @@ def _refine(moving: torch.Tensor, reference: torch.Tensor, shift: torch.Tensor, 
     within ``max_shift`` nor the smoothing's padding reaches, with a per-band gain ``g >= 0`` and offset ``o`` refitted
     by least squares before each step (two sensors' radiometry, or per-image statistics of two different windows, do
     not bias the shift); each step at most 1 px, the result within ``max_shift``; a flat pair keeps its shift."""
-    m = border(max_shift) + int(math.ceil(3 * SMOOTH_SIGMA)) + 1
+    m = int(math.ceil(max_shift - 1e-9)) + int(math.ceil(3 * SMOOTH_SIGMA)) + 1
     ref = crop(reference, m)
     ref_c = ref - ref.mean(dim=(2, 3), keepdim=True)
     for _ in range(iters):
@@ -214,14 +211,13 @@ def crop(x: torch.Tensor, m: int) -> torch.Tensor:
 
 def register(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT,
              upsample: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Move ``moving`` onto ``reference`` and crop the border of :func:`border` ``(max_shift)`` px from both.
+    """Move ``moving`` onto ``reference`` (same size; the exposed strip is filled by reflection).
 
-    Returns ``(moving aligned and cropped, reference cropped, shift (N, 2))``; ``shift`` as :func:`estimate_shift`.
+    Returns ``(moving aligned, reference, shift (N, 2))``; ``shift`` as :func:`estimate_shift`.
     """
     mov, ref = moving.detach(), reference.detach()
     shift = estimate_shift(mov, ref, max_shift, upsample)
-    m = border(max_shift)
-    return crop(translate(moving, shift), m), crop(reference, m), shift
+    return translate(moving, shift), reference, shift
 
 
 def max_shift_of(metadata: dict, name: str = "weights") -> float:

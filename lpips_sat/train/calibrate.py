@@ -35,7 +35,7 @@ from lpips_sat.errors import InputError, WeightsError
 from lpips_sat.hub import save_folder
 from lpips_sat.metric import STD_FLOOR, input_floor, normalize_channels, standardize_per_image, texture_differences
 from lpips_sat.options import nonnegative_float, nonnegative_int, number, open_fraction, positive_int
-from lpips_sat.register import border, crop, max_shift_of
+from lpips_sat.register import max_shift_of
 from lpips_sat.register import register as register_pair
 from lpips_sat.registry import load_weights, save_weights, sha256_file
 from lpips_sat.train.data import PS_OVER_S2, CropSampler, PairSampler, Source, area_average, load_source, reference_scenes, split_rows
@@ -113,7 +113,7 @@ class Featurizer:
     With ``texture=True`` (the v3 distance form) each row also holds, after the ``sum C`` LPIPS columns, the ``sum C``
     per-channel texture differences ``(mu_a - mu_b)^2 + (sigma_a - sigma_b)^2`` (:func:`lpips_sat.metric.texture_distance`).
     With ``register > 0`` (the v5 form) each image is moved onto the reference by the translation that
-    :func:`lpips_sat.register.register` estimates (at most ``register`` px) and both lose that border, as in the metric.
+    :func:`lpips_sat.register.register` estimates (at most ``register`` px), as in the metric.
     """
 
     def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float], input_norm: str = "global",
@@ -139,7 +139,7 @@ class Featurizer:
         z = self._normalise(x)
         if not self.register:
             return self._taps(z)
-        return z, self._taps(crop(z, border(self.register)))
+        return z, self._taps(z)
 
     @torch.inference_mode()
     def diffs(self, ref: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
@@ -541,7 +541,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the real-pair and SR-scale judgments when present (all)")
     p.add_argument("--register", type=nonnegative_float, default=0.0, metavar="MAX_SHIFT",
                    help="distance form with registration (v5): move each image onto the reference by the estimated translation "
-                        "(at most MAX_SHIFT px) and crop that border from both; 0: none (v1-v4)")
+                        "(at most MAX_SHIFT px); 0: none (v1-v4)")
     p.add_argument("--reuse-judgments", action="store_true",
                    help="reuse featurised judgments cached in OUT/cache (per featuriser and protocol) instead of regenerating")
 
