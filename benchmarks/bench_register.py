@@ -7,15 +7,14 @@ each, then degraded as in ``bench_metric``, so the Lanczos kernel has the size a
 * ``register``: ``LPIPSSat.random(width_div=1)`` (full-size random ResNet-18, the default weights' input
   normalisation and distance form) with ``register="translation"`` and the default weights' ``max_shift`` (else 3):
   shift estimate (FFTs of both images, upsampled-DFT refinement), separable Lanczos-3 translation of ``sr``, then
-  the backbone on both images *cropped* by ``ceil(max_shift)`` px per side.
+  the backbone on both full-size images.
 * ``none``: the same metric (same seed, same weights) with ``register="none"``: the backbone on the full images.
 * ``backbone-cl``: the bare backbone on both full-size prepared images in channels-last layout (the limit of the
   unregistered design, as in ``bench_metric``).
 * ``registration``: :func:`lpips_sat.register.register` alone on the two prepared images (estimate + translate +
-  crop): the added work, timed by itself.
+  fill of the exposed strip): the added work, timed by itself.
 
-The ratio ``register ÷ none`` is the price of registering; it can fall below the sum of its parts because the
-backbone then runs on fewer pixels ((64 - 6)^2 / 64^2 = 82 % at 64 px, 95 % at 256 px for the default 3 px).
+The ratio ``register ÷ none`` is the price of registering (the backbone sees the same number of pixels either way).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 from conftest import degrade, fmt_ms, fmt_ratio, measure, patches, rounds_for, summary
 
 from lpips_sat import LPIPSSat
-from lpips_sat.register import DEFAULT_MAX_SHIFT, border, max_shift_of, register
+from lpips_sat.register import DEFAULT_MAX_SHIFT, max_shift_of, register
 from lpips_sat.train.distortions import fourier_shift
 
 SIZES, BATCH = (64, 256), 8
@@ -106,7 +105,7 @@ def bench_register(benchmark: Any, full: bool, size: int, name: str) -> None:
     if full:
         rounds += 2
     measure(benchmark, run, group=f"register-fwd-{size}px-b{BATCH}", label=name, rounds=rounds, warmup=warmup,
-            pixels=2 * BATCH * size * size, max_shift=max_shift, cropped=border(max_shift))
+            pixels=2 * BATCH * size * size, max_shift=max_shift)
 
 
 def _min(results: dict, group: str, label: str) -> float | None:
@@ -122,7 +121,7 @@ def _div(a: float | None, b: float | None) -> float | None:
 def register_summary(results: dict) -> list[str]:
     lines = ["## Registration (register=\"translation\") vs the same metric without it and the bare backbone (CPU, forward, ratios of minimum times)", "",
              ("`reg ÷ none` = registering metric / the same metric with register=\"none\" (the price of registering); `÷ limit` = "
-              "metric / bare backbone on both full-size images (channels-last); `registration` = estimate + translate + crop alone, "
+              "metric / bare backbone on both full-size images (channels-last); `registration` = estimate + translate alone, "
               "and its share of the unregistered metric's time."), "",
              "| size | batch | register ms | none ms | limit ms | registration ms | reg ÷ none | reg ÷ limit | none ÷ limit | registration ÷ none |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -4,8 +4,8 @@ Independent expectations: integer rolls and non-circular integer offsets (slices
 exactly; sub-pixel shifts made with the Fourier phase ramp of the distortion families (``fourier_shift``) on real
 Sentinel-2 crops are recovered within 0.1 px with the documented sign; ``translate`` by whole pixels is slicing of the
 reflect-padded image (NumPy's padding), by zero the identity, by a fraction a band-limited shift (Fourier phase ramp)
-and linear in the image; the registering metric's spatial map equals, inside the cropped border, the plain metric's map
-of the aligned images cut out by hand; the calibration featuriser with the heads gives the metric's distance.
+and linear in the image; the registering metric's spatial map equals the plain metric's map of the images aligned by
+hand (whole-pixel offset: slicing, the exposed strip filled by reflection); the calibration featuriser with the heads gives the metric's distance.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from image_helpers import SHARED, smooth_reflectance
 
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, WeightsError
-from lpips_sat.register import DEFAULT_MAX_SHIFT, border, crop, estimate_shift, max_shift_of, phase_correlation, register, translate
+from lpips_sat.register import DEFAULT_MAX_SHIFT, crop, estimate_shift, max_shift_of, phase_correlation, register, translate
 from lpips_sat.registry import save_weights
 from lpips_sat.train.distortions import MARGIN, crop_margin, fourier_shift
 
@@ -183,14 +183,14 @@ def test_translate_then_estimate_gives_zero(context) -> None:
     truth = torch.rand(8, 2, generator=g) * 5 - 2.5
     moving, hr = shifted(context, truth), crop_margin(context)
     est = estimate_shift(moving, hr)
-    m = border(DEFAULT_MAX_SHIFT)
+    m = int(DEFAULT_MAX_SHIFT)  # away from the strips a shift exposes (filled by reflection)
     back = estimate_shift(crop(translate(moving, est), m), crop(hr, m))
     assert back.abs().max() <= 0.1
     aligned, ref, shift = register(moving, hr)
-    assert torch.equal(shift, est) and aligned.shape == ref.shape == (8, 4, 64 - 2 * m, 64 - 2 * m)
-    assert torch.equal(ref, crop(hr, m))
+    assert torch.equal(shift, est) and aligned.shape == ref.shape == (8, 4, 64, 64)
+    assert torch.equal(ref, hr) and torch.equal(aligned, translate(moving, est))
     # aligned content is close to the reference, far closer than before
-    assert (aligned - ref).abs().mean() < 0.2 * (crop(moving, m) - ref).abs().mean()
+    assert (crop(aligned, m) - crop(ref, m)).abs().mean() < 0.2 * (crop(moving, m) - crop(ref, m)).abs().mean()
 
 
 def test_translate_rejects_a_shift_too_large_for_the_image() -> None:
@@ -198,8 +198,7 @@ def test_translate_rejects_a_shift_too_large_for_the_image() -> None:
         translate(torch.rand(1, 1, 8, 8), torch.tensor([[5.0, 0.0]]))
 
 
-def test_border_and_crop() -> None:
-    assert [border(s) for s in (0, 0.5, 1.0, 2.5, 3.0, 3.2)] == [0, 1, 1, 3, 3, 4]
+def test_crop() -> None:
     x = torch.arange(2 * 36.0).reshape(1, 2, 6, 6)
     assert torch.equal(crop(x, 0), x)
     assert torch.equal(crop(x, 2), x[..., 2:4, 2:4])
@@ -228,10 +227,11 @@ def test_subpixel_shift_costs_far_less_when_registered(context) -> None:
     hr = crop_margin(context)[:4]
     sr = shifted(context[:4], (1.5, -0.5))
     reg, plain = metric("translation")(sr, hr), metric("none")(sr, hr)
-    assert torch.all(reg < 0.1 * plain), (reg, plain)
+    # what remains is the 1-2 px strip the shift exposes (filled by reflection) and the resampling
+    assert torch.all(reg < 0.3 * plain), (reg, plain)
     # a real damage is still seen: noise of 0.01 reflectance costs more than the registered shift
     noisy = hr + 0.01 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(0))
-    assert torch.all(metric("translation")(noisy, hr) > 5 * reg)
+    assert torch.all(metric("translation")(noisy, hr) > 2 * reg)
 
 
 def test_shift_beyond_max_shift_is_not_removed(context) -> None:
@@ -298,24 +298,22 @@ def test_gradient_flows_to_sr(context) -> None:
 
 def test_spatial_map_keeps_the_size_and_its_interior_is_the_aligned_map(context) -> None:
     """Whole-pixel offset plus a per-band gain (which leaves the phase correlation peak at the exact offset): the
-    aligned sr is then ``gain * hr``, so the plain metric on the hand-cropped pair gives the interior of the map."""
+    aligned sr is then ``gain * hr`` except in the strip the offset exposes, which reflection fills; built here by hand
+    with NumPy's reflect padding, the plain metric on it gives the registering metric's map and distance."""
     hr = crop_margin(context)[:2]
     gain = torch.tensor([1.2, 1.0, 0.95, 0.85]).reshape(1, 4, 1, 1)
     sr = sliced(context[:2], 2, -1) * gain
     m = metric("translation")
-    b = border(m.max_shift)
     d, shift = m(sr, hr, registration=True)
     assert torch.allclose(shift, torch.tensor([[2.0, -1.0]] * 2), atol=1e-3)
     full = m(sr, hr, spatial=True)
     assert full.shape == (2, 1, 64, 64)
-    expected = metric("none")(crop(gain * hr, b), crop(hr, b), spatial=True)
+    # out(r, c) = sr(r + 2, c - 1): rows 62, 63 and column 0 lie outside sr and come from its reflection
+    padded = torch.from_numpy(np.pad(sr.numpy(), ((0, 0), (0, 0), (2, 2), (1, 1)), mode="reflect"))
+    by_hand = padded[..., 4:68, 0:64]
     # the estimate is within 1e-3 px of the whole-pixel offset (least-squares steps), hence the tolerances
-    assert torch.allclose(crop(full, b), expected, rtol=1e-3, atol=1e-4)
-    assert torch.allclose(d, metric("none")(crop(gain * hr, b), crop(hr, b)), rtol=1e-3, atol=1e-5)
-    # the border repeats the nearest values of the core
-    assert torch.equal(full[..., :b, b:-b], full[..., b : b + 1, b:-b].expand(-1, -1, b, -1))
-    assert torch.equal(full[..., b:-b, -b:], full[..., b:-b, -b - 1 : -b].expand(-1, -1, -1, b))
-    assert torch.equal(full[..., 0, 0], full[..., b, b])
+    assert torch.allclose(full, metric("none")(by_hand, hr, spatial=True), rtol=1e-3, atol=1e-4)
+    assert torch.allclose(d, metric("none")(by_hand, hr), rtol=1e-3, atol=1e-5)
     total, parts = m(sr, hr, spatial=True, per_layer=True)
     assert torch.equal(total, full) and len(parts) == 5 and all(p.shape == (2, 1, 64, 64) for p in parts)
 
@@ -340,15 +338,15 @@ def test_per_image_norm_metric_registers_too(context) -> None:
     sr = shifted(context[:2], (1.5, 1.0)) * 1.3  # a gain, which per-image normalisation removes
     reg = metric("translation", input_norm="per-image")(sr, hr)
     plain = metric("none", input_norm="per-image")(sr, hr)
-    assert torch.all(reg < 0.1 * plain), (reg, plain)
+    assert torch.all(reg < 0.3 * plain), (reg, plain)
 
 
 # ------------------------------------------------------------------------------------------------ option errors
 def test_max_shift_too_large_for_the_image_is_an_input_error() -> None:
     x = smooth_reflectance(9, n=1, size=32)
     with pytest.raises(InputError, match="max_shift"):
-        LPIPSSat.random(register="translation", max_shift=20)(x, x)
-    assert LPIPSSat.random(register="translation", max_shift=3)(x, x).tolist() == [0.0]  # 26 px left: enough
+        LPIPSSat.random(register="translation", max_shift=30)(x, x)
+    assert LPIPSSat.random(register="translation", max_shift=3)(x, x).tolist() == [0.0]
 
 
 @pytest.mark.parametrize("kwargs", [{"register": "bogus"}, {"register": "Translation"}, {"max_shift": -1}, {"max_shift": 0},
@@ -404,7 +402,7 @@ def test_featurizer_registers_and_reuses_reference_taps(context) -> None:
     plain = Featurizer(m.backbone, *norm)
     d_reg, d_plain = reg.diffs(ref, x), plain.diffs(ref, x)
     assert d_reg.shape == d_plain.shape == (3, sum(m.backbone.channels))
-    assert torch.all(d_reg.sum(1) < 0.1 * d_plain.sum(1))
+    assert torch.all(d_reg.sum(1) < 0.3 * d_plain.sum(1))
     assert torch.equal(reg.diffs(reg.taps(ref), x), d_reg)
     assert torch.equal(plain.diffs(plain.taps(ref), x), d_plain)
     # with the heads, the columns give the registering metric's distance
