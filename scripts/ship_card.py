@@ -57,8 +57,8 @@ CHANGES = {
     "v5": [
         "- **Misregistration is removed before the distance** (`register: translation` in the weights metadata, `lpips_sat.register`):",
         "  the global shift of `sr` against `hr` is estimated (phase correlation, then least-squares Gauss-Newton steps on",
-        "  sigma-1-smoothed images) within `max_shift` = 3 px, `sr` is moved onto `hr` by Lanczos-3 resampling, and a 3-px border is",
-        "  cropped from both. A 0.25-2 px shift was the one family v4 still ranked below 85 % against held-out damages; a",
+        "  sigma-1-smoothed images, with a per-band gain and offset) within `max_shift` = 3 px, and `sr` is moved onto `hr` by",
+        "  Lanczos-3 resampling (the exposed strip is filled by reflection). A 0.25-2 px shift was the one family v4 still ranked below 85 % against held-out damages; a",
         "  cross-sensor target (PlanetScope, aerial) is rarely registered better than that. The removed shift is reported on its",
         "  own, as the radiometric difference is: `metric(sr, hr, registration=True)` appends the (N, 2) shift in px, and",
         "  `LPIPSSat(..., register=\"none\")` compares pixel by pixel. Shifts beyond `max_shift`, rotations, scale and local",
@@ -168,8 +168,8 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         f"normalisation: {meta.get('normalisation')}.",
         "- Same architecture as v1 (ResNet-18, taps stem, layer1..layer4); the per-image standardisation is one `instance_norm`",
         "  call on the input, the texture term a mean and variance per channel (cost: `docs/performance.md`)."]
-    + ([f"- Registration: `register` {meta['register']}, `max_shift` {meta.get('max_shift')} px: a few FFTs, Gauss-Newton steps and two"
-        " separable convolutions per pair; the backbone sees the image less its cropped border (cost: `docs/performance.md`)."]
+    + ([f"- Registration: `register` {meta['register']}, `max_shift` {meta.get('max_shift')} px: a smoothing, two half-spectrum FFTs, two"
+        " Gauss-Newton steps and a separable Lanczos-3 resampling per pair, on block means for images of 128 px and more (cost: `docs/performance.md`)."]
        if meta.get("register", "none") != "none" else []) + ["",
         f"## Pretraining (self-supervised, warm start from {_version(recipe.get('init') or V1)})", "",
         f"- Method: {meta.get('ssl_method', '')}.",
@@ -231,7 +231,8 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         "- Pretraining is short (CPU budget, 1 thread on a shared machine).",
     ] + ([f"- {ver} removes a global translation of up to {meta.get('max_shift')} px: a user who cares about geolocation reads the",
           "  `registration` component (or a pixel metric). Rotation, scale and local misregistration (parallax, terrain) are not",
-          f"  removed, and damage confined to the outer {meta.get('max_shift')} px is not seen (the cropped border)."]
+          "  removed. The strip a shift exposes is filled by reflection, so a registered shift still costs a little (properties below);",
+          "  for unrelated images the estimate is arbitrary, so d(a, b) and d(b, a) can differ (symmetry below)."]
          if meta.get("register", "none") != "none" else []) + ["",
         "## Licence and attribution", "",
         "Weights: CC-BY-4.0. Contains modified Copernicus Sentinel data 2016, 2017 and 2024 (Sentinel-2 L1C stack, CC0 via",
