@@ -22,7 +22,9 @@ cp $V4RUNS/realcheck.json $RUNS/realcheck.json
 python -m lpips_sat.train.realcheck --weights $RUNS/calibrate/lpips-sat-s2-rn18-v5.fp32.safetensors --no-baselines \
   --pairs $DATA/naip:naip:moments "${HELD[@]}" --threads 2 --max-pairs 400 --n-gain 256 --out $RUNS/realcheck.json
 
-NOTE=(--note "v5 uses v4's backbone unchanged: this section describes v4's pretraining (scripts/make_v4.sh).")
+# lever: crop the border a shift exposes, or fill it by reflection (v4's backbone and heads; one line for the card)
+LEARNED=$(python scripts/exp_register_crop.py --data $DATA --out $RUNS/crop_lever.json)
+NOTE=(--note "v5 uses v4's backbone unchanged: this section describes v4's pretraining (scripts/make_v4.sh)." --learned "$LEARNED")
 python scripts/ship_weights.py $V4RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v5 --realcheck $RUNS/realcheck.json "${NOTE[@]}"
 for w in lpips-sat-s2-rn18 lpips-sat-s2-rn18-v4 lpips-sat-s2-rn18-v5; do python scripts/gap_example.py --out $RUNS/gap_example_$w --weights $w; done
 python scripts/ship_weights.py $V4RUNS/pretrain $RUNS/calibrate --name lpips-sat-s2-rn18-v5 --realcheck $RUNS/realcheck.json "${NOTE[@]}" \

@@ -204,7 +204,8 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         "| split | n | " + " | ".join(names.get(c, c) for c in cols) + " |", "|---|---|" + "---|" * len(cols),
     ] + [f"| {n} | {report['splits'][n]['n']} | " + " | ".join(_pct(report["splits"][n]["2afc"][c]) for c in cols) + " |" for n in splits] + [
         "", "## Goals of issue 16", "",
-    ] + _goals(report, realcheck, args.name) + [""] + _learned(report, realcheck, args.name, ver) + _levers(args, report, ver) + _realcheck_section(realcheck, args.name, compared, "stripes_sparse" in PROTOCOLS.get(recipe.get("protocol", ""), {}).get("train", ())) + _gap_examples(args) + [
+    ] + _goals(report, realcheck, args.name) + [""] + _learned(report, realcheck, args.name, ver)[:-1] + [
+        f"- {line}" for line in getattr(args, "learned", [])] + [""] + _levers(args, report, ver) + _realcheck_section(realcheck, args.name, compared, "stripes_sparse" in PROTOCOLS.get(recipe.get("protocol", ""), {}).get("train", ())) + _gap_examples(args) + [
         "## Per family, every split (2AFC %, judgments involving the family)", "",
     ]
     for n in splits:

@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--realcheck", type=Path, help="JSON written by `python -m lpips_sat.train.realcheck` (v2 card)")
     ap.add_argument("--lever", action="append", default=[], metavar="LABEL=CALIBRATE_DIR",
                     help="another calibrate run folder (same protocol) reported as a measured lever (v2 card)")
+    ap.add_argument("--learned", action="append", default=[], metavar="TEXT",
+                    help="a line for the card's 'What we learned', printed by an experiment script (e.g. scripts/exp_register_crop.py)")
     ap.add_argument("--gap-example", action="append", default=[], metavar="LABEL=OUT",
                     help="a scripts/gap_example.py --out folder run with some weights, reported side by side (v2-protocol card)")
     args = ap.parse_args()
