@@ -78,9 +78,8 @@ def main() -> None:
                                                for name, r in rows.items()))
     print("**Crop or fill?** Registration with the border a shift exposes cropped from both images, against the full-size form"
           f" (exposed strip filled by reflection); v4's backbone and heads, {2 * args.n} judgments per scene set involving a held-out"
-          " family (2AFC %, `scripts/exp_register_crop.py`): " + ". ".join(parts) + ". The strided stem is not shift-invariant: a"
-          " crop changes its sampling phase, and the distance of aligned 8x8 block damage (JPEG-like) drops, so noise loses against it;"
-          " v5 keeps the full size.")
+          " family (2AFC %, `scripts/exp_register_crop.py`): " + ". ".join(parts) + ". The ResNet's strided stem is not"
+          " shift-invariant, so a crop also changes what it sees of unshifted pairs; v5 keeps the full size.")
 
 
 if __name__ == "__main__":
