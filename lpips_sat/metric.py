@@ -174,7 +174,7 @@ class LPIPSSat(nn.Module):
             A display stretch (e.g. reflectance / 0.3) is not reflectance: undo it before the metric.
         spatial: return an (N, 1, H, W) distance map instead of (N,) distances.
         register: ``"translation"``: estimate the global shift of ``sr`` against ``hr`` (at most ``max_shift`` px),
-            move ``sr`` onto ``hr`` (Lanczos-3; the exposed strip is filled by reflection) before the backbone;
+            move ``sr`` onto ``hr`` (Lanczos-3; the strip the shift exposes is taken from ``hr``) before the backbone;
             ``"none"``: compare pixel by pixel. Default: the weights' own form (translation for v5, none before).
         max_shift: largest shift registered (px; default: the weights', else 3). Larger shifts are left as damage.
 

@@ -58,7 +58,8 @@ CHANGES = {
         "- **Misregistration is removed before the distance** (`register: translation` in the weights metadata, `lpips_sat.register`):",
         "  the global shift of `sr` against `hr` is estimated (phase correlation, then least-squares Gauss-Newton steps on",
         "  sigma-1-smoothed images, with a per-band gain and offset) within `max_shift` = 3 px, and `sr` is moved onto `hr` by",
-        "  Lanczos-3 resampling (the exposed strip is filled by reflection). A 0.25-2 px shift was the one family v4 still ranked below 85 % against held-out damages; a",
+        "  Lanczos-3 resampling; the strip the shift exposes is taken from `hr` (no counterpart in `sr`: it adds nothing, as gapeval fills",
+        "  nodata from the target). A 0.25-2 px shift was the one family v4 still ranked below 85 % against held-out damages; a",
         "  cross-sensor target (PlanetScope, aerial) is rarely registered better than that. The removed shift is reported on its",
         "  own, as the radiometric difference is: `metric(sr, hr, registration=True)` appends the (N, 2) shift in px, and",
         "  `LPIPSSat(..., register=\"none\")` compares pixel by pixel. Shifts beyond `max_shift`, rotations, scale and local",
@@ -167,8 +168,8 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         f"- Input: reflectance (DN / 10000; L2A of baseline >= 04.00: (DN - 1000) / 10000), bands {', '.join(json.loads(meta['bands']))}; "
         f"normalisation: {meta.get('normalisation')}.",
         "- Same architecture as v1 (ResNet-18, taps stem, layer1..layer4); the per-image standardisation is one `instance_norm`",
-        "  call on the input, the texture term a mean and variance per channel (cost: `docs/performance.md`)."]
-    + ([f"- Registration: `register` {meta['register']}, `max_shift` {meta.get('max_shift')} px: a smoothing, two half-spectrum FFTs, two"
+        "  call on the input, the texture term a mean and variance per channel (cost: `docs/performance.md`)."] + (
+        [f"- Registration: `register` {meta['register']}, `max_shift` {meta.get('max_shift')} px: a smoothing, two half-spectrum FFTs, two"
         " Gauss-Newton steps and a separable Lanczos-3 resampling per pair, on block means for images of 128 px and more (cost: `docs/performance.md`)."]
        if meta.get("register", "none") != "none" else []) + ["",
         f"## Pretraining (self-supervised, warm start from {_version(recipe.get('init') or V1)})", "",
@@ -232,7 +233,7 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         "- Pretraining is short (CPU budget, 1 thread on a shared machine).",
     ] + ([f"- {ver} removes a global translation of up to {meta.get('max_shift')} px: a user who cares about geolocation reads the",
           "  `registration` component (or a pixel metric). Rotation, scale and local misregistration (parallax, terrain) are not",
-          "  removed. The strip a shift exposes is filled by reflection, so a registered shift still costs a little (properties below);",
+          "  removed. The strip a shift exposes is taken from the target, so damage confined to it is not seen;",
           "  for unrelated images the estimate is arbitrary, so d(a, b) and d(b, a) can differ (symmetry below)."]
          if meta.get("register", "none") != "none" else []) + ["",
         "## Licence and attribution", "",
@@ -372,7 +373,8 @@ def _goals(report: dict, realcheck: dict | None, v2: str) -> list[str]:
     miss = [(n, b) for n in report["splits"] if n not in sr for b in BASELINES
             if report["splits"][n]["2afc"]["LPIPS-Sat"] <= report["splits"][n]["2afc"][b]]
     out.append(f"- Above PSNR, SSIM, MS-SSIM and the untrained backbone on every split: {'met' if not miss else 'missed'}"
-               + (": " + ", ".join(f"`{n}` vs {b}" for n, b in miss) if miss else "")
+               + (": " + ", ".join(f"`{n}` {_pct(report['splits'][n]['2afc']['LPIPS-Sat'])} vs {b} {_pct(report['splits'][n]['2afc'][b])}"
+                                   for n, b in miss) if miss else "")
                + (" (the SR-scale splits aside: there the realistic side is the plain side plus two damages, so every pixel metric is"
                   " right by construction; " + ", ".join(f"`{n}` {_pct(report['splits'][n]['2afc']['LPIPS-Sat'])} vs PSNR"
                                                         f" {_pct(report['splits'][n]['2afc']['PSNR'])}" for n in sr) + ")" if sr else "") + ".")
