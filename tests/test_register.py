@@ -21,7 +21,7 @@ from image_helpers import SHARED, smooth_reflectance
 
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, WeightsError
-from lpips_sat.register import DEFAULT_MAX_SHIFT, crop, estimate_shift, max_shift_of, phase_correlation, register, translate
+from lpips_sat.register import DEFAULT_MAX_SHIFT, crop, estimate_shift, exposed, max_shift_of, phase_correlation, register, translate
 from lpips_sat.registry import save_weights
 from lpips_sat.train.distortions import MARGIN, crop_margin, fourier_shift
 
@@ -188,7 +188,12 @@ def test_translate_then_estimate_gives_zero(context) -> None:
     assert back.abs().max() <= 0.1
     aligned, ref, shift = register(moving, hr)
     assert torch.equal(shift, est) and aligned.shape == ref.shape == (8, 4, 64, 64)
-    assert torch.equal(ref, hr) and torch.equal(aligned, translate(moving, est))
+    assert torch.equal(ref, hr)
+    # the moved image, except the strip the shift exposes, which is the reference's own pixels
+    strip = exposed(est, 64, 64).expand_as(aligned)
+    assert torch.equal(aligned[~strip], translate(moving, est)[~strip]) and torch.equal(aligned[strip], hr[strip])
+    widths = strip[:, 0].sum(dim=(1, 2)).float() / 64
+    assert torch.all(widths <= est.abs().ceil().sum(1) + 1e-6) and torch.all(widths >= est.abs().floor().sum(1) - 1e-6)
     # aligned content is close to the reference, far closer than before
     assert (crop(aligned, m) - crop(ref, m)).abs().mean() < 0.2 * (crop(moving, m) - crop(ref, m)).abs().mean()
 
@@ -298,8 +303,8 @@ def test_gradient_flows_to_sr(context) -> None:
 
 def test_spatial_map_keeps_the_size_and_its_interior_is_the_aligned_map(context) -> None:
     """Whole-pixel offset plus a per-band gain (which leaves the phase correlation peak at the exact offset): the
-    aligned sr is then ``gain * hr`` except in the strip the offset exposes, which reflection fills; built here by hand
-    with NumPy's reflect padding, the plain metric on it gives the registering metric's map and distance."""
+    aligned sr is then ``gain * hr`` except in the strip the offset exposes, which holds hr's own pixels; built here by
+    hand, the plain metric on it gives the registering metric's map and distance."""
     hr = crop_margin(context)[:2]
     gain = torch.tensor([1.2, 1.0, 0.95, 0.85]).reshape(1, 4, 1, 1)
     sr = sliced(context[:2], 2, -1) * gain
@@ -308,9 +313,9 @@ def test_spatial_map_keeps_the_size_and_its_interior_is_the_aligned_map(context)
     assert torch.allclose(shift, torch.tensor([[2.0, -1.0]] * 2), atol=1e-3)
     full = m(sr, hr, spatial=True)
     assert full.shape == (2, 1, 64, 64)
-    # out(r, c) = sr(r + 2, c - 1): rows 62, 63 and column 0 lie outside sr and come from its reflection
-    padded = torch.from_numpy(np.pad(sr.numpy(), ((0, 0), (0, 0), (2, 2), (1, 1)), mode="reflect"))
-    by_hand = padded[..., 4:68, 0:64]
+    # out(r, c) = sr(r + 2, c - 1): rows 62, 63 and column 0 lie outside sr and come from hr
+    by_hand = gain * hr
+    by_hand[..., 62:, :], by_hand[..., :, :1] = hr[..., 62:, :], hr[..., :, :1]
     # the estimate is within 1e-3 px of the whole-pixel offset (least-squares steps), hence the tolerances
     assert torch.allclose(full, metric("none")(by_hand, hr, spatial=True), rtol=1e-3, atol=1e-4)
     assert torch.allclose(d, metric("none")(by_hand, hr), rtol=1e-3, atol=1e-5)
