@@ -94,7 +94,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 }
 
 #: The shipped default is registered by :mod:`lpips_sat._shipped` (generated when weights are trained).
-DEFAULT_NAME = "lpips-sat-s2-rn18-v4"
+DEFAULT_NAME = "lpips-sat-s2-rn18-v5"
 
 
 def weights_dir() -> Path:

@@ -77,7 +77,7 @@ def main() -> None:
         parts.append(f"{label}: " + "; ".join(f"{name} {100 * r['all']:.1f} (shift {100 * r['shift']:.0f}, noise {100 * r['noise']:.0f}, jpeg {100 * r['jpeg']:.0f})"
                                                for name, r in rows.items()))
     print("**Crop or fill?** Registration with the border a shift exposes cropped from both images, against the full-size form"
-          f" (exposed strip filled by reflection); v4's backbone and heads, {2 * args.n} judgments per scene set involving a held-out"
+          f" (the exposed strip taken from the reference); v4's backbone and heads, {2 * args.n} judgments per scene set involving a held-out"
           " family (2AFC %, `scripts/exp_register_crop.py`): " + ". ".join(parts) + ". The ResNet's strided stem is not"
           " shift-invariant, so a crop also changes what it sees of unshifted pairs; v5 keeps the full size.")
 

@@ -280,5 +280,5 @@ def test_compare_uses_the_files_band_scale_metadata(capsys) -> None:
         assert a.scales[0] == pytest.approx(1e-4)
         x = torch.from_numpy(a.read().astype("float32") / 10000)[None]
         y = torch.from_numpy(b.read().astype("float32") / 10000)[None]
-    expected = float(LPIPSSat()(y, x))  # compare(a, b) scores b against a; the metric is symmetric anyway
+    expected = float(LPIPSSat()(x, y))  # compare(a, b) is metric(a, b) (a registering metric moves a onto b)
     assert float(out.split()[0]) == pytest.approx(expected, rel=1e-4)

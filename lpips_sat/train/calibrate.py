@@ -134,21 +134,22 @@ class Featurizer:
         return [normalize_channels(f) for f in self.backbone(z)]
 
     @torch.inference_mode()
-    def taps(self, x: torch.Tensor) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Taps of a reference image, for reuse by :meth:`diffs`; when registering, with its normalised image."""
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor] | tuple[torch.Tensor, None]:
+        """Taps of a reference image, for reuse by :meth:`diffs`; when registering, its normalised image instead (the
+        registration moves the reference too, so its taps depend on the other image)."""
         z = self._normalise(x)
         if not self.register:
             return self._taps(z)
-        return z, self._taps(z)
+        return z, None
 
     @torch.inference_mode()
-    def diffs(self, ref: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    def diffs(self, ref: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, None], x: torch.Tensor) -> torch.Tensor:
         """Per-channel mean squared tap differences; ``ref`` may be its precomputed :meth:`taps`."""
         fr = self.taps(ref) if isinstance(ref, torch.Tensor) else ref
         zx = self._normalise(x)
-        if self.register:
-            zr, fr = fr
-            zx, _, _ = register_pair(zx, zr, self.register)
+        if self.register:  # both images move (halfway), so the reference's taps are made per pair
+            zx, zr, _ = register_pair(zx, fr[0], self.register)
+            fr = self._taps(zr)
         fx = self._taps(zx)
         cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)]
         if self.texture:
