@@ -11,7 +11,7 @@ Features as a Perceptual Metric", eq. 1, on a Sentinel-2 backbone):
 cross-sensor pairs, do not enter the distance; ``forward(..., radiometry=True)`` reports them separately).
 
 Weights with ``register: translation`` (v5) add a step after "normalise": the global translation of ``sr`` against
-``hr`` is estimated and removed (``sr`` is resampled onto ``hr``, :mod:`lpips_sat.register`);
+``hr`` is estimated and removed (both images move halfway, :mod:`lpips_sat.register`);
 misregistration is the geometric nuisance of cross-sensor pairs, and ``forward(..., registration=True)`` reports it.
 """
 
@@ -174,7 +174,8 @@ class LPIPSSat(nn.Module):
             A display stretch (e.g. reflectance / 0.3) is not reflectance: undo it before the metric.
         spatial: return an (N, 1, H, W) distance map instead of (N,) distances.
         register: ``"translation"``: estimate the global shift of ``sr`` against ``hr`` (at most ``max_shift`` px),
-            move ``sr`` onto ``hr`` (Lanczos-3; the strip the shift exposes is taken from ``hr``) before the backbone;
+            move both halfway (Lanczos-3; a strip a shift exposes takes the other image's pixels) before the backbone;
+            shifts under 0.15 px are left alone, ramping to fully removed at 0.5 px;
             ``"none"``: compare pixel by pixel. Default: the weights' own form (translation for v5, none before).
         max_shift: largest shift registered (px; default: the weights', else 3). Larger shifts are left as damage.
 

@@ -33,15 +33,10 @@ class _Cropped(Featurizer):
         self.m = m
 
     @torch.inference_mode()
-    def taps(self, x):
-        z = self._normalise(x)
-        return z, self._taps(crop(z, self.m))
-
-    @torch.inference_mode()
     def diffs(self, ref, x):
-        zr, fr = self.taps(ref) if isinstance(ref, torch.Tensor) else ref
-        zx, _, _ = register(self._normalise(x), zr, 3.0)
-        fx = self._taps(crop(zx, self.m))
+        zr = self._normalise(ref) if isinstance(ref, torch.Tensor) else ref[0]
+        zx, zr, _ = register(self._normalise(x), zr, 3.0)
+        fr, fx = self._taps(crop(zr, self.m)), self._taps(crop(zx, self.m))
         cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)] + [texture_differences(a, b) for a, b in zip(fr, fx)]
         return torch.cat(cols, dim=1)
 

@@ -57,9 +57,11 @@ CHANGES = {
     "v5": [
         "- **Misregistration is removed before the distance** (`register: translation` in the weights metadata, `lpips_sat.register`):",
         "  the global shift of `sr` against `hr` is estimated (phase correlation, then least-squares Gauss-Newton steps on",
-        "  sigma-1-smoothed images, with a per-band gain and offset) within `max_shift` = 3 px, and `sr` is moved onto `hr` by",
-        "  Lanczos-3 resampling; the strip the shift exposes is taken from `hr` (no counterpart in `sr`: it adds nothing, as gapeval fills",
-        "  nodata from the target). A 0.25-2 px shift was the one family v4 still ranked below 85 % against held-out damages; a",
+        "  sigma-1-smoothed images, with a per-band gain and offset) within `max_shift` = 3 px, and both images move halfway",
+        "  (Lanczos-3; equal interpolation on both sides); a strip a shift exposes takes the other image's pixels (it adds nothing,",
+        "  as gapeval fills nodata from the target). Shifts under 0.15 px are left alone, ramping to fully removed at 0.5 px",
+        "  (applied, such near-precision shifts low-passed fine damage, median filtering and posterisation, in the real",
+        "  cross-acquisition check). A 0.25-2 px shift was the one family v4 still ranked below 85 % against held-out damages; a",
         "  cross-sensor target (PlanetScope, aerial) is rarely registered better than that. The removed shift is reported on its",
         "  own, as the radiometric difference is: `metric(sr, hr, registration=True)` appends the (N, 2) shift in px, and",
         "  `LPIPSSat(..., register=\"none\")` compares pixel by pixel. Shifts beyond `max_shift`, rotations, scale and local",
@@ -233,7 +235,7 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         "- Pretraining is short (CPU budget, 1 thread on a shared machine).",
     ] + ([f"- {ver} removes a global translation of up to {meta.get('max_shift')} px: a user who cares about geolocation reads the",
           "  `registration` component (or a pixel metric). Rotation, scale and local misregistration (parallax, terrain) are not",
-          "  removed. The strip a shift exposes is taken from the target, so damage confined to it is not seen;",
+          "  removed. A strip a shift exposes takes the other image's pixels, so damage confined to it is not seen;",
           "  for unrelated images the estimate is arbitrary, so d(a, b) and d(b, a) can differ (symmetry below)."]
          if meta.get("register", "none") != "none" else []) + ["",
         "## Licence and attribution", "",
