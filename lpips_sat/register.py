@@ -66,6 +66,8 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
     """
     if moving.shape != reference.shape or moving.ndim != 4:
         raise ValueError(f"estimate_shift needs two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
+    if moving.shape[0] == 0:  # an empty batch has no shift to measure
+        return torch.zeros(0, 2, device=moving.device)
     mov, ref = moving.float(), reference.float()
     f = max(1, min(mov.shape[-2:]) // ESTIMATE_SIZE)
     if f > 1:  # a global shift is measured as well on block means: the cost stays that of a 64-px image
