@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Lever of the v5 registration: crop the border a shift exposes, or keep the full image (the exposed strip filled by
-reflection)? Measured with v4's backbone and heads on judgments of the held-out scenes that involve a held-out family.
+"""Lever of the v5 registration: crop the border a shift exposes, or keep the full image (an exposed strip taking the other image's pixels)?
+Measured with v4's backbone and heads on judgments of the held-out scenes that involve a held-out family.
 
     python scripts/exp_register_crop.py --data ../shared/data --out runs/v5/crop_lever.json
 
@@ -72,7 +72,7 @@ def main() -> None:
         parts.append(f"{label}: " + "; ".join(f"{name} {100 * r['all']:.1f} (shift {100 * r['shift']:.0f}, noise {100 * r['noise']:.0f}, jpeg {100 * r['jpeg']:.0f})"
                                                for name, r in rows.items()))
     print("**Crop or fill?** Registration with the border a shift exposes cropped from both images, against the full-size form"
-          f" (the exposed strip taken from the reference); v4's backbone and heads, {2 * args.n} judgments per scene set involving a held-out"
+          f" (both images moved halfway, an exposed strip taking the other image's pixels); v4's backbone and heads, {2 * args.n} judgments per scene set involving a held-out"
           " family (2AFC %, `scripts/exp_register_crop.py`): " + ". ".join(parts) + ". The ResNet's strided stem is not"
           " shift-invariant, so a crop also changes what it sees of unshifted pairs; v5 keeps the full size.")
 
