@@ -131,8 +131,8 @@ def write_card(args, report: dict, meta: dict, dst: Path, sha: str, fp16_ok: boo
         rows = [s["2afc"] for s in realcheck["scales"].values()] + [s.get("by_gap", {}) for s in realcheck["scales"].values()]
         rows += [realcheck.get(k, {}).get("results", {}) for k in ("gain_versus_blur", "noise_on_blur", "blur_sensitivity")]
         for row in rows:
-            for key in [k for k in row if k.startswith(args.name + ".")]:
-                row[args.name] = row.pop(key)
+            for key in [k for k in row if k.endswith(".safetensors") and k.split(".")[0] in (*VERSIONS, args.name)]:
+                row[key.split(".")[0]] = row.pop(key)
     ver = _version(args.name)
     steps, first, last = _loss_plot(args.pretrain / "loss.csv", root / "docs" / "img" / f"pretrain_loss_{ver}.png")
     recipe = json.loads(meta["recipe"])
@@ -293,6 +293,16 @@ def _learned(report: dict, rc: dict | None, name: str, ver: str) -> list[str]:
             acq = splits.get(key, {}).get("2afc", {})
             extra = f"; on `{key}` {_pct(acq['LPIPS-Sat'])} vs {_pct(acq[lever])} without it" if acq else ""
             lines.append(f"- {what[0].upper() + what[1:]}: {100 * gain:+.1f} points on the mean over splits (same backbone and recipe, refitted without it){extra}.")
+    if report.get("register"):
+        prev = [c for c in report.get("compared", []) if c in VERSIONS and c != V1][-1:]
+        rows = [(n, s["per_family"]["shift"]) for n, s in sorted(splits.items(), key=lambda t: _order(t[0]))
+                if n.endswith("/train_families") and "shift" in s["per_family"]]
+        if prev and rows:
+            lines.append(f"- **Shift magnitudes are not ranked any more.** In the `train_families` splits the shift family also holds judgments"
+                         " within the family (a larger shift further than a smaller one); registration removes both shifts, so it no longer orders"
+                         f" them: shift family {ver} " + ", ".join(f"{_pct(r['LPIPS-Sat'])}" for _, r in rows)
+                         + f" vs {_version(prev[0])} " + ", ".join(f"{_pct(r[prev[0]])}" for _, r in rows)
+                         + " (" + ", ".join(f"`{n}`" for n, _ in rows) + "). The shift itself is reported by `registration=True`.")
     if rc and rc.get("blur_sensitivity"):
         b = rc["blur_sensitivity"]["results"]
         v1 = b.get(V1, {}).get("mtf_noise_further", float("nan"))
