@@ -252,10 +252,18 @@ def register(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = D
     """
     shift = estimate_shift(moving.detach(), reference.detach(), max_shift, upsample)
     half = applied_shift(shift) / 2
+    moved = (half != 0).any(1)
+    if not bool(moved.any()):  # the usual case of a registered pair: nothing to resample (the same numbers, exactly)
+        return moving, reference, shift
+    idx = moved.nonzero().squeeze(1)
     h, w = moving.shape[-2:]
-    a, b = translate(moving, half), translate(reference, -half)
+    half = half[idx]
+    a, b = translate(moving[idx], half), translate(reference[idx], -half)
     ea, eb = exposed(half, h, w).to(a.device), exposed(-half, h, w).to(a.device)
-    return torch.where(ea, b, a), torch.where(eb & ~ea, a, b), shift
+    a, b = torch.where(ea, b, a), torch.where(eb & ~ea, a, b)
+    if len(idx) == len(moved):
+        return a, b, shift
+    return moving.index_copy(0, idx, a), reference.index_copy(0, idx, b.to(reference.dtype)), shift
 
 
 def max_shift_of(metadata: dict, name: str = "weights") -> float:
