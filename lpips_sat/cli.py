@@ -141,8 +141,9 @@ def run_compare(args: argparse.Namespace) -> int:
         used.append(bands)
     try:
         with torch.no_grad():
-            total, parts, shift = metric(tensors[0], tensors[1], per_layer=True, registration=True)
-            dist_map = metric(tensors[0], tensors[1], spatial=True) if args.spatial_out else None
+            fa, fb, shift = metric.pair_features(tensors[0], tensors[1], names=(str(args.a), str(args.b)))  # registered if the weights register
+            total, parts = metric.distance(fa, fb)
+            dist_map = metric.distance(fa, fb, spatial=True, size=tuple(a_arr.shape[-2:]))[0] if args.spatial_out else None
     except InputError as exc:
         if "input_range" not in str(exc):
             raise

@@ -431,12 +431,35 @@ class LPIPSSat(nn.Module):
             x = x[:, self._order]
         return x
 
-    def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`)."""
-        a, b = self.prepare(sr, "sr"), self.prepare(hr, "hr")
+    def prepare_pair(self, sr: torch.Tensor, hr: torch.Tensor, names: tuple[str, str] = ("sr", "hr")) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prepare` both images and check that they have the same shape (every input check of :meth:`forward`);
+        ``names`` name them in error messages."""
+        a, b = self.prepare(sr, names[0]), self.prepare(hr, names[1])
         if a.shape != b.shape:
-            raise InputError(f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+            raise InputError(f"`{names[0]}` and `{names[1]}` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
         return a, b
+
+    def _register(self, a: torch.Tensor, b: torch.Tensor, estimate: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prepared ``a``, ``b`` registered when the metric registers, with the (N, 2) shift; a metric that does not
+        register returns them as they are, with the shift estimated only when ``estimate`` (else ``None``)."""
+        if self.max_shift > 0:
+            if math.ceil(self.max_shift) + LANCZOS_A >= min(a.shape[-2:]):
+                raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px, too small to register shifts up to max_shift={self.max_shift:g} px; "
+                                 "pass larger images or a smaller max_shift")
+            return register(a, b, self.max_shift)
+        return a, b, (estimate_shift(a, b, DEFAULT_MAX_SHIFT) if estimate else None)
+
+    def pair_features(self, sr: torch.Tensor, hr: torch.Tensor, names: tuple[str, str] = ("sr", "hr")
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Tap features of ``sr`` and ``hr`` as :meth:`forward` compares them (prepared, registered when :attr:`registers`),
+        from one backbone pass, and the (N, 2) shift of ``sr`` against ``hr`` (estimated also when not removed): for
+        callers that want the distance and its map (:meth:`distance`) without running the network twice. ``names``
+        name the images in error messages."""
+        a, b = self.prepare_pair(sr, hr, names)
+        a, b, shift = self._register(a, b, True)
+        feats = self.features(torch.cat([a, b]), prepared=True)
+        n = a.shape[0]
+        return [f[:n] for f in feats], [f[n:] for f in feats], shift
 
     def features(self, x: torch.Tensor, name: str = "input", prepared: bool = False) -> list[torch.Tensor]:
         """Channel-normalised tap features of ``x`` (float32), reusable with :meth:`distance` (e.g. cached targets)."""
@@ -506,13 +529,7 @@ class LPIPSSat(nn.Module):
                 a, b = (ra - self.mean) / self.std, (rb - self.mean) / self.std
             if radiometry:
                 (ma, sa), (mb, sb) = band_stats(ra), band_stats(rb)
-        if self.max_shift > 0:
-            if math.ceil(self.max_shift) + LANCZOS_A >= min(a.shape[-2:]):
-                raise InputError(f"`sr` is {a.shape[-2]}x{a.shape[-1]} px, too small to register shifts up to max_shift={self.max_shift:g} px; "
-                                 "pass larger images or a smaller max_shift")
-            a, b, shift = register(a, b, self.max_shift)
-        elif registration:
-            shift = estimate_shift(a, b, DEFAULT_MAX_SHIFT)
+        a, b, shift = self._register(a, b, registration)
         if torch.is_grad_enabled() and a.requires_grad != b.requires_grad:
             # used as a loss: only one side needs a graph, so the other runs without one (1.2-1.9x faster forward +
             # backward than one concatenated pass, which back-propagates through both halves; docs/performance.md)

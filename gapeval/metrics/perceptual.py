@@ -5,8 +5,8 @@ before the network; a tile with no valid pixel is skipped; the image distance is
 distances weighted by each tile's valid pixels in its core (the part of the image the tile is responsible
 for). The target's features are computed once per tile and reused for every prediction whose invalid
 pixels lie where the target is invalid too (the usual case); otherwise that pair is filled and run alone.
-A registering metric (``LPIPSSat.registers``: v5 weights) moves each prediction onto the target before the network,
-so it runs pair by pair through :meth:`LPIPSSat.forward` and no target features are shared.
+A registering metric (``LPIPSSat.registers``: v5 weights) registers each prediction with the target before the network
+(both move), so its features come pair by pair from :meth:`LPIPSSat.pair_features` and no target features are shared.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class TiledLPIPS:
             by_shape.setdefault(t.target.shape, []).append(t)
         for group in by_shape.values():
             size = group[0].target.shape[1:]
-            # a registering metric (v5) moves each prediction onto the target first, so target features cannot be shared
+            # a registering metric (v5) moves the target too, pair by pair, so target features cannot be shared
             shared_feats = not self.metric.registers
             tfeat = self.metric.features(self._tensor([t.target for t in group]), "target") if shared_feats else None
             for name in self.names:
@@ -117,16 +117,15 @@ class TiledLPIPS:
                     pred = self._tensor([filled(t.preds[name], t.valid[name], t.fill) for t in sel])
                     if not shared_feats:
                         target = self._tensor([t.target if use_cache else filled(t.target, t.valid[name], t.fill) for t in sel])
-                        dist = self.metric(pred, target).double().cpu().numpy()
-                        dmap = self.metric(pred, target, spatial=True)[:, 0].float().cpu().numpy() if self.maps else None
+                        pf, tf, _ = self.metric.pair_features(pred, target)
                     else:
                         pf = self.metric.features(pred, name)
                         if use_cache:  # the batch's own target features; index (a copy) only for a subset of tiles
                             tf = tfeat if idx == list(range(len(group))) else [f[idx] for f in tfeat]
                         else:
                             tf = self.metric.features(self._tensor([filled(t.target, t.valid[name], t.fill) for t in sel]), "target")
-                        dist = self.metric.distance(pf, tf)[0].double().cpu().numpy()
-                        dmap = self.metric.distance(pf, tf, spatial=True, size=size)[0][:, 0].float().cpu().numpy() if self.maps else None
+                    dist = self.metric.distance(pf, tf)[0].double().cpu().numpy()
+                    dmap = self.metric.distance(pf, tf, spatial=True, size=size)[0][:, 0].float().cpu().numpy() if self.maps else None
                     for j, t in enumerate(sel):
                         weight = float(t.valid[name][t.core].sum())
                         self._sum[name] += dist[j] * weight
