@@ -44,15 +44,15 @@ def bench_form() -> dict[str, Any]:
     fixed one, or ``lpips-sat-s2-rn18-v3``, which adds a texture term per tap).
 
     Weights whose metadata says ``register: translation`` (v5 and later) make the benchmarked metric register too
-    (``register="translation", max_shift=`` the weights' value): the global shift of the prediction is estimated and
-    removed and a border of ``ceil(max_shift)`` px is cropped from both images, so the backbone sees a slightly
-    smaller image (58 px of 64 for the default 3 px: fewer pixels than the ``backbone-cl`` limit, which runs on the
-    full-size images), while the registration adds FFTs of both images, an upsampled-DFT refinement and a separable
-    Lanczos convolution of the prediction. ``benchmarks/bench_register.py`` measures that trade side by side."""
+    (``register="translation", max_shift=`` the weights' value): the global shift between the two images is estimated
+    (smoothing, half-spectrum FFTs, two least-squares steps) and, where there is one to remove, both images are
+    resampled halfway (separable Lanczos convolutions); the backbone sees full-size images, as the ``backbone-cl``
+    limit does. ``benchmarks/bench_register.py`` measures that cost side by side. An empty ``BENCH_WEIGHTS`` means the
+    default."""
     from lpips_sat.register import max_shift_of
     from lpips_sat.registry import DEFAULT_NAME, get_entry
 
-    entry = get_entry(os.environ.get("BENCH_WEIGHTS", DEFAULT_NAME))
+    entry = get_entry(os.environ.get("BENCH_WEIGHTS") or DEFAULT_NAME)
     extra = entry.extra
     form: dict[str, Any] = {"input_norm": str(extra.get("input_norm", "global")), "texture": extra.get("distance_form") == "lpips+texture"}
     max_shift = max_shift_of(dict(extra), entry.name)

@@ -2,7 +2,7 @@
 
 Misregistration is a nuisance of cross-sensor pairs (Sentinel-2 against PlanetScope or aerial imagery: up to about one
 S2 pixel, i.e. several pixels at the SR-output scale), not a quality loss of an SR output. Weights whose metadata
-says ``register: translation`` (v5 and later) move the first image onto the second before the backbone; the estimated
+says ``register: translation`` (v5 and later) register the two images before the backbone; the estimated
 shift is reported on its own (``LPIPSSat.forward(..., registration=True)``), as the radiometric difference is.
 
 * :func:`estimate_shift` -- phase correlation (Kuglin & Hines 1975) of the band-summed cross-power spectrum, Hann
@@ -64,8 +64,7 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
         >>> [round(v, 2) for v in estimate_shift(torch.roll(x, (2, -1), (2, 3)), x)[0].tolist()]
         [2.0, -1.0]
     """
-    if moving.shape != reference.shape or moving.ndim != 4:
-        raise ValueError(f"estimate_shift needs two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
+    _check_pair(moving, reference)
     if moving.shape[0] == 0:  # an empty batch has no shift to measure
         return torch.zeros(0, 2, device=moving.device)
     mov, ref = moving.float(), reference.float()
@@ -77,6 +76,11 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
     shift = phase_correlation(mov, ref, max_shift / f, upsample)
     shift = (_refine(mov, ref, shift, max_shift / f, iters) if iters else shift) * f
     return torch.where(textured[:, None], shift, torch.zeros_like(shift))
+
+
+def _check_pair(moving: torch.Tensor, reference: torch.Tensor) -> None:
+    if moving.shape != reference.shape or moving.ndim != 4:
+        raise ValueError(f"a shift is measured between two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -112,11 +116,10 @@ def _smooth(x: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
 @torch.no_grad()
 def phase_correlation(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT, upsample: int = 16) -> torch.Tensor:
     """(N, 2) shifts as :func:`estimate_shift`, by phase correlation alone, to ``1/upsample`` px."""
-    if moving.shape != reference.shape or moving.ndim != 4:
-        raise ValueError(f"estimate_shift needs two (N, C, H, W) tensors of one shape, got {tuple(moving.shape)} and {tuple(reference.shape)}")
-    n, _, h, w = moving.shape
-    a = moving.float() - moving.float().mean(dim=(2, 3), keepdim=True)
-    b = reference.float() - reference.float().mean(dim=(2, 3), keepdim=True)
+    _check_pair(moving, reference)
+    h, w = moving.shape[-2:]
+    a, b = moving.float(), reference.float()
+    a, b = a - a.mean(dim=(2, 3), keepdim=True), b - b.mean(dim=(2, 3), keepdim=True)
     win = _hann(h, a.dtype, a.device)[:, None] * _hann(w, a.dtype, a.device)[None, :]
     # real images: the half spectrum (rfft2) holds everything; (N, H, W//2+1), peaks at +shift
     cross = (torch.fft.rfft2(a * win) * torch.fft.rfft2(b * win).conj()).sum(1)
@@ -228,7 +231,8 @@ def exposed(shift: torch.Tensor, h: int, w: int) -> torch.Tensor:
 #: Shifts (px, the larger component) below ``DEAD_ZONE[0]`` are not applied, above ``DEAD_ZONE[1]`` fully, linearly in
 #: between. Below a quarter pixel the estimate is near its own precision on damaged or another acquisition's images,
 #: and a fractional Lanczos shift low-passes a little: applied, such shifts hid fine damage (median filtering,
-#: posterisation) from the blur-sensitive backbone and cost the real cross-acquisition check 1.5 points (v5 card).
+#: posterisation) from the blur-sensitive backbone. With v4's heads, the real cross-acquisition check at 10 m read
+#: 84.7 % without the dead zone and 85.3 % with it (v4 unregistered: 86.1 %), measured while building v5.
 DEAD_ZONE = (0.15, 0.5)
 
 

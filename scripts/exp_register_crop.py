@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lpips_sat.metric import texture_differences
-from lpips_sat.register import crop, register
+from lpips_sat.register import crop
 from lpips_sat.train.calibrate import Featurizer, Triplets, _load_compared, _split_specs, involves, make_judgments, twoafc
 from lpips_sat.train.data import CropSampler, Source, load_source, reference_scenes
 from lpips_sat.train.distortions import MARGIN
@@ -26,19 +25,14 @@ PATCH = 64
 
 
 class _Cropped(Featurizer):
-    """The registering featuriser, with ``m`` px cropped from both images after the registration."""
+    """The registering featuriser, with ``m`` px cropped from both registered images before the backbone."""
 
     def __init__(self, base: Featurizer, m: int) -> None:
         super().__init__(base.backbone, base.mean.flatten().tolist(), base.std.flatten().tolist(), base.input_norm, base.floor, base.texture, 3.0)
         self.m = m
 
-    @torch.inference_mode()
-    def diffs(self, ref, x):
-        zr = self._normalise(ref) if isinstance(ref, torch.Tensor) else ref[0]
-        zx, zr, _ = register(self._normalise(x), zr, 3.0)
-        fr, fx = self._taps(crop(zr, self.m)), self._taps(crop(zx, self.m))
-        cols = [(a - b).pow(2).mean(dim=(2, 3)) for a, b in zip(fr, fx)] + [texture_differences(a, b) for a, b in zip(fr, fx)]
-        return torch.cat(cols, dim=1)
+    def _taps(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return super()._taps(crop(z, self.m))
 
 
 def main() -> None:

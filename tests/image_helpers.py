@@ -1,4 +1,5 @@
-"""Small images shared by the metric and training tests: smooth synthetic reflectance and crops of the shared NAIP stack."""
+"""Small images shared by the metric and training tests: smooth synthetic reflectance, crops of the shared Sentinel-2 L1C
+stack and of the shared NAIP stack."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+S2 = SHARED / "s2" / "s2_l1c_virginia_13band_10m.tif"
+
+
+def s2_crops(n: int, side: int) -> torch.Tensor:
+    """(n, 4, side, side) real Sentinel-2 L1C reflectance (B04, B03, B02, B08): side-by-side crops of the shared stack
+    from column 600, row 500 (the test skips when the stack or rasterio is missing)."""
+    rasterio = pytest.importorskip("rasterio")
+    if not S2.exists():
+        pytest.skip("shared Sentinel-2 stack not found")
+    import numpy as np
+    from rasterio.windows import Window
+
+    with rasterio.open(S2) as ds:
+        arr = ds.read([4, 3, 2, 8], window=Window(600, 500, n * side, side)).astype(np.float32) / 10000
+    return torch.from_numpy(np.stack([arr[:, :, i * side : (i + 1) * side] for i in range(n)]))
 
 
 def smooth_reflectance(seed: int, n: int = 2, size: int = 48) -> torch.Tensor:

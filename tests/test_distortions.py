@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from image_helpers import s2_crops
 
 from lpips_sat.train.distortions import FAMILIES, HELDOUT_FAMILIES, MARGIN, TRAIN_FAMILIES, apply, crop_margin, fourier_shift, gaussian_blur
-
-S2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s2" / "s2_l1c_virginia_13band_10m.tif"
 
 
 @pytest.fixture(scope="module")
 def real_context() -> torch.Tensor:
-    rasterio = pytest.importorskip("rasterio")
-    if not S2.exists():
-        pytest.skip("shared Sentinel-2 stack not found")
-    from rasterio.windows import Window
-
-    with rasterio.open(S2) as ds:
-        arr = ds.read([4, 3, 2, 8], window=Window(600, 500, 240, 80)).astype(np.float32) / 10000
-    return torch.from_numpy(np.stack([arr[:, :, i * 80 : (i + 1) * 80] for i in range(3)]))
+    return s2_crops(3, 80)
 
 
 def test_split_is_disjoint_and_holds_out_both_kinds():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_helpers import SHARED, smooth_reflectance
+from image_helpers import s2_crops, smooth_reflectance
 
 from lpips_sat import LPIPSSat
 from lpips_sat.errors import InputError, WeightsError
@@ -36,7 +36,6 @@ from lpips_sat.register import (
 from lpips_sat.registry import save_weights
 from lpips_sat.train.distortions import MARGIN, crop_margin, fourier_shift
 
-S2 = SHARED / "s2" / "s2_l1c_virginia_13band_10m.tif"
 #: Context crops: 64 px patches plus the distortions' margin of MARGIN px on every side.
 CONTEXT = 64 + 2 * MARGIN
 
@@ -44,14 +43,7 @@ CONTEXT = 64 + 2 * MARGIN
 @pytest.fixture(scope="module")
 def context() -> torch.Tensor:
     """(8, 4, 80, 80) real Sentinel-2 L1C reflectance (B04, B03, B02, B08), side by side crops of the shared stack."""
-    rasterio = pytest.importorskip("rasterio")
-    if not S2.exists():
-        pytest.skip("shared Sentinel-2 stack not found")
-    from rasterio.windows import Window
-
-    with rasterio.open(S2) as ds:
-        arr = ds.read([4, 3, 2, 8], window=Window(600, 500, 8 * CONTEXT, CONTEXT)).astype(np.float32) / 10000
-    return torch.from_numpy(np.stack([arr[:, :, i * CONTEXT : (i + 1) * CONTEXT] for i in range(8)]))
+    return s2_crops(8, CONTEXT)
 
 
 def shifted(context: torch.Tensor, shift) -> torch.Tensor:

@@ -112,8 +112,8 @@ class Featurizer:
 
     With ``texture=True`` (the v3 distance form) each row also holds, after the ``sum C`` LPIPS columns, the ``sum C``
     per-channel texture differences ``(mu_a - mu_b)^2 + (sigma_a - sigma_b)^2`` (:func:`lpips_sat.metric.texture_distance`).
-    With ``register > 0`` (the v5 form) each image is moved onto the reference by the translation that
-    :func:`lpips_sat.register.register` estimates (at most ``register`` px), as in the metric.
+    With ``register > 0`` (the v5 form) each image and the reference are registered by
+    :func:`lpips_sat.register.register` (shifts of at most ``register`` px, both images move halfway), as in the metric.
     """
 
     def __init__(self, backbone: ResNetTaps, mean: Sequence[float], std: Sequence[float], input_norm: str = "global",
@@ -541,8 +541,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="groups left out in turn by the head-choosing CV: the training damage families (v1-v3), or those plus "
                         "the real-pair and SR-scale judgments when present (all)")
     p.add_argument("--register", type=nonnegative_float, default=0.0, metavar="MAX_SHIFT",
-                   help="distance form with registration (v5): move each image onto the reference by the estimated translation "
-                        "(at most MAX_SHIFT px); 0: none (v1-v4)")
+                   help="distance form with registration (v5): remove the estimated translation between each image and the "
+                        "reference (at most MAX_SHIFT px; both move halfway) before the backbone; 0: none (v1-v4)")
     p.add_argument("--reuse-judgments", action="store_true",
                    help="reuse featurised judgments cached in OUT/cache (per featuriser and protocol) instead of regenerating")
 
