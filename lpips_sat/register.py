@@ -27,7 +27,9 @@ serves the metric on tensors, where the same estimator runs batched on the devic
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +45,36 @@ PHASE_NORM = 0.5
 LANCZOS_A = 3
 
 
-def _hann(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.hann_window(n, periodic=False, dtype=dtype, device=device) if n > 1 else torch.ones(n, dtype=dtype, device=device)
+class _Grid(NamedTuple):
+    """Constants of :func:`phase_correlation` for one image size, search radius and device (cached: at 64 px their
+    construction cost as much as the transforms)."""
+
+    window: torch.Tensor  # (H, W) separable Hann window
+    inside: torch.Tensor  # (H, W) integer lags within max_shift
+    ry: torch.Tensor  # (H,) signed integer lags of the rows
+    rx: torch.Tensor  # (W,) of the columns
+    fy: torch.Tensor  # (H,) frequencies (cycles / px) of the full spectrum's rows
+    fx: torch.Tensor  # (W // 2 + 1,) of the half spectrum's columns
+    weight: torch.Tensor  # (W // 2 + 1,) 2 for the half-spectrum columns that stand for two, else 1
+
+
+def _hann(n: int, device: torch.device) -> torch.Tensor:
+    return torch.hann_window(n, periodic=False, device=device) if n > 1 else torch.ones(n, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(h: int, w: int, max_shift: float, device: torch.device) -> _Grid:
+    ry = torch.fft.fftfreq(h, d=1.0 / h, device=device)
+    rx = torch.fft.fftfreq(w, d=1.0 / w, device=device)
+    fx = torch.fft.rfftfreq(w, device=device)
+    # the correlation is real: each half-spectrum column but the first (and the Nyquist one) stands for two
+    weight = torch.full_like(fx, 2.0)
+    weight[0] = 1.0
+    if w % 2 == 0:
+        weight[-1] = 1.0
+    return _Grid(window=_hann(h, device)[:, None] * _hann(w, device)[None, :],
+                 inside=(ry.abs()[:, None] <= max_shift) & (rx.abs()[None, :] <= max_shift),
+                 ry=ry, rx=rx, fy=torch.fft.fftfreq(h, device=device), fx=fx, weight=weight)
 
 
 @torch.no_grad()
@@ -57,7 +87,8 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
     Both images are smoothed (Gaussian, :data:`SMOOTH_SIGMA`); :func:`phase_correlation` finds the peak; ``iters`` Gauss-Newton steps of the least-squares misfit
     (Lucas & Kanade 1981) then refine it. Phase correlation alone is biased by up to ~0.4 px between a smooth and a
     sharp image of one place (an SR output and its target: the Hann window and the phases of frequencies only one of
-    them holds); the least-squares optimum is not, for any symmetric blur.
+    them holds); the least-squares optimum is not, for any symmetric blur. The two images go through every step as
+    one stacked batch (at 64 px the cost is the number of operations, not their size).
 
     Example:
         >>> x = torch.rand(1, 2, 48, 48)
@@ -65,17 +96,20 @@ def estimate_shift(moving: torch.Tensor, reference: torch.Tensor, max_shift: flo
         [2.0, -1.0]
     """
     _check_pair(moving, reference)
-    if moving.shape[0] == 0:  # an empty batch has no shift to measure
+    n = moving.shape[0]
+    if n == 0:  # an empty batch has no shift to measure
         return torch.zeros(0, 2, device=moving.device)
     mov, ref = moving.float(), reference.float()
     f = max(1, min(mov.shape[-2:]) // ESTIMATE_SIZE)
     if f > 1:  # a global shift is measured as well on block means: the cost stays that of a 64-px image
         mov, ref = F.avg_pool2d(mov, f), F.avg_pool2d(ref, f)
-    textured = ~(_flat(mov) | _flat(ref))
-    mov, ref = _smooth(mov), _smooth(ref)
-    shift = phase_correlation(mov, ref, max_shift / f, upsample)
-    shift = (_refine(mov, ref, shift, max_shift / f, iters) if iters else shift) * f
-    return torch.where(textured[:, None], shift, torch.zeros_like(shift))
+    both = torch.cat([mov, ref])
+    flat = _flat(both)
+    both = _smooth(both)
+    shift = _correlation_peak(both, n, max_shift / f, upsample)
+    if iters:
+        shift = _refine(both[:n], both[n:], shift, max_shift / f, iters)
+    return torch.where((flat[:n] | flat[n:])[:, None], torch.zeros_like(shift), shift * f)
 
 
 def _check_pair(moving: torch.Tensor, reference: torch.Tensor) -> None:
@@ -100,12 +134,18 @@ ESTIMATE_SIZE = 64
 SMOOTH_SIGMA = 1.0
 
 
-def _smooth(x: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with reflect padding (radius ``3 sigma``)."""
+@functools.lru_cache(maxsize=8)
+def _gaussian(sigma: float, device: torch.device) -> torch.Tensor:
     r = int(math.ceil(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
+    return k / k.sum()
+
+
+def _smooth(x: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) float32 with reflect padding (radius ``3 sigma``)."""
+    k = _gaussian(sigma, x.device)
+    r = (len(k) - 1) // 2
     n, c, h, w = x.shape
     y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")  # channels as groups: ~7x faster than a batch of 1-channel images
     y = F.conv2d(y, k.reshape(1, 1, -1, 1).expand(n * c, 1, -1, 1), groups=n * c)
@@ -117,33 +157,27 @@ def _smooth(x: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
 def phase_correlation(moving: torch.Tensor, reference: torch.Tensor, max_shift: float = DEFAULT_MAX_SHIFT, upsample: int = 16) -> torch.Tensor:
     """(N, 2) shifts as :func:`estimate_shift`, by phase correlation alone, to ``1/upsample`` px."""
     _check_pair(moving, reference)
-    h, w = moving.shape[-2:]
-    a, b = moving.float(), reference.float()
-    a, b = a - a.mean(dim=(2, 3), keepdim=True), b - b.mean(dim=(2, 3), keepdim=True)
-    win = _hann(h, a.dtype, a.device)[:, None] * _hann(w, a.dtype, a.device)[None, :]
+    return _correlation_peak(torch.cat([moving.float(), reference.float()]), moving.shape[0], max_shift, upsample)
+
+
+def _correlation_peak(both: torch.Tensor, n: int, max_shift: float, upsample: int) -> torch.Tensor:
+    """:func:`phase_correlation` of ``both[:n]`` (moving) against ``both[n:]`` (reference), stacked float32."""
+    h, w = both.shape[-2:]
+    grid = _grid(h, w, float(max_shift), both.device)
     # real images: the half spectrum (rfft2) holds everything; (N, H, W//2+1), peaks at +shift
-    cross = (torch.fft.rfft2(a * win) * torch.fft.rfft2(b * win).conj()).sum(1)
+    spec = torch.fft.rfft2((both - both.mean(dim=(2, 3), keepdim=True)) * grid.window)
+    cross = (spec[:n] * spec[n:].conj()).sum(1)
     mag = cross.abs()
     ok = mag.flatten(1).sum(1) > 1e-12
     cross = cross / mag.clamp_min(1e-30) ** PHASE_NORM
     corr = torch.fft.irfft2(cross, s=(h, w))
-    ry = torch.fft.fftfreq(h, d=1.0 / h, device=a.device)  # signed integer lags
-    rx = torch.fft.fftfreq(w, d=1.0 / w, device=a.device)
-    inside = (ry.abs()[:, None] <= max_shift) & (rx.abs()[None, :] <= max_shift)
-    idx = corr.masked_fill(~inside, -math.inf).flatten(1).argmax(1)
-    peak = torch.stack([ry[idx // w], rx[idx % w]], 1)  # (N, 2) integer peak
+    idx = corr.masked_fill(~grid.inside, -math.inf).flatten(1).argmax(1)
+    peak = torch.stack([grid.ry[idx // w], grid.rx[idx % w]], 1)  # (N, 2) integer peak
     if upsample > 1:
-        steps = torch.arange(-upsample, upsample + 1, device=a.device, dtype=torch.float32) / upsample  # +-1 px
+        steps = torch.arange(-upsample, upsample + 1, device=both.device, dtype=torch.float32) / upsample  # +-1 px
         ys, xs = peak[:, :1] + steps, peak[:, 1:] + steps  # (N, K)
-        fy = torch.fft.fftfreq(h, device=a.device)
-        fx = torch.fft.rfftfreq(w, device=a.device)
-        # the correlation is real: each half-spectrum column but the first (and the Nyquist one) stands for two
-        weight = torch.full_like(fx, 2.0)
-        weight[0] = 1.0
-        if w % 2 == 0:
-            weight[-1] = 1.0
-        ey = torch.exp(2j * math.pi * ys[:, :, None] * fy[None, None, :])  # (N, K, H)
-        ex = torch.exp(2j * math.pi * fx[None, :, None] * xs[:, None, :]) * weight[None, :, None]  # (N, W//2+1, K)
+        ey = torch.exp(2j * math.pi * ys[:, :, None] * grid.fy[None, None, :])  # (N, K, H)
+        ex = torch.exp(2j * math.pi * grid.fx[None, :, None] * xs[:, None, :]) * grid.weight[None, :, None]  # (N, W//2+1, K)
         fine = (ey @ cross @ ex).real  # (N, K, K): the correlation on the fine grid
         k = fine.shape[-1]
         j = fine.flatten(1).argmax(1)
@@ -156,16 +190,16 @@ def _refine(moving: torch.Tensor, reference: torch.Tensor, shift: torch.Tensor, 
     """Gauss-Newton steps on ``sum (reference - g * translate(moving, shift) - o)^2`` over the core that neither a shift
     within ``max_shift`` nor the smoothing's padding reaches, with a per-band gain ``g >= 0`` and offset ``o`` refitted
     by least squares before each step (two sensors' radiometry, or per-image statistics of two different windows, do
-    not bias the shift); each step at most 1 px, the result within ``max_shift``; a flat pair keeps its shift."""
+    not bias the shift); each step at most 1 px, the result within ``max_shift``; a flat pair keeps its shift.
+    Only the core and a one-pixel rim for the gradients is resampled (:func:`_translate_inner`)."""
     m = int(math.ceil(max_shift - 1e-9)) + int(math.ceil(3 * SMOOTH_SIGMA)) + 1
     ref = crop(reference, m)
     ref_c = ref - ref.mean(dim=(2, 3), keepdim=True)
     for _ in range(iters):
-        out = translate(moving, shift)
-        h, w = out.shape[-2:]
-        gy = (out[..., m + 1 : h - m + 1, m : w - m] - out[..., m - 1 : h - m - 1, m : w - m]) * 0.5  # central differences on the core
-        gx = (out[..., m : h - m, m + 1 : w - m + 1] - out[..., m : h - m, m - 1 : w - m - 1]) * 0.5
-        core = crop(out, m)
+        out = _translate_inner(moving, shift, m - 1)  # = crop(translate(moving, shift), m - 1)
+        gy = (out[..., 2:, 1:-1] - out[..., :-2, 1:-1]) * 0.5  # central differences on the core
+        gx = (out[..., 1:-1, 2:] - out[..., 1:-1, :-2]) * 0.5
+        core = out[..., 1:-1, 1:-1]
         core = core - core.mean(dim=(2, 3), keepdim=True)
         var = core.square().mean(dim=(2, 3), keepdim=True)
         gain = torch.where(var > 1e-12, (core * ref_c).mean(dim=(2, 3), keepdim=True) / var.clamp_min(1e-12), torch.ones_like(var)).clamp_min(0.0)
@@ -196,20 +230,39 @@ def translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     undoes a shift measured by :func:`estimate_shift`. Separable Lanczos-3 (kernels normalised to sum 1), reflect
     padding; exact for integer shifts."""
     n, c, h, w = x.shape
-    shift = shift.to(device=x.device, dtype=torch.float32)
     if n == 0:
         return x
-    radius = int(math.ceil(float(shift.abs().max()))) + LANCZOS_A
+    ky, kx, radius = _kernels(x, shift)
     if radius >= min(h, w):
         raise ValueError(f"a shift of {float(shift.abs().max()):g} px is too large for {h}x{w} px images")
+    xp = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    return F.conv2d(F.conv2d(xp, ky, groups=n * c), kx, groups=n * c).reshape(n, c, h, w)
+
+
+def _translate_inner(x: torch.Tensor, shift: torch.Tensor, m: int) -> torch.Tensor:
+    """``crop(translate(x, shift), m)`` without the padding and the resampling of the rim it drops (the kernels reach
+    ``radius <= m`` px, so no padded value enters the result)."""
+    n, c, h, w = x.shape
+    ky, kx, radius = _kernels(x, shift)
+    if radius > m:
+        return crop(translate(x, shift), m)
+    xi = crop(x, m - radius).reshape(1, n * c, h - 2 * (m - radius), w - 2 * (m - radius))
+    return F.conv2d(F.conv2d(xi, ky, groups=n * c), kx, groups=n * c).reshape(n, c, h - 2 * m, w - 2 * m)
+
+
+def _kernels(x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Grouped-convolution weights of :func:`translate` for ``x`` (N, C, H, W): (N*C, 1, 2R+1, 1) rows and
+    (N*C, 1, 1, 2R+1) columns, normalised to sum 1, and their radius R (the largest shift's ceiling plus the Lanczos
+    order)."""
+    c = x.shape[1]
+    shift = shift.to(device=x.device, dtype=torch.float32)
+    radius = int(math.ceil(float(shift.abs().max()))) + LANCZOS_A
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     ky, kx = (_kernel(taps, shift[:, k : k + 1]) for k in (0, 1))
     ky, kx = ky / ky.sum(1, keepdim=True), kx / kx.sum(1, keepdim=True)  # (N, 2R+1)
-    xp = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    ky = ky.repeat_interleave(c, 0).to(x.dtype).reshape(n * c, 1, -1, 1)
-    kx = kx.repeat_interleave(c, 0).to(x.dtype).reshape(n * c, 1, 1, -1)
-    y = F.conv2d(F.conv2d(xp, ky, groups=n * c), kx, groups=n * c)
-    return y.reshape(n, c, h, w)
+    ky = ky.repeat_interleave(c, 0).to(x.dtype).reshape(-1, 1, 2 * radius + 1, 1)
+    kx = kx.repeat_interleave(c, 0).to(x.dtype).reshape(-1, 1, 1, 2 * radius + 1)
+    return ky, kx, radius
 
 
 def crop(x: torch.Tensor, m: int) -> torch.Tensor:

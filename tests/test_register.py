@@ -24,6 +24,7 @@ from lpips_sat.errors import InputError, WeightsError
 from lpips_sat.register import (
     DEAD_ZONE,
     DEFAULT_MAX_SHIFT,
+    _translate_inner,
     applied_shift,
     crop,
     estimate_shift,
@@ -211,6 +212,32 @@ def test_shifts_below_the_dead_zone_are_left_alone(context) -> None:
     near = shifted(context[:2], (0.1, 0.0))  # estimated near 0.1 px: registration leaves both images as they are
     a, b, est = register(near, hr)
     assert float(est.abs().max()) < lo and torch.equal(a, near) and torch.equal(b, hr)
+
+
+@pytest.mark.parametrize("m,max_shift", [(6, 2.5), (4, 1.0), (2, 1.6)])
+def test_inner_translation_is_the_cropped_full_one(m: int, max_shift: float) -> None:
+    """The estimator resamples only the core it reads; the result is the full translation's core (the last case has
+    kernels wider than the margin and takes the full path)."""
+    x = smooth_reflectance(9, n=3)
+    shift = torch.tensor([[0.37, -1.0], [0.0, 0.0], [-1.0, 0.61]]) * max_shift
+    assert torch.allclose(_translate_inner(x, shift, m), crop(translate(x, shift), m), atol=1e-6)
+
+
+def test_stacked_estimate_matches_the_pairwise_one(context) -> None:
+    """The estimator runs both images as one stacked batch with cached constants; pair by pair, at other sizes and
+    search radii in between (cache keys), it gives the same shifts."""
+    g = torch.Generator().manual_seed(11)
+    truth = torch.rand(4, 2, generator=g) * 4 - 2
+    moving, hr = shifted(context[:4], truth), crop_margin(context[:4])
+    batch = estimate_shift(moving, hr)
+    for i in range(4):
+        estimate_shift(crop(moving[i : i + 1], 5), crop(hr[i : i + 1], 5), max_shift=1.0)  # other cache entries
+        estimate_shift(moving[i : i + 1], hr[i : i + 1], max_shift=1.0)
+        assert torch.allclose(estimate_shift(moving[i : i + 1], hr[i : i + 1]), batch[i : i + 1], atol=1e-4)
+    x = crop_margin(context[:2])
+    rolled = torch.roll(x, (2, -2), (2, 3))
+    assert torch.equal(phase_correlation(rolled, x, max_shift=1.0, upsample=1).abs().amax(), torch.tensor(1.0))
+    assert torch.equal(phase_correlation(rolled, x, upsample=1), torch.tensor([[2.0, -2.0]] * 2))
 
 
 def test_translate_rejects_a_shift_too_large_for_the_image() -> None:
