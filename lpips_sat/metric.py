@@ -135,6 +135,24 @@ def texture_differences(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     return d[:, :c] + d[:, c:]
 
 
+#: Without a graph, taps larger than this (bytes; half of glibc's largest mmap threshold) are compared image by image: their
+#: temporaries (the difference, the squares of the texture term) then reuse heap pages instead of taking fresh mmap
+#: pages on every call (a 256 px batch-8 stem tap is 33.5 MB; docs/performance.md).
+CHUNK_BYTES = 16 << 20
+
+
+def _tap_distance(fa: torch.Tensor, fb: torch.Tensor, head: torch.Tensor, tex: torch.Tensor | None,
+                  graph: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One tap of :meth:`LPIPSSat.distance`: the (N,) texture term (or None) and the (N, 1, H, W) weighted squared
+    difference, computed in place on a fresh difference when there is no graph."""
+    if graph or fa.numel() * fa.element_size() <= CHUNK_BYTES or fa.shape[0] == 1:
+        texture = texture_distance(fa, fb, tex) if tex is not None else None
+        diff = fa - fb
+        return texture, F.conv2d(diff.pow(2) if graph else diff.square_(), head)  # in place without a graph: one buffer less
+    parts = [_tap_distance(fa[i : i + 1], fb[i : i + 1], head, tex, graph) for i in range(fa.shape[0])]
+    return (torch.cat([t for t, _ in parts]) if tex is not None else None), torch.cat([d for _, d in parts])
+
+
 def texture_distance(fa: torch.Tensor, fb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(N,) ``sum_c w_c ((mu_a - mu_b)^2 + (sigma_a - sigma_b)^2)``; ``weights`` is (1, C)."""
     return (texture_differences(fa, fb) * weights.float()).sum(1)
@@ -487,9 +505,7 @@ class LPIPSSat(nn.Module):
         graph = torch.is_grad_enabled() and any(f.requires_grad for f in (*feats_a, *feats_b))
         textures = self.texture_heads if self.texture_heads is not None else [None] * len(self.heads)
         for fa, fb, head, tex in zip(feats_a, feats_b, self.heads, textures):
-            texture = texture_distance(fa, fb, tex) if tex is not None else None
-            diff = fa - fb
-            per_pixel = F.conv2d(diff.pow(2) if graph else diff.square_(), head.float())  # in place without a graph: one buffer less
+            texture, per_pixel = _tap_distance(fa, fb, head.float(), tex, graph)
             if spatial:
                 if size is None:
                     raise InputError("distance(spatial=True) needs size=(H, W)")

@@ -100,6 +100,34 @@ def test_per_layer_parts_sum_to_total(seed: int) -> None:
     assert torch.allclose(torch.stack(parts_map).sum(0), total_map, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("name", ["lpips-sat-s2-rn18", "lpips-sat-s2-rn18-v5"])
+def test_image_by_image_distance_of_large_taps_is_the_batched_one(monkeypatch, name: str) -> None:
+    """Without a graph, taps above CHUNK_BYTES are compared image by image (their temporaries reuse heap pages): the
+    distances, per-tap parts and maps equal the batched computation's (v1: LPIPS form; v5: with the texture term)."""
+    import lpips_sat.metric as metric_module
+
+    try:
+        m = LPIPSSat(name)
+    except (MissingFileError, WeightsError, KeyError):
+        pytest.skip(f"{name} weights not available")
+    x, y = image(4, n=3), image(5, n=3)
+    with torch.inference_mode():
+        d, parts = m(x, y, per_layer=True)
+        dmap = m(x, y, spatial=True)
+        monkeypatch.setattr(metric_module, "CHUNK_BYTES", 1024)  # every tap of these 3-image batches is chunked
+        d2, parts2 = m(x, y, per_layer=True)
+        dmap2 = m(x, y, spatial=True)
+    assert torch.allclose(d2, d, rtol=1e-6, atol=0) and torch.allclose(dmap2, dmap, rtol=1e-6, atol=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=0) for a, b in zip(parts2, parts))
+    # a loss keeps one batched graph: the gradient is the same with or without the setting
+    s = x.clone().requires_grad_(True)
+    m(s, y).sum().backward()
+    monkeypatch.setattr(metric_module, "CHUNK_BYTES", 1 << 60)
+    s2 = x.clone().requires_grad_(True)
+    m(s2, y).sum().backward()
+    assert torch.equal(s.grad, s2.grad)
+
+
 def test_per_layer_part_equals_hand_computed_lpips_formula() -> None:
     """Tap l contributes mean_hw sum_c w_c (f̂_a - f̂_b)^2 with f̂ = f / ||f||_c (Zhang et al. 2018, eq. 1).
 
