@@ -371,6 +371,15 @@ def _heads_verdict(report: dict, ver: str) -> str:
             f"(columns `{ver}` and `{ver}, ones heads` below).")
 
 
+def _paired(split: dict, baseline: str) -> str:
+    """The paired comparison with the calibrated untrained backbone on the same judgments, when the report has it."""
+    p = split.get("paired_untrained")
+    if baseline != "untrained backbone, calibrated heads" or not p:
+        return ""
+    return (f" (paired on the same judgments: {100 * p['diff']:+.1f} +- {100 * p['se']:.1f} points; {p['a_only']} judgments only LPIPS-Sat gets"
+            f" right, {p['b_only']} only the untrained backbone, exact McNemar p = {p['p_mcnemar']:.2g})")
+
+
 def _goals(report: dict, realcheck: dict | None, v2: str) -> list[str]:
     out = []
     held = [n for n in sorted(report["splits"], key=_order) if _is_heldout(n)]
@@ -386,7 +395,7 @@ def _goals(report: dict, realcheck: dict | None, v2: str) -> list[str]:
             if report["splits"][n]["2afc"]["LPIPS-Sat"] <= report["splits"][n]["2afc"][b]]
     out.append(f"- Above PSNR, SSIM, MS-SSIM and the untrained backbone on every split: {'met' if not miss else 'missed'}"
                + (": " + ", ".join(f"`{n}` {_pct(report['splits'][n]['2afc']['LPIPS-Sat'])} vs {b} {_pct(report['splits'][n]['2afc'][b])}"
-                                   for n, b in miss) if miss else "")
+                                   + _paired(report["splits"][n], b) for n, b in miss) if miss else "")
                + (" (the SR-scale splits aside: there the realistic side is the plain side plus two damages, so every pixel metric is"
                   " right by construction; " + ", ".join(f"`{n}` {_pct(report['splits'][n]['2afc']['LPIPS-Sat'])} vs PSNR"
                                                         f" {_pct(report['splits'][n]['2afc']['PSNR'])}" for n in sr) + ")" if sr else "") + ".")

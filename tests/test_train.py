@@ -85,6 +85,17 @@ def test_calibrate_end_to_end_produces_loadable_weights(s2_folder, tmp_path):
     fp32 = LPIPSSat(tmp_path / "cal" / "lpips-sat-s2-rn18.fp32.safetensors")
     y = (x + 0.05 * torch.rand(1, 4, 64, 64)).clamp(0, 1)
     assert torch.equal(folder(x, y), fp32(x, y)) and float(fp32(x, y)) > 0
+    paired = split["paired_untrained"]
+    assert paired["diff"] == pytest.approx(split["2afc"]["LPIPS-Sat"] - split["2afc"]["untrained backbone, calibrated heads"], abs=1e-6)
+    # another draw of the untrained baseline on the same judgments (the cached ones): LPIPS-Sat's column is unchanged
+    rc = calibrate.main(["--backbone", str(tmp_path / "pt" / "backbone.safetensors"), "--data", str(s2_folder), "--out", str(tmp_path / "cal"),
+                         "--n-train", "48", "--n-val", "16", "--iters", "20", "--l2", "0", "0.1", "--threads", "1", "--holdout", "0.5",
+                         "--untrained-seed", "1", "--reuse-judgments"])
+    assert rc == 0
+    other = json.loads((tmp_path / "cal" / "report.json").read_text())
+    assert (report["untrained_seed"], other["untrained_seed"]) == (0, 1)
+    assert all(other["splits"][n]["2afc"]["LPIPS-Sat"] == s["2afc"]["LPIPS-Sat"] for n, s in report["splits"].items())
+    assert len(list((tmp_path / "cal" / "cache").glob("*.safetensors"))) == 4  # backbone, seed-0 and seed-1 untrained, pixel baselines
 
 
 def test_fit_heads_learns_which_channels_matter():
@@ -103,6 +114,27 @@ def test_fit_heads_learns_which_channels_matter():
     assert w[0] > 3 * w[1]
     assert twoafc(d0 @ w, d1 @ w, t.p) > 0.85  # the ideal is P(signal0 < signal1) = 0.875
     assert twoafc(d0 @ torch.ones(2), d1 @ torch.ones(2), t.p) < 0.8  # uncalibrated is worse
+
+
+def test_paired_2afc_against_scipy_and_twoafc():
+    """Paired comparison of two metrics: the mean credit difference is the difference of their 2AFC scores, and the
+    McNemar p-value is scipy's exact two-sided binomial test of the discordant judgments."""
+    stats = pytest.importorskip("scipy.stats")
+    from lpips_sat.train.calibrate import paired_2afc
+
+    g = torch.Generator().manual_seed(3)
+    n = 200
+    p = (torch.rand(n, generator=g) < 0.5).float()
+    p[:20] = 0.7  # a few soft judgments: fractional credit, never discordant
+    a0, a1, b0, b1 = (torch.rand(n, generator=g) for _ in range(4))
+    r = paired_2afc(a0, a1, b0, b1, p)
+    assert r["diff"] == pytest.approx(twoafc(a0, a1, p) - twoafc(b0, b1, p), abs=1e-6)  # twoafc averages in float32
+    right_a = torch.where(a0 < a1, p, 1 - p) == 1
+    right_b = torch.where(b0 < b1, p, 1 - p) == 1
+    assert (r["a_only"], r["b_only"]) == (int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum()))
+    assert r["p_mcnemar"] == pytest.approx(stats.binomtest(r["a_only"], r["a_only"] + r["b_only"], 0.5).pvalue, rel=1e-9)
+    same = paired_2afc(a0, a1, a0, a1, p)
+    assert (same["diff"], same["a_only"], same["b_only"], same["p_mcnemar"]) == (0.0, 0, 0, 1.0)
 
 
 def test_twoafc_counts_ties_as_half():

@@ -70,3 +70,36 @@ def test_v5_reports_the_shift_it_removed(accra) -> None:
     assert (shift - truth).abs().max() < 0.1
     # what remains is mostly the ringing of the test's own circular Fourier shift, largest on low-texture patches
     assert float(d.median()) < 0.2 * float(d_plain.median()) and torch.all(d < d_plain)
+
+
+def _report(seed: int, ours: dict[str, float], untrained: dict[str, float]) -> dict:
+    return {"untrained_seed": seed, "splits": {n: {"2afc": {"LPIPS-Sat": ours[n], "untrained backbone, calibrated heads": untrained[n]}} for n in ours}}
+
+
+def test_untrained_seeds_line(tmp_path) -> None:
+    """scripts/exp_untrained_seeds.py: counts the splits where LPIPS-Sat is above every untrained draw (the SR-scale
+    splits aside), lists the others by seed, and refuses reports of other judgments or a repeated seed."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("exp_untrained_seeds", Path(__file__).parents[1] / "scripts/exp_untrained_seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ours = {"a/heldout_families": 0.982, "b/train_families": 0.97, "a/sr_realistic": 0.98}
+    draws = [{"a/heldout_families": 0.988, "b/train_families": 0.96, "a/sr_realistic": 1.0},
+             {"a/heldout_families": 0.975, "b/train_families": 0.95, "a/sr_realistic": 1.0}]
+    paths = []
+    for seed, u in enumerate(draws):
+        paths.append(tmp_path / f"r{seed}.json")
+        paths[-1].write_text(json.dumps(_report(seed, ours, u)))
+    line = mod.summary(mod.load(paths), "v5")
+    assert "above all of them on 1 of 2 splits" in line
+    assert "`a/heldout_families`: v5 98.2, untrained 98.8, 97.5 (above 1 of 2)" in line
+    assert "Mean over those splits: v5 97.6, untrained 97.4, 96.2." in line
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_report(2, {**ours, "b/train_families": 0.5}, draws[0])))
+    with pytest.raises(SystemExit, match="other judgments"):
+        mod.load([paths[0], bad])
+    with pytest.raises(SystemExit, match="repeat"):
+        mod.load([paths[0], paths[0]])

@@ -427,8 +427,27 @@ def lever_heads(t: Triplets, best: dict, *, seed: int, iters: int, n_lpips: int 
 
 def twoafc(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> float:
     """2AFC agreement: ``p`` if d0 < d1, ``1 - p`` if d0 > d1, 0.5 on ties (Zhang et al. 2018)."""
-    score = torch.where(d0 < d1, p, torch.where(d0 > d1, 1 - p, torch.full_like(p, 0.5)))
-    return float(score.mean())
+    return float(_agreement(d0, d1, p).mean())
+
+
+def _agreement(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Per-judgment 2AFC credit of :func:`twoafc`."""
+    return torch.where(d0 < d1, p, torch.where(d0 > d1, 1 - p, torch.full_like(p, 0.5)))
+
+
+def paired_2afc(a0: torch.Tensor, a1: torch.Tensor, b0: torch.Tensor, b1: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
+    """Two metrics' 2AFC on the same judgments, paired: the mean difference of per-judgment credit (a - b) with its
+    standard error, the judgments only ``a`` gets right and only ``b`` gets right (credit 1 against 0), and the exact
+    two-sided McNemar p-value on those (a binomial test of the discordant pairs; McNemar 1947)."""
+    from math import comb
+
+    diff = _agreement(a0, a1, p).double() - _agreement(b0, b1, p).double()
+    n = len(diff)
+    only_a, only_b = int((diff == 1).sum()), int((diff == -1).sum())
+    k, m = min(only_a, only_b), only_a + only_b
+    p_value = min(1.0, 2 * sum(comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    se = float(diff.std(correction=1) / n**0.5) if n > 1 else float("nan")
+    return {"diff": float(diff.mean()) if n else 0.0, "se": se, "a_only": only_a, "b_only": only_b, "p_mcnemar": p_value}
 
 
 def involves(t: Triplets, families: Sequence[str]) -> torch.Tensor:
@@ -518,6 +537,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l2", type=nonnegative_float, nargs="+", default=[0.0, 0.01, 0.1, 1.0], help="candidate head L2 strengths (chosen by CV)")
     p.add_argument("--iters", type=positive_int, default=1500)
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--untrained-seed", type=nonnegative_int, default=None,
+                   help="initialisation seed of the untrained-backbone baseline (default: --seed); the judgments stay those of --seed")
     p.add_argument("--name", default="lpips-sat-s2-rn18")
     p.add_argument("--protocol", default="v1", choices=sorted(PROTOCOLS), help="family split (distortions.PROTOCOLS)")
     p.add_argument("--compare", action="append", default=[], metavar="WEIGHTS",
@@ -613,11 +634,16 @@ def run(args: argparse.Namespace) -> int:
     floor = input_floor(bmeta, str(args.backbone))
     torch.manual_seed(args.seed)
     random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)
+    untrained_seed = args.seed if args.untrained_seed is None else args.untrained_seed
+    if untrained_seed != args.seed:  # another draw of the baseline; the global generator continues as with --seed alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(untrained_seed)
+            random_backbone = ResNetTaps(backbone.arch, in_chans=backbone.in_chans, width_div=backbone.width_div)
     texture = args.form == "lpips+texture"
     featurizers = {"lpips_sat": Featurizer(backbone, mean, std, input_norm, floor, texture, args.register),
                    "random_backbone": Featurizer(random_backbone, mean, std, input_norm, floor, texture, args.register)}
     form_tag = (f"-floor{floor:g}" if floor != STD_FLOOR else "") + ("-texture" if texture else "") + (f"-register{args.register:g}" if args.register else "")
-    feat_ids = {"lpips_sat": sha256_file(args.backbone) + form_tag, "random_backbone": f"random-{backbone.arch}-{args.seed}-{input_norm}" + form_tag}
+    feat_ids = {"lpips_sat": sha256_file(args.backbone) + form_tag, "random_backbone": f"random-{backbone.arch}-{untrained_seed}-{input_norm}" + form_tag}
     compared = [_load_compared(c) for c in args.compare]
     for c in compared:
         featurizers[f"compare:{c.name}"] = c.featurizer
@@ -686,7 +712,7 @@ def run(args: argparse.Namespace) -> int:
     ones = torch.ones_like(heads)
     levers = lever_heads(train["lpips_sat"], best, seed=args.seed, iters=args.iters, n_lpips=sum(backbone.channels) if texture else None)
     held = PROTOCOLS[args.protocol]["heldout"]
-    report: dict = {"l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
+    report: dict = {"untrained_seed": untrained_seed, "l2": best_l2, "head_form": "per_tap" if best["groups"] else "per_channel", "l2_cv": cv, "n_train": len(train["lpips_sat"].p),
                     "protocol": args.protocol, "heldout_families": list(held), "train_families": train_families, "input_norm": input_norm,
                     "form": args.form, "n_pairs": args.n_pairs if args.pairs else 0, "n_sr": args.n_sr, "cv_groups": args.cv_groups,
                     "register": args.register,
@@ -717,7 +743,9 @@ def run(args: argparse.Namespace) -> int:
             val = sub
             per_family[fam] = {"n": int(m.sum()), **scores(sub["lpips_sat"], name)}
         val = tri
-        report["splits"][name] = {"n": len(t.p), "2afc": row, "per_family": per_family}
+        rt = tri["random_backbone"]
+        paired = paired_2afc(t.d0 @ heads, t.d1 @ heads, rt.d0 @ rand_heads, rt.d1 @ rand_heads, t.p)
+        report["splits"][name] = {"n": len(t.p), "2afc": row, "per_family": per_family, "paired_untrained": paired}
         log.info("%s: %s", name, {k: round(v, 3) for k, v in row.items()})
     tr = train["lpips_sat"]
     report["train_2afc"] = twoafc(tr.d0 @ heads, tr.d1 @ heads, tr.p)
