@@ -71,17 +71,25 @@ class _Parts:
     texture_heads: list[torch.Tensor] | None = None
 
 
+#: Without a graph, taps larger than this (bytes; half of glibc's largest mmap threshold) are normalised and compared
+#: image by image: their temporaries (squares, the difference, the texture term's squares) then reuse heap pages
+#: instead of taking fresh mmap pages on every call (a 256 px batch-8 stem tap is 33.5 MB; docs/performance.md).
+CHUNK_BYTES = 16 << 20
+
+
 def normalize_channels(feat: torch.Tensor, eps: float = 1e-10, inplace: bool = False) -> torch.Tensor:
     """Unit-normalise each spatial feature vector over channels, in float32.
 
     ``eps`` sits *inside* the square root so the gradient stays finite where a feature vector is all zero
     (the NaN-gradient bug of LPIPS implementations that add eps after the sqrt). ``inplace`` overwrites a float32
-    ``feat`` (no autograd graph allowed) image by image: the same numbers without feature-sized temporaries, whose
-    fresh pages cost more than the arithmetic on large batches (docs/performance.md).
+    ``feat`` (no autograd graph allowed); above :data:`CHUNK_BYTES` image by image: the same numbers without
+    feature-sized temporaries, whose fresh pages cost more than the arithmetic on large batches (docs/performance.md).
     """
     feat = feat.float()
     if not inplace:
         return feat * torch.rsqrt(feat.pow(2).sum(dim=1, keepdim=True) + eps)
+    if feat.numel() * feat.element_size() <= CHUNK_BYTES:  # small taps: one batched pass (64 px batch 8: 0.8 -> 0.3 ms)
+        return feat.mul_(torch.rsqrt(feat.pow(2).sum(dim=1, keepdim=True) + eps))
     for image in feat.split(1):
         image.mul_(torch.rsqrt(image.pow(2).sum(dim=1, keepdim=True) + eps))
     return feat
@@ -133,12 +141,6 @@ def texture_differences(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     d = (texture_stats(fa) - texture_stats(fb)).pow(2)
     c = fa.shape[1]
     return d[:, :c] + d[:, c:]
-
-
-#: Without a graph, taps larger than this (bytes; half of glibc's largest mmap threshold) are compared image by image: their
-#: temporaries (the difference, the squares of the texture term) then reuse heap pages instead of taking fresh mmap
-#: pages on every call (a 256 px batch-8 stem tap is 33.5 MB; docs/performance.md).
-CHUNK_BYTES = 16 << 20
 
 
 def _tap_distance(fa: torch.Tensor, fb: torch.Tensor, head: torch.Tensor, tex: torch.Tensor | None,
