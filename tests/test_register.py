@@ -240,6 +240,24 @@ def test_stacked_estimate_matches_the_pairwise_one(context) -> None:
     assert torch.equal(phase_correlation(rolled, x, upsample=1), torch.tensor([[2.0, -2.0]] * 2))
 
 
+def test_constants_cached_in_inference_mode_serve_a_later_loss(context) -> None:
+    """The estimator's cached constants may be created under torch.inference_mode (a metric scored first); a later
+    call with a graph (the metric as a loss) must still work and give the same distances."""
+    from lpips_sat import register as reg
+
+    reg._grid.cache_clear()
+    reg._gaussian.cache_clear()
+    m = LPIPSSat()
+    hr = crop_margin(context[:2])
+    sr = shifted(context[:2], (1.3, -0.7))
+    with torch.inference_mode():
+        d0 = m(sr, hr)
+    x = sr.clone().requires_grad_(True)
+    d = m(x, hr)
+    d.sum().backward()
+    assert torch.allclose(d.detach(), d0) and float(x.grad.abs().sum()) > 0
+
+
 def test_translate_rejects_a_shift_too_large_for_the_image() -> None:
     with pytest.raises(ValueError, match="too large"):
         translate(torch.rand(1, 1, 8, 8), torch.tensor([[5.0, 0.0]]))
