@@ -103,3 +103,40 @@ def test_untrained_seeds_line(tmp_path) -> None:
         mod.load([paths[0], bad])
     with pytest.raises(SystemExit, match="repeat"):
         mod.load([paths[0], paths[0]])
+
+
+def test_register_triplets_moves_the_shifted_member_onto_the_clean_one() -> None:
+    """pretrain --rank-register: a shifted nuisance member is moved back onto the clean anchor (its core then matches
+    far better), an unshifted damaged member is left exactly as it is (the dead zone), the anchor is untouched."""
+    from image_helpers import smooth_reflectance
+
+    from lpips_sat.register import crop
+    from lpips_sat.train.distortions import fourier_shift
+    from lpips_sat.train.pretrain import register_triplets
+
+    ctx = smooth_reflectance(3, n=2, size=64 + 2 * MARGIN)
+    clean = crop_margin(ctx)
+    pos = crop_margin(fourier_shift(ctx, torch.tensor([1.5, -0.8]), torch.tensor([-1.0, 2.2])))
+    neg = (clean * 1.05).contiguous()
+    c2, p2, n2 = register_triplets((clean, pos, neg), 3.0)
+    assert torch.equal(c2, clean) and torch.equal(n2, neg)
+    before, after = (crop(pos, 4) - crop(clean, 4)).abs().mean(), (crop(p2, 4) - crop(clean, 4)).abs().mean()
+    assert after < 0.1 * before
+
+
+def test_pretraining_with_a_registered_ranking_term_runs_and_records_it(tmp_path) -> None:
+    import json
+
+    from image_helpers import crop_naip
+
+    from lpips_sat.registry import load_weights
+    from lpips_sat.train import pretrain
+
+    folder = crop_naip(tmp_path / "naip", 2, 100, 100, 128)
+    out = tmp_path / "pt"
+    rc = pretrain.main(["--data", f"{folder}:naip:moments", "--pairs", f"{folder}:naip:moments", "--pair-min-corr", "0.0",
+                        "--protocol", "v4", "--input-norm", "per-image", "--rank-weight", "1", "--rank-register", "3", "--out", str(out),
+                        "--steps", "2", "--batch", "4", "--crop", "32", "--jitter", "4", "--width-div", "8", "--threads", "1"])
+    assert rc == 0
+    _, meta = load_weights(out / "backbone.safetensors")
+    assert json.loads(meta["recipe"])["rank_register"] == 3.0

@@ -22,7 +22,9 @@ v2 options (off by default, so the v1 recipe is reproduced unchanged):
   keeping only crops whose band-mean correlation is above ``--pair-min-corr`` (land-cover change is no nuisance);
 * ``--rank-weight``: a metric-aware term on the hard-negative anchors: the LPIPS distance (all-ones heads, sum of
   taps) of (clean, nuisance view) must stay below that of (clean, damaged copy) by a log-ratio margin
-  ``--rank-margin`` (softplus hinge); the damage family is drawn per sample.
+  ``--rank-margin`` (softplus hinge); the damage family is drawn per sample;
+* ``--rank-register MAX_SHIFT``: the ranking term compares registered triplets (:func:`register_triplets`), as the
+  v5 distance does, so the backbone is not asked to make a shift it will never see cost little.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from lpips_sat.bands import DEFAULT_BANDS
 from lpips_sat.hub import save_folder
 from lpips_sat.metric import INPUT_NORMS, STD_FLOOR, normalize_channels, standardize_per_image, texture_distance
 from lpips_sat.options import fraction, nonnegative_float, nonnegative_int, number, open_fraction, positive_float, positive_int
+from lpips_sat.register import applied_shift, estimate_shift, exposed, translate
 from lpips_sat.registry import get_entry, load_weights, save_weights, weights_dir
 from lpips_sat.train.checkpoint import load_state, save_state
 from lpips_sat.train.data import CropSampler, PairSampler, Source, load_source, split_rows
@@ -93,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SR-scale ranking triplets per step: SR of a plain x2/x4 input must stay closer than SR of a realistic one "
                         "(sensor-MTF blur 1-3 HR px, LR noise up to 0.004), so blur keeps its magnitude (0: off; needs --rank-weight)")
     p.add_argument("--sr-margin", type=nonnegative_float, default=0.2, help="log-ratio margin of the SR-scale ranking term")
+    p.add_argument("--rank-register", type=nonnegative_float, default=0.0, metavar="MAX_SHIFT",
+                   help="the ranking term sees each triplet as the v5 distance does: the closer and the further image registered "
+                        "onto the clean one (translation up to MAX_SHIFT px removed, lpips_sat.register) before the backbone (0: off)")
     p.add_argument("--width-div", type=positive_int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--stop-at", type=nonnegative_int, default=0, help=argparse.SUPPRESS)  # simulate an interruption (tests)
 
@@ -162,6 +168,20 @@ def make_sr_triplets(sampler: CropSampler, n: int, crop: int, g: torch.Generator
         plain[part] = super_resolve(ref[part], f)
         real[part] = super_resolve(ref[part], f, sigma[part], noise[part], g)
     return ref, plain, real
+
+
+def register_triplets(trip: tuple[torch.Tensor, torch.Tensor, torch.Tensor], max_shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clean, closer, further) with the closer and further images registered onto the clean one: the applied part of
+    the estimated shift (:func:`lpips_sat.register.applied_shift`) removed by Lanczos resampling, the strip a shift
+    exposes taking the clean image's pixels. One-sided (the clean anchor serves both pairs); the metric moves both
+    images halfway, which measured the same on the real check (v5 model card)."""
+    clean, *others = trip
+    h, w = clean.shape[-2:]
+    out = []
+    for x in others:
+        shift = applied_shift(estimate_shift(x, clean, max_shift))
+        out.append(torch.where(exposed(shift, h, w), clean, translate(x, shift)))
+    return clean, out[0], out[1]
 
 
 def ranking(feats: list[torch.Tensor], m: int, margin: float, form: str) -> tuple[torch.Tensor, float]:
@@ -312,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             v1, v2_, trip = make_views_v2(sampler, pairs, args.batch, args.crop, args.jitter, args.hard_negatives,
                                           args.pair_fraction, nuisances, damages, g)
+            if trip is not None and args.rank_register > 0:
+                trip = register_triplets(trip, args.rank_register)
             sr = make_sr_triplets(sampler, args.sr_triplets, args.crop, g) if use_sr else None
             batch = torch.cat([v1, v2_] + (list(trip) if trip is not None else []) + (list(sr) if sr is not None else []))
             x = standardize_per_image(batch, args.input_floor) if args.input_norm == "per-image" else (batch - mean_t) / std_t
