@@ -26,7 +26,7 @@ import torch
 from conftest import fmt_ms, fmt_ratio, measure, patches, rounds_for, summary
 
 from lpips_sat import LPIPSSat
-from lpips_sat.metric import normalize_channels
+from lpips_sat.metric import normalize_channels, stack_channels_last
 
 SIZES, BATCHES = (64, 256, 512), (1, 8)
 FWD = ("lpips-sat", "backbone-cl", "backbone", "lpips-alex", "lpips-vgg")
@@ -184,7 +184,7 @@ def bench_overhead_part(benchmark: Any, part: str, size: int, batch: int) -> Non
             fresh[:] = [[t.clone() for t in taps]]
     fns = {
         "prepare x2": lambda: (m.prepare(x["sr"]), m.prepare(x["hr"])),
-        "cat + channels-last copy": lambda: torch.cat([x["a"], x["b"]]).contiguous(memory_format=torch.channels_last),
+        "cat + channels-last copy": lambda: stack_channels_last(x["a"], x["b"]),
         "normalise taps": lambda: [normalize_channels(f, inplace=True) for f in fresh[0]],
         "distance": lambda: m.distance(fa, fb),
     }

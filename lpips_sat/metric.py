@@ -77,6 +77,16 @@ class _Parts:
 CHUNK_BYTES = 16 << 20
 
 
+def stack_channels_last(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a, b])`` in channels-last layout, the backbone's, with one allocation and one copy of each image
+    (the concatenation then a layout change copied everything twice: 53 -> 29 ms at 512 px batch 8)."""
+    n = a.shape[0]
+    out = torch.empty((n + b.shape[0], *a.shape[1:]), dtype=a.dtype, device=a.device, memory_format=torch.channels_last)
+    out[:n].copy_(a)
+    out[n:].copy_(b)
+    return out
+
+
 def normalize_channels(feat: torch.Tensor, eps: float = 1e-10, inplace: bool = False) -> torch.Tensor:
     """Unit-normalise each spatial feature vector over channels, in float32.
 
@@ -477,7 +487,7 @@ class LPIPSSat(nn.Module):
         name the images in error messages."""
         a, b = self.prepare_pair(sr, hr, names)
         a, b, shift = self._register(a, b, True)
-        feats = self.features(torch.cat([a, b]), prepared=True)
+        feats = self.features(stack_channels_last(a, b), prepared=True)
         n = a.shape[0]
         return [f[:n] for f in feats], [f[n:] for f in feats], shift
 
@@ -556,7 +566,7 @@ class LPIPSSat(nn.Module):
             moving = self.features(a if a.requires_grad else b, prepared=True)
             fa, fb = (moving, fixed) if a.requires_grad else (fixed, moving)
         else:  # one pass over both images
-            feats = self.features(torch.cat([a, b]), prepared=True)
+            feats = self.features(stack_channels_last(a, b), prepared=True)
             n = a.shape[0]
             fa, fb = [f[:n] for f in feats], [f[n:] for f in feats]
         total, parts = self.distance(fa, fb, spatial=spatial, size=tuple(a.shape[-2:]))

@@ -128,6 +128,16 @@ def test_image_by_image_distance_of_large_taps_is_the_batched_one(monkeypatch, n
     assert torch.equal(s.grad, s2.grad)
 
 
+def test_stack_channels_last_is_the_concatenation_in_the_backbones_layout() -> None:
+    from lpips_sat.metric import stack_channels_last
+
+    a, b = image(1, n=2).requires_grad_(True), image(2, n=3)
+    out = stack_channels_last(a, b)
+    assert torch.equal(out, torch.cat([a, b])) and out.is_contiguous(memory_format=torch.channels_last)
+    out.sum().backward()
+    assert torch.equal(a.grad, torch.ones_like(a))
+
+
 def test_per_layer_part_equals_hand_computed_lpips_formula() -> None:
     """Tap l contributes mean_hw sum_c w_c (f̂_a - f̂_b)^2 with f̂ = f / ||f||_c (Zhang et al. 2018, eq. 1).
 
