@@ -87,6 +87,44 @@ def current_block(readme: str) -> str | None:
     return m.group(0) if m else None
 
 
+#: A number of the demo block, with or without a bracketed CI around it.
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+#: Relative tolerance of a bootstrap CI bound between two builds of the libraries: with 6 scenes the BCa correction
+#: counts the resampled means below the observed one, so float noise in the scores moves a bound by a step: under torch
+#: 2.14.1 instead of 2.15.0 every mean agreed to its 4 digits and bounds moved by up to 0.006 (0.361 -> 0.356).
+CI_REL_TOL = 0.05
+
+
+def _unit(token: str) -> float:
+    """One unit of the last digit shown in ``token`` (``0.4905`` -> 1e-4, ``38`` -> 1)."""
+    mantissa = token.lower().split("e")[0]
+    digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    exponent = int(token.lower().split("e")[1]) if "e" in token.lower() else 0
+    return 10.0 ** (exponent - digits)
+
+
+def same_output(old: str, new: str) -> bool:
+    """Whether two demo blocks say the same: equal text (whitespace aside, as column widths follow the numbers) and
+    equal numbers, each up to a unit of its last digit (rounding across library builds); bounds inside ``[...]`` up
+    to :data:`CI_REL_TOL` as well. A typed or stale number outside that is a mismatch."""
+    def parts(text: str) -> tuple[list[str], list[tuple[str, bool]]]:
+        numbers = []
+        for m in _NUMBER.finditer(text):
+            numbers.append((m.group(0), text.rfind("[", 0, m.start()) > text.rfind("]", 0, m.start())))
+        words = _NUMBER.sub("#", " ".join(text.split())).split()
+        return words, numbers
+
+    (wa, na), (wb, nb) = parts(old), parts(new)
+    if wa != wb or len(na) != len(nb):
+        return False
+    for (a, in_ci), (b, _) in zip(na, nb):
+        x, y = float(a), float(b)
+        tol = max(_unit(a), _unit(b)) + (CI_REL_TOL * max(abs(x), abs(y)) if in_ci else 0.0)
+        if abs(x - y) > tol * (1 + 1e-9):
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is stale")
@@ -98,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     new = block(run_demo(demo_command(readme)))
     if args.check:
-        if new != old:
+        if not same_output(old, new):
             print(f"README demo output is stale; run python3 scripts/readme_demo.py\n--- README\n{old}\n--- command\n{new}", file=sys.stderr)
             return 1
         print("README demo output matches the command")

@@ -52,4 +52,16 @@ def test_readme_demo_output_is_what_the_command_prints() -> None:
     regenerate it with ``python3 scripts/readme_demo.py``."""
     demo = _demo_module()
     readme = (ROOT / "README.md").read_text()
-    assert demo.current_block(readme) == demo.block(demo.run_demo(demo.demo_command(readme)))
+    old, new = demo.current_block(readme), demo.block(demo.run_demo(demo.demo_command(readme)))
+    assert demo.same_output(old, new), f"README:\n{old}\ncommand:\n{new}"
+
+
+def test_demo_comparison_tolerates_rounding_and_ci_noise_but_not_typed_numbers() -> None:
+    demo = _demo_module()
+    row = "sharpened  6/6  0.4905 [0.361, 0.587]  37.93 [34.2, 44.4]  0 [0, 0]"
+    assert demo.same_output(row, row.replace("0.4905 [0.361,", "0.4906 [0.356,"))  # last digit; CI bound within 5 %
+    assert demo.same_output(row, row.replace("  37.93", " 37.93"))  # column widths follow the numbers
+    assert not demo.same_output(row, row.replace("0.4905", "0.4915"))  # a mean off by 10 units of its last digit
+    assert not demo.same_output(row, row.replace("[34.2,", "[30.2,"))  # a CI bound off by 12 %
+    assert not demo.same_output(row, row.replace("sharpened", "sharp"))  # text is compared exactly
+    assert not demo.same_output(row, row + " 1.0")  # an extra number
